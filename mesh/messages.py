@@ -143,6 +143,8 @@ class PushPull:
 
     join: bool
     members: tuple[MemberState, ...]
+    #: name of the node that sent it (counts as the accuser for dead/suspect rows)
+    sender: str = ""
 
 
 #: Everything that travels in a UDP datagram.

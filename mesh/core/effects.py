@@ -11,7 +11,7 @@ import enum
 
 import attrs
 
-from ..messages import Address, Message, MemberStatus, PushPull
+from ..messages import Address, MemberStatus, Message, PushPull
 
 __all__ = [
     "Effect",

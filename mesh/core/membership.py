@@ -1,0 +1,405 @@
+"""SWIM member table and its transitions (memberlist state.go: aliveNode,
+suspectNode, deadNode, refute, mergeState).
+
+Theory of operation. Each member has a status (alive, suspect, dead, left) and an
+incarnation number only the member itself increases. Precedence, as memberlist:
+
+* ``Alive(i)`` overrides any state held at incarnation ``< i``; about ourselves, an
+  alive with ``i >= ours`` that differs from what we are is refuted.
+* ``Suspect(i)`` overrides ``alive`` at incarnation ``<= i``; a second suspect from
+  another sender only confirms (Lifeguard) and may shorten the timer.
+* ``Dead(i)`` overrides alive and suspect at incarnation ``<= i``; ``Dead`` sent by
+  the member itself means it left gracefully, status ``left``.
+* About ourselves, a suspect or dead at ``i >= ours`` is refuted: incarnation
+  becomes ``i + 1`` and a fresh alive is broadcast (health score +1).
+* A member at a new address is accepted when it is dead or left, or when its alive
+  carries a higher incarnation (a restarted process with the same name); otherwise
+  it is a name conflict and ignored.
+
+Invariants: incarnations never decrease; the local member never becomes suspect or
+dead in its own view (it refutes instead), only ``left`` by its own leave. Every
+accepted change is queued for gossip once (the queue keeps one entry per member).
+The table is bounded by ``max_members``; dead members are forgotten after
+``reconnect_timeout`` and left ones after ``tombstone_timeout``.
+
+What it does not know: how messages travel, the probe schedule, or time beyond the
+``now`` handed to each call.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from ..codec import encoded_size
+from ..config import Config
+from ..messages import (
+    Address,
+    Alive,
+    Dead,
+    MemberState,
+    MemberStatus,
+    Message,
+    Suspect,
+)
+from .awareness import Awareness
+from .broadcast import BroadcastQueue, retransmit_limit
+from .effects import Effect, EventKind, MemberEvent, MemberView
+from .suspicion import Suspicion, suspicion_timeout
+
+__all__ = ["Member", "Membership"]
+
+_LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+
+
+class Member:
+    """One row of the table (mutable; handed out only as :class:`MemberView`)."""
+
+    __slots__ = ("addr", "incarnation", "name", "state_change_at", "status", "tags")
+
+    def __init__(
+        self,
+        name: str,
+        addr: Address,
+        incarnation: int,
+        status: MemberStatus,
+        tags: dict[str, str],
+        now: float,
+    ) -> None:
+        self.name = name
+        self.addr = addr
+        self.incarnation = incarnation
+        self.status = status
+        self.tags = tags
+        self.state_change_at = now
+
+    def view(self) -> MemberView:
+        return MemberView(
+            self.name, self.addr, self.status, self.incarnation, dict(self.tags)
+        )
+
+    def state(self) -> MemberState:
+        return MemberState(
+            self.name, self.addr, self.incarnation, self.status, dict(self.tags)
+        )
+
+
+class Membership:
+    """The member table, its gossip queue, suspicions and local health."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        addr: Address,
+        incarnation: int,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        self.config = config
+        self.rng = rng
+        self.local = Member(
+            config.name, addr, incarnation, MemberStatus.ALIVE, dict(config.tags), now
+        )
+        self._members: dict[str, Member] = {config.name: self.local}
+        # Non-local names, for O(1) random picks (swap-remove keeps it dense).
+        self._others: list[str] = []
+        self._index: dict[str, int] = {}
+        self._count = Counter({MemberStatus.ALIVE: 1})
+        self.broadcasts = BroadcastQueue(config.broadcast_queue_max)
+        self.awareness = Awareness(config.awareness_max_multiplier)
+        self.suspicions: dict[str, Suspicion] = {}
+        self.leaving = False
+        #: effects produced by transitions (events), drained by the node
+        self.out: list[Effect] = []
+        #: counters exported as metrics
+        self.stats: Counter[str] = Counter()
+        # Probe order: shuffled round robin over the other members.
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self.queue_alive(self.local)
+
+    # --- queries ---
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def get(self, name: str) -> Member | None:
+        return self._members.get(name)
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self._members.values())
+
+    def count(self, status: MemberStatus) -> int:
+        return self._count[status]
+
+    def num_live(self) -> int:
+        """Alive + suspect members, ourselves included: the ``n`` of the formulas."""
+        return self._count[MemberStatus.ALIVE] + self._count[MemberStatus.SUSPECT]
+
+    def retransmit_limit(self) -> int:
+        return retransmit_limit(self.config.retransmit_mult, self.num_live())
+
+    def states(self) -> tuple[MemberState, ...]:
+        return tuple(m.state() for m in self._members.values())
+
+    def random_members(
+        self, k: int, *, exclude: Iterable[str] = (), now: float, gossip: bool = False
+    ) -> list[Member]:
+        """Up to ``k`` distinct random members that are alive or suspect (with
+        ``gossip``, also dead for less than ``gossip_to_the_dead_time``), as
+        memberlist kRandomNodes: at most 3n random draws."""
+        others = self._others
+        if not others or k <= 0:
+            return []
+        skip = set(exclude)
+        picked: list[Member] = []
+        dead_window = self.config.gossip_to_the_dead_time
+        for _ in range(3 * len(others)):
+            if len(picked) >= k:
+                break
+            name = others[self.rng.randrange(len(others))]
+            if name in skip:
+                continue
+            member = self._members[name]
+            ok = member.status in _LIVE or (
+                gossip
+                and member.status is MemberStatus.DEAD
+                and now - member.state_change_at < dead_window
+            )
+            if ok:
+                picked.append(member)
+                skip.add(name)
+        return picked
+
+    def random_dead(self) -> Member | None:
+        """A random dead (not left) member, for reconnect attempts."""
+        dead = [
+            self._members[n]
+            for n in self._others
+            if self._members[n].status is MemberStatus.DEAD
+        ]
+        return self.rng.choice(dead) if dead else None
+
+    def next_probe_target(self) -> Member | None:
+        """Shuffled round robin (SWIM 4.3): walk the order, reshuffle at the end,
+        skip dead and left members."""
+        for _ in range(2):
+            while self._probe_index < len(self._probe_order):
+                name = self._probe_order[self._probe_index]
+                self._probe_index += 1
+                member = self._members.get(name)
+                if member is not None and member.status in _LIVE:
+                    return member
+            self._probe_order = list(self._others)
+            self.rng.shuffle(self._probe_order)
+            self._probe_index = 0
+        return None
+
+    # --- transitions ---
+
+    def on_alive(self, msg: Alive, now: float) -> None:
+        """memberlist aliveNode."""
+        if self.leaving and msg.name == self.local.name:
+            return
+        member = self._members.get(msg.name)
+        if member is None:
+            self._add(msg, now)
+            return
+        is_local = member is self.local
+        moved = member.addr != msg.addr
+        if moved:
+            if is_local:
+                # Someone claims our name elsewhere (or stale gossip from our
+                # previous life): out-incarnate it.
+                if msg.incarnation >= member.incarnation:
+                    self.stats["name_conflicts"] += 1
+                    self.refute(msg.incarnation, now)
+                return
+            if not (
+                member.status in (MemberStatus.DEAD, MemberStatus.LEFT)
+                or msg.incarnation > member.incarnation
+            ):
+                self.stats["name_conflicts"] += 1
+                return
+        if is_local:
+            if msg.incarnation < member.incarnation:
+                return
+            if msg.incarnation == member.incarnation and msg.tags == member.tags:
+                return
+            self.refute(msg.incarnation, now)
+            return
+        if msg.incarnation <= member.incarnation and not moved:
+            return
+        self.suspicions.pop(member.name, None)
+        self._queue(member.name, msg)
+        changed = moved or dict(msg.tags) != member.tags
+        member.incarnation = msg.incarnation
+        member.addr = msg.addr
+        member.tags = dict(msg.tags)
+        if member.status is not MemberStatus.ALIVE:
+            self._set_status(member, MemberStatus.ALIVE, now)
+            self._event(EventKind.ALIVE, member)
+        elif changed:
+            self._event(EventKind.UPDATE, member)
+
+    def on_suspect(self, msg: Suspect, now: float) -> Suspicion | None:
+        """memberlist suspectNode; returns the running suspicion, if any."""
+        member = self._members.get(msg.name)
+        if member is None or msg.incarnation < member.incarnation:
+            return None
+        suspicion = self.suspicions.get(msg.name)
+        if suspicion is not None:
+            if suspicion.confirm(msg.sender, now):
+                self.stats["suspect_confirmations"] += 1
+                self._queue(msg.name, msg)
+            return suspicion
+        if member.status is not MemberStatus.ALIVE:
+            return None
+        if member is self.local:
+            self.refute(msg.incarnation, now)
+            return None
+        self._queue(msg.name, msg)
+        member.incarnation = msg.incarnation
+        self._set_status(member, MemberStatus.SUSPECT, now)
+        self.stats["suspicions"] += 1
+        self._event(EventKind.SUSPECT, member)
+        n = self.num_live()
+        k = self.config.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        min_timeout = suspicion_timeout(
+            self.config.suspicion_mult, n, self.config.probe_interval
+        )
+        max_timeout = self.config.suspicion_max_timeout_mult * min_timeout
+        suspicion = Suspicion(msg.sender, k, min_timeout, max_timeout, now)
+        self.suspicions[msg.name] = suspicion
+        return suspicion
+
+    def on_dead(self, msg: Dead, now: float) -> None:
+        """memberlist deadNode; ``sender == name`` means a graceful leave."""
+        member = self._members.get(msg.name)
+        if member is None or msg.incarnation < member.incarnation:
+            return
+        self.suspicions.pop(msg.name, None)
+        if member.status in (MemberStatus.DEAD, MemberStatus.LEFT):
+            return
+        if member is self.local and not self.leaving:
+            self.refute(msg.incarnation, now)
+            return
+        left = msg.sender == msg.name
+        self._queue(msg.name, msg, urgent=left and member is self.local)
+        member.incarnation = msg.incarnation
+        if left:
+            self._set_status(member, MemberStatus.LEFT, now)
+            self._event(EventKind.LEFT, member)
+        else:
+            self._set_status(member, MemberStatus.DEAD, now)
+            self.stats["deaths"] += 1
+            self._event(EventKind.DEAD, member)
+
+    def refute(self, accused: int, now: float) -> None:
+        """memberlist refute: out-incarnate an accusation about ourselves."""
+        incarnation = self.local.incarnation + 1
+        if accused >= incarnation:
+            incarnation = accused + 1
+        self.local.incarnation = incarnation
+        self.queue_alive(self.local)
+        self.awareness.apply_delta(1)
+        self.stats["refutations"] += 1
+        self._event(EventKind.REFUTE, self.local)
+
+    def merge(self, states: Iterable[MemberState], sender: str, now: float) -> None:
+        """memberlist mergeState: a remote dead is only a suspicion here, so a
+        wrongly declared member gets the chance to refute."""
+        for state in states:
+            if state.status is MemberStatus.ALIVE:
+                self.on_alive(
+                    Alive(state.incarnation, state.name, state.addr, state.tags), now
+                )
+            elif state.status is MemberStatus.LEFT:
+                self.on_dead(Dead(state.incarnation, state.name, state.name), now)
+            elif state.name not in self._members:
+                # Never heard of it and it is not alive: nothing to suspect.
+                continue
+            else:
+                self.on_suspect(Suspect(state.incarnation, state.name, sender), now)
+
+    def expire_suspicions(self, now: float) -> None:
+        """Declare dead every member whose suspicion timer has run out."""
+        expired = [n for n, s in self.suspicions.items() if s.deadline <= now]
+        for name in expired:
+            member = self._members[name]
+            self.on_dead(Dead(member.incarnation, name, self.local.name), now)
+
+    def reap(self, now: float) -> None:
+        """Forget dead members after reconnect_timeout, left after tombstone."""
+        limits = {
+            MemberStatus.DEAD: self.config.reconnect_timeout,
+            MemberStatus.LEFT: self.config.tombstone_timeout,
+        }
+        doomed = [
+            m
+            for m in self._members.values()
+            if m is not self.local
+            and m.status in limits
+            and now - m.state_change_at >= limits[m.status]
+        ]
+        for member in doomed:
+            self._remove(member)
+            self._event(EventKind.REAP, member)
+
+    # --- gossip queue ---
+
+    def queue_alive(self, member: Member) -> None:
+        msg = Alive(member.incarnation, member.name, member.addr, dict(member.tags))
+        self._queue(member.name, msg)
+
+    def take_broadcasts(self, budget: int) -> list[Message]:
+        return self.broadcasts.get(budget, self.retransmit_limit())
+
+    def _queue(self, name: str, msg: Message, *, urgent: bool = False) -> None:
+        self.broadcasts.queue(name, msg, encoded_size(msg), urgent=urgent)
+
+    # --- internals ---
+
+    def _add(self, msg: Alive, now: float) -> None:
+        if len(self._members) >= self.config.max_members:
+            self.stats["members_refused"] += 1
+            return
+        member = Member(
+            msg.name, msg.addr, msg.incarnation, MemberStatus.ALIVE, dict(msg.tags), now
+        )
+        self._members[msg.name] = member
+        self._index[msg.name] = len(self._others)
+        self._others.append(msg.name)
+        self._count[MemberStatus.ALIVE] += 1
+        # Insert at a random position of the remaining probe order, so a new
+        # member is probed within one round but not predictably (memberlist).
+        order = self._probe_order
+        remaining = len(order) - self._probe_index
+        pos = self._probe_index + self.rng.randrange(remaining + 1)
+        order.append(msg.name)
+        order[pos], order[-1] = order[-1], order[pos]
+        self._queue(msg.name, msg)
+        self._event(EventKind.JOIN, member)
+
+    def _remove(self, member: Member) -> None:
+        del self._members[member.name]
+        pos = self._index.pop(member.name)
+        last = self._others.pop()
+        if last != member.name:
+            self._others[pos] = last
+            self._index[last] = pos
+        self._count[member.status] -= 1
+        self.suspicions.pop(member.name, None)
+
+    def _set_status(self, member: Member, status: MemberStatus, now: float) -> None:
+        self._count[member.status] -= 1
+        self._count[status] += 1
+        member.status = status
+        member.state_change_at = now
+
+    def _event(self, kind: EventKind, member: Member) -> None:
+        self.out.append(MemberEvent(kind, member.view()))

@@ -1,0 +1,518 @@
+"""NodeCore: the one input/output surface of the sans-IO core.
+
+Theory of operation. The caller feeds inputs, each with ``now``:
+
+* ``start(now)``: begin (join the seeds, if any);
+* ``receive(src, messages, now)``: one decoded datagram from ``src``;
+* ``tick(now)``: timers; call it at ``next_deadline()``;
+* ``exchange_done(token, replies, now)``: result of an :class:`Exchange` effect;
+* ``handle_exchange(request, now)``: a peer's member-table exchange; returns our
+  reply with the effects;
+* ``tcp_probe_done(seq, result, now)``: result of a :class:`ProbeTcp` effect;
+* ``leave(now)``: announce a graceful leave.
+
+Each returns a list of effects to execute in order. The probe cycle is SWIM's with
+Lifeguard (memberlist state.go::probeNode): every ``probe_interval * (health + 1)``
+pick the next member of a shuffled round robin, ping it (with our suspicion of it
+piggybacked, so it can refute at once), after ``probe_timeout * (health + 1)`` ask
+``indirect_checks`` members to ping-req it and try a TCP ping ourselves, and at the
+end of the interval suspect it if nobody acked. A *refused* TCP ping means the host
+is up and nothing listens on the port: the process is gone, so the suspicion runs
+for the short ``refused_suspicion_mult * probe_interval`` instead of Lifeguard's
+range. Gossip is piggybacked on every datagram and sent to ``gossip_nodes`` random
+members each ``gossip_interval`` while the queue is not empty.
+
+Member-table exchanges (join, periodic sync, reconnect to dead members) are full
+``PushPull`` records; the shell carries them over TCP.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from ..codec import PACKET_OVERHEAD, encoded_size
+from ..config import Config
+from ..messages import (
+    Ack,
+    Address,
+    Alive,
+    Dead,
+    MemberStatus,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+)
+from .effects import (
+    Effect,
+    EventKind,
+    Exchange,
+    ExchangePurpose,
+    MemberEvent,
+    MemberView,
+    ProbeTcp,
+    Send,
+    TcpProbeResult,
+)
+from .membership import Member, Membership
+
+__all__ = ["NodeCore", "push_pull_scale"]
+
+_SEQ_MASK = (1 << 32) - 1
+
+
+def push_pull_scale(interval: float, n: int) -> float:
+    """memberlist util.go::pushPullScale: ``interval * (ceil(log2 n - log2 32) + 1)``
+    above 32 members, so exchange load stays flat as the mesh grows."""
+    if n <= 32:
+        return interval
+    return interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
+
+
+class _Probe:
+    __slots__ = (
+        "acked",
+        "addr",
+        "end_at",
+        "expected_nacks",
+        "indirect_sent",
+        "nacks",
+        "seq",
+        "target",
+        "tcp_acked",
+        "timeout_at",
+    )
+
+    def __init__(
+        self, seq: int, target: Member, timeout_at: float, end_at: float
+    ) -> None:
+        self.seq = seq
+        self.target = target.name
+        self.addr = target.addr
+        self.timeout_at = timeout_at
+        self.end_at = end_at
+        self.acked = False
+        self.indirect_sent = False
+        self.expected_nacks = 0
+        self.nacks = 0
+        self.tcp_acked = False
+
+
+class _Relay:
+    """An indirect probe we run for another member."""
+
+    __slots__ = ("deadline", "nack", "requester", "seq")
+
+    def __init__(
+        self, requester: Address, seq: int, nack: bool, deadline: float
+    ) -> None:
+        self.requester = requester
+        self.seq = seq
+        self.nack = nack
+        self.deadline = deadline
+
+
+class NodeCore:
+    """One mesh node's protocol state. Not thread-safe; one caller at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        addr: Address,
+        rng: random.Random,
+        now: float,
+        incarnation: int = 0,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.rng = rng
+        self.membership = Membership(
+            config, addr=addr, incarnation=incarnation, rng=rng, now=now
+        )
+        self._out: list[Effect] = []
+        self._seq = rng.randrange(1 << 32)
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._next_probe_at = now + config.probe_interval * rng.random()
+        self._next_gossip_at = now
+        self._next_sync_at = now + config.push_pull_interval * (0.5 + rng.random() / 2)
+        self._next_reconnect_at = now + config.reconnect_interval
+        self._next_reap_at = now + min(
+            config.reconnect_timeout, config.tombstone_timeout
+        )
+        self._tokens = 0
+        self._exchanges: dict[int, tuple[ExchangePurpose, str]] = {}
+        self._join_pending: set[int] = set()
+        self._join_attempts = 0
+        self._join_retry_at: float | None = None
+        self.joined = not config.join
+        self.started = False
+
+    # --- queries ---
+
+    @property
+    def health_score(self) -> int:
+        return self.membership.awareness.score
+
+    @property
+    def incarnation(self) -> int:
+        return self.membership.local.incarnation
+
+    def members(self) -> list[MemberView]:
+        return [m.view() for m in self.membership]
+
+    def member(self, name: str) -> MemberView | None:
+        m = self.membership.get(name)
+        return m.view() if m is not None else None
+
+    def leave_pending(self) -> bool:
+        """True while our leave has not been gossiped its full retransmit count."""
+        return self.membership.leaving and self.membership.broadcasts.pending_for(
+            self.name
+        )
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must next be called (None: only on input)."""
+        times = [self._next_probe_at, self._next_sync_at, self._next_reap_at]
+        if self._probe is not None:
+            times.append(
+                self._probe.end_at
+                if self._probe.indirect_sent or self._probe.acked
+                else self._probe.timeout_at
+            )
+        if len(self.membership.broadcasts):
+            times.append(self._next_gossip_at)
+        if self.membership.suspicions:
+            times.append(min(s.deadline for s in self.membership.suspicions.values()))
+        if self._relays:
+            times.append(min(r.deadline for r in self._relays.values()))
+        if self.membership.count(MemberStatus.DEAD):
+            times.append(self._next_reconnect_at)
+        if self._join_retry_at is not None:
+            times.append(self._join_retry_at)
+        return min(times)
+
+    # --- inputs ---
+
+    def start(self, now: float) -> list[Effect]:
+        """Begin: send join exchanges to the seeds (if any)."""
+        self.started = True
+        if self.config.join:
+            self._join(now)
+        return self._drain()
+
+    def receive(
+        self, src: Address, messages: Sequence[Message], now: float
+    ) -> list[Effect]:
+        """One decoded datagram from ``src``."""
+        m = self.membership
+        for msg in messages:
+            if isinstance(msg, Ping):
+                self._on_ping(src, msg, now)
+            elif isinstance(msg, Ack):
+                self._on_ack(msg, now)
+            elif isinstance(msg, Alive):
+                m.on_alive(msg, now)
+            elif isinstance(msg, Suspect):
+                m.on_suspect(msg, now)
+            elif isinstance(msg, Dead):
+                m.on_dead(msg, now)
+            elif isinstance(msg, PingReq):
+                self._on_ping_req(src, msg, now)
+            elif isinstance(msg, Nack):
+                self._on_nack(msg)
+        return self._drain()
+
+    def tick(self, now: float) -> list[Effect]:
+        """Run every timer that is due."""
+        m = self.membership
+        if m.suspicions:
+            m.expire_suspicions(now)
+        if self._relays:
+            self._expire_relays(now)
+        probe = self._probe
+        if probe is not None:
+            if not probe.acked and not probe.indirect_sent and now >= probe.timeout_at:
+                self._indirect_probe(probe, now)
+            if now >= probe.end_at:
+                self._finish_probe(probe, now)
+        if self._probe is None and now >= self._next_probe_at:
+            self._start_probe(now)
+        if len(m.broadcasts) and now >= self._next_gossip_at:
+            self._gossip(now)
+            self._next_gossip_at = now + self.config.gossip_interval
+        if now >= self._next_sync_at:
+            self._sync(now)
+        if now >= self._next_reconnect_at:
+            self._next_reconnect_at = now + self.config.reconnect_interval
+            self._reconnect(now)
+        if self._join_retry_at is not None and now >= self._join_retry_at:
+            self._join_retry_at = None
+            self._join(now)
+        if now >= self._next_reap_at:
+            m.reap(now)
+            self._next_reap_at = now + max(self.config.gossip_to_the_dead_time, 1.0)
+        return self._drain()
+
+    def exchange_done(
+        self, token: int, replies: Sequence[PushPull], now: float
+    ) -> list[Effect]:
+        """Result of an :class:`Exchange`: the replies (empty: it failed)."""
+        entry = self._exchanges.pop(token, None)
+        if entry is None:
+            return []
+        purpose, sender = entry
+        for reply in replies:
+            self.membership.merge(reply.members, reply.sender or sender, now)
+        self.membership.stats[
+            f"exchange_{purpose.value}_{'ok' if replies else 'failed'}"
+        ] += 1
+        if purpose is ExchangePurpose.JOIN:
+            self._join_pending.discard(token)
+            if replies and not self.joined:
+                self.joined = True
+                self._join_retry_at = None
+                self.membership.out.append(
+                    MemberEvent(EventKind.JOINED, self.membership.local.view())
+                )
+            elif not self.joined and not self._join_pending:
+                self._schedule_join_retry(now)
+        return self._drain()
+
+    def handle_exchange(
+        self, request: PushPull, now: float
+    ) -> tuple[PushPull, list[Effect]]:
+        """A peer's member-table exchange: reply with our table, then merge theirs."""
+        reply = PushPull(False, self.membership.states(), self.name)
+        self.membership.merge(request.members, request.sender or "?", now)
+        self.membership.stats["exchange_served"] += 1
+        return reply, self._drain()
+
+    def tcp_probe_done(
+        self, seq: int, result: TcpProbeResult, now: float
+    ) -> list[Effect]:
+        """Result of a :class:`ProbeTcp`."""
+        probe = self._probe
+        if probe is None or probe.seq != seq or probe.acked:
+            return []
+        if result is TcpProbeResult.ACK:
+            probe.tcp_acked = True
+        elif result is TcpProbeResult.REFUSED:
+            # Proof the process is gone: no need to wait out the interval, and
+            # no reason to blame our own health.
+            self.membership.stats["probe_refused"] += 1
+            self._probe = None
+            self._suspect_refused(probe, now)
+        return self._drain()
+
+    def leave(self, now: float) -> list[Effect]:
+        """Announce a graceful leave; the shell keeps running until
+        ``leave_pending()`` is False (or its own deadline) so the news spreads."""
+        m = self.membership
+        if m.leaving:
+            return []
+        m.leaving = True
+        m.on_dead(Dead(m.local.incarnation, self.name, self.name), now)
+        # Send it at once rather than waiting for the next gossip tick.
+        self._gossip(now)
+        self._next_gossip_at = now + self.config.gossip_interval
+        return self._drain()
+
+    # --- probing ---
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & _SEQ_MASK
+        return self._seq
+
+    def _start_probe(self, now: float) -> None:
+        m = self.membership
+        scale = m.awareness.score + 1
+        self._next_probe_at = now + self.config.probe_interval * scale
+        target = m.next_probe_target()
+        if target is None:
+            return
+        if scale > 1:
+            m.stats["probes_degraded"] += 1
+        seq = self._next_seq()
+        probe = _Probe(
+            seq,
+            target,
+            timeout_at=now + self.config.probe_timeout * scale,
+            end_at=now + self.config.probe_interval * scale,
+        )
+        self._probe = probe
+        msgs: list[Message] = [Ping(seq, target.name, self.name)]
+        if target.status is MemberStatus.SUSPECT:
+            msgs.append(Suspect(target.incarnation, target.name, self.name))
+        self._send(target.addr, msgs)
+
+    def _indirect_probe(self, probe: _Probe, now: float) -> None:
+        probe.indirect_sent = True
+        m = self.membership
+        helpers = m.random_members(
+            self.config.indirect_checks, exclude=(self.name, probe.target), now=now
+        )
+        for helper in helpers:
+            probe.expected_nacks += 1
+            req = PingReq(probe.seq, probe.target, probe.addr, self.name, True)
+            self._send(helper.addr, [req])
+        if self.config.tcp_fallback_probe:
+            self._out.append(
+                ProbeTcp(probe.seq, probe.target, probe.addr, probe.end_at)
+            )
+
+    def _finish_probe(self, probe: _Probe, now: float) -> None:
+        self._probe = None
+        m = self.membership
+        if probe.acked:
+            return
+        if probe.tcp_acked:
+            # memberlist warns here: UDP is broken but the member is alive.
+            m.stats["probe_tcp_ack"] += 1
+            return
+        delta = 1
+        if probe.expected_nacks and probe.nacks < probe.expected_nacks:
+            delta += probe.expected_nacks - probe.nacks
+        m.awareness.apply_delta(delta)
+        m.stats["probe_failed"] += 1
+        target = m.get(probe.target)
+        if target is None or target.addr != probe.addr:
+            return
+        m.on_suspect(Suspect(target.incarnation, target.name, self.name), now)
+
+    def _suspect_refused(self, probe: _Probe, now: float) -> None:
+        m = self.membership
+        target = m.get(probe.target)
+        if target is None or target.addr != probe.addr:
+            return
+        suspicion = m.on_suspect(
+            Suspect(target.incarnation, target.name, self.name), now
+        )
+        if suspicion is not None:
+            short = self.config.refused_suspicion_mult * self.config.probe_interval
+            suspicion.deadline = min(suspicion.deadline, now + short)
+
+    def _on_ping(self, src: Address, msg: Ping, now: float) -> None:
+        if msg.target != self.name:
+            # Meant for whoever had this address before us.
+            self.membership.stats["ping_misdirected"] += 1
+            return
+        self._send(src, [Ack(msg.seq)])
+
+    def _on_ack(self, msg: Ack, now: float) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq:
+            if not probe.acked:
+                probe.acked = True
+                if probe.indirect_sent:
+                    self.membership.stats["probe_indirect_ack"] += 1
+                else:
+                    self.membership.stats["probe_ack"] += 1
+                    self.membership.awareness.apply_delta(-1)
+                self._probe = None
+            return
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            self._send(relay.requester, [Ack(relay.seq)])
+
+    def _on_nack(self, msg: Nack) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq:
+            probe.nacks += 1
+
+    def _on_ping_req(self, src: Address, msg: PingReq, now: float) -> None:
+        if len(self._relays) >= self.config.max_pending_probes:
+            self.membership.stats["ping_req_dropped"] += 1
+            return
+        seq = self._next_seq()
+        deadline = now + self.config.probe_timeout
+        self._relays[seq] = _Relay(src, msg.seq, msg.nack, deadline)
+        self._send(msg.target_addr, [Ping(seq, msg.target, self.name)])
+
+    def _expire_relays(self, now: float) -> None:
+        expired = [s for s, r in self._relays.items() if r.deadline <= now]
+        for seq in expired:
+            relay = self._relays.pop(seq)
+            if relay.nack:
+                self._send(relay.requester, [Nack(relay.seq)])
+
+    # --- dissemination ---
+
+    def _send(self, addr: Address, msgs: list[Message]) -> None:
+        """Queue a datagram, filling the rest of its budget with gossip."""
+        m = self.membership
+        if len(m.broadcasts):
+            used = PACKET_OVERHEAD + sum(encoded_size(x) for x in msgs)
+            extra = m.take_broadcasts(self.config.udp_buffer_size - used)
+            room = self.config.max_compound_messages - len(msgs)
+            msgs.extend(extra[:room])
+        self._out.append(Send(addr, tuple(msgs)))
+
+    def _gossip(self, now: float) -> None:
+        m = self.membership
+        targets = m.random_members(
+            self.config.gossip_nodes, exclude=(self.name,), now=now, gossip=True
+        )
+        budget = self.config.udp_buffer_size - PACKET_OVERHEAD
+        for target in targets:
+            msgs = m.take_broadcasts(budget)
+            if not msgs:
+                break
+            self._out.append(
+                Send(target.addr, tuple(msgs[: self.config.max_compound_messages]))
+            )
+
+    # --- member-table exchanges ---
+
+    def _exchange(
+        self, target: Address | str, purpose: ExchangePurpose, peer: str
+    ) -> int:
+        self._tokens += 1
+        token = self._tokens
+        self._exchanges[token] = (purpose, peer)
+        request = PushPull(
+            purpose is ExchangePurpose.JOIN, self.membership.states(), self.name
+        )
+        self._out.append(Exchange(token, target, request, purpose))
+        return token
+
+    def _join(self, now: float) -> None:
+        self._join_attempts += 1
+        for seed in self.config.join:
+            self._join_pending.add(self._exchange(seed, ExchangePurpose.JOIN, seed))
+
+    def _schedule_join_retry(self, now: float) -> None:
+        cfg = self.config
+        base = min(
+            cfg.join_backoff_max,
+            cfg.join_backoff_min * 2 ** min(self._join_attempts - 1, 30),
+        )
+        self._join_retry_at = now + base * (0.5 + self.rng.random() / 2)
+
+    def _sync(self, now: float) -> None:
+        m = self.membership
+        interval = push_pull_scale(self.config.push_pull_interval, m.num_live())
+        self._next_sync_at = now + interval
+        if not self.joined:
+            return
+        peers = m.random_members(1, exclude=(self.name,), now=now)
+        if peers:
+            self._exchange(peers[0].addr, ExchangePurpose.SYNC, peers[0].name)
+
+    def _reconnect(self, now: float) -> None:
+        member = self.membership.random_dead()
+        if member is not None:
+            self._exchange(member.addr, ExchangePurpose.RECONNECT, member.name)
+
+    def _drain(self) -> list[Effect]:
+        out = self._out
+        if self.membership.out:
+            out.extend(self.membership.out)
+            self.membership.out.clear()
+        self._out = []
+        return out

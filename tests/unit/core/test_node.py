@@ -1,0 +1,307 @@
+"""NodeCore transitions with exact virtual times, over a synchronous wire."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mesh.config import Config
+from mesh.core.effects import EventKind, ProbeTcp, Send
+from mesh.core.node import NodeCore
+from mesh.messages import Ack, Alive, Dead, MemberStatus, Nack, Ping, PingReq, Suspect
+
+from .harness import Wire
+
+LAN = Config.lan(tcp_fallback_probe=False)
+
+
+def _events(wire: Wire, kind: EventKind, member: str) -> list[tuple[float, str]]:
+    return [
+        (t, obs)
+        for t, obs, e in wire.events
+        if e.kind is kind and e.member.name == member
+    ]
+
+
+def test_crash_suspect_then_dead_after_min_timeout_at_n3() -> None:
+    # n = 3: k = suspicion_mult - 2 = 2 > n - 2, so k = 0 and the timer is the
+    # minimum: 4 * max(1, log10 3) * 1 s = 4 s, confirmations or not.
+    wire = Wire(LAN, ["a", "b", "c"])
+    wire.connect_all()
+    wire.advance_to(5.0)
+    wire.down.add("c")
+    wire.advance_to(30.0)
+    suspects = _events(wire, EventKind.SUSPECT, "c")
+    deaths = _events(wire, EventKind.DEAD, "c")
+    assert suspects
+    assert deaths
+    first_suspect, accuser = suspects[0]
+    # The accuser's own timer fires exactly 4 s after it suspected.
+    own = [t for t, obs in deaths if obs == accuser]
+    assert own[0] == pytest.approx(first_suspect + 4.0)
+    assert wire.status("a", "c") is MemberStatus.DEAD
+    assert wire.status("b", "c") is MemberStatus.DEAD
+
+
+def test_probe_timeline_ping_then_ping_req_then_suspect() -> None:
+    wire = Wire(LAN, ["a", "b", "c"])
+    wire.connect_all()
+    a = wire.cores["a"]
+    # Force a to probe c next, at t = 10.
+    wire.advance_to(9.0)
+    wire.down.add("c")
+    a._probe = None
+    a.membership._probe_order = ["c"]
+    a.membership._probe_index = 0
+    a._next_probe_at = 10.0
+    start = len(wire.sent)
+    wire.advance_to(10.0)
+    pings = [s for s in wire.sent[start:] if s[1] == "a" and isinstance(s[3][0], Ping)]
+    assert pings
+    assert pings[0][0] == 10.0
+    assert pings[0][2] == wire.addr["c"]
+    wire.advance_to(10.5)  # probe_timeout: indirect probe through b
+    reqs = [
+        s for s in wire.sent[start:] if s[1] == "a" and isinstance(s[3][0], PingReq)
+    ]
+    assert reqs
+    assert reqs[0][0] == 10.5
+    assert reqs[0][2] == wire.addr["b"]
+    wire.advance_to(11.0)  # end of the interval: suspect
+    assert wire.status("a", "c") is MemberStatus.SUSPECT
+    # b nacked (its own ping to c timed out at 10.5 + 0.5 = 11.0) but only at
+    # 11.0, the same instant a gave up, so a counted one missing nack: +2.
+    assert a.health_score >= 1
+
+
+def test_suspect_is_piggybacked_on_ping_to_suspect_and_refuted_at_once() -> None:
+    wire = Wire(LAN, ["a", "b", "c"])
+    wire.connect_all()
+    a, c = wire.cores["a"], wire.cores["c"]
+    inc = c.incarnation
+    a.membership.on_suspect(Suspect(inc, "c", "a"), wire.now)
+    a.membership.broadcasts._entries.clear()
+    a._probe = None
+    a.membership._probe_order = ["c"]
+    a.membership._probe_index = 0
+    a._next_probe_at = 1.0
+    start = len(wire.sent)
+    wire.advance_to(1.0)
+    ping = next(
+        s for s in wire.sent[start:] if s[1] == "a" and isinstance(s[3][0], Ping)
+    )
+    assert any(isinstance(m, Suspect) and m.name == "c" for m in ping[3])
+    assert c.incarnation == inc + 1  # refuted on receipt
+    assert c.health_score == 1  # Lifeguard: refuting counts against our health
+    # The refutation reached a (piggybacked on the ack): alive again.
+    assert wire.status("a", "c") is MemberStatus.ALIVE
+
+
+def test_refused_tcp_probe_declares_dead_after_short_timeout() -> None:
+    cfg = Config.lan(refused_suspicion_mult=1.0)
+    wire = Wire(cfg, ["a", "b", "c", "d", "e"])
+    wire.connect_all()
+    wire.down.add("c")
+    wire.refuse.add("c")
+    wire.advance_to(30.0)
+    suspect_t, accuser = _events(wire, EventKind.SUSPECT, "c")[0]
+    dead_t = min(t for t, obs in _events(wire, EventKind.DEAD, "c") if obs == accuser)
+    # Refused at probe_timeout (the TCP fallback), dead one probe_interval later,
+    # far below Lifeguard's 4 s .. 24 s range for n = 5.
+    assert dead_t - suspect_t == pytest.approx(1.0)
+
+
+def test_paused_shorter_than_min_suspicion_is_never_dead() -> None:
+    wire = Wire(LAN, ["a", "b", "c", "d", "e"])
+    wire.connect_all()
+    wire.advance_to(3.0)
+    wire.down.add("c")
+    wire.advance_to(5.5)  # c hears nothing for 2.5 s (< 4 s minimum timeout)
+    wire.down.discard("c")
+    wire.advance_to(40.0)
+    assert not _events(wire, EventKind.DEAD, "c")
+    for name in "abde":
+        assert wire.status(name, "c") is MemberStatus.ALIVE
+
+
+@pytest.mark.parametrize(
+    ("held", "msg", "expected"),
+    [
+        # alive overrides lower incarnations only
+        (
+            (MemberStatus.ALIVE, 5),
+            Alive(5, "x", ("10.9.9.9", 1)),
+            (MemberStatus.ALIVE, 5),
+        ),
+        (
+            (MemberStatus.SUSPECT, 5),
+            Alive(6, "x", ("10.9.9.9", 1)),
+            (MemberStatus.ALIVE, 6),
+        ),
+        (
+            (MemberStatus.SUSPECT, 5),
+            Alive(5, "x", ("10.9.9.9", 1)),
+            (MemberStatus.SUSPECT, 5),
+        ),
+        (
+            (MemberStatus.DEAD, 5),
+            Alive(5, "x", ("10.9.9.9", 1)),
+            (MemberStatus.DEAD, 5),
+        ),
+        (
+            (MemberStatus.DEAD, 5),
+            Alive(6, "x", ("10.9.9.9", 1)),
+            (MemberStatus.ALIVE, 6),
+        ),
+        (
+            (MemberStatus.LEFT, 5),
+            Alive(5, "x", ("10.9.9.9", 1)),
+            (MemberStatus.LEFT, 5),
+        ),
+        # suspect overrides alive at >= incarnation
+        ((MemberStatus.ALIVE, 5), Suspect(5, "x", "b"), (MemberStatus.SUSPECT, 5)),
+        ((MemberStatus.ALIVE, 5), Suspect(4, "x", "b"), (MemberStatus.ALIVE, 5)),
+        ((MemberStatus.DEAD, 5), Suspect(6, "x", "b"), (MemberStatus.DEAD, 5)),
+        # dead overrides alive/suspect at >= incarnation; sender == name: left
+        ((MemberStatus.ALIVE, 5), Dead(5, "x", "b"), (MemberStatus.DEAD, 5)),
+        ((MemberStatus.SUSPECT, 5), Dead(4, "x", "b"), (MemberStatus.SUSPECT, 5)),
+        ((MemberStatus.ALIVE, 5), Dead(5, "x", "x"), (MemberStatus.LEFT, 5)),
+        ((MemberStatus.DEAD, 5), Dead(9, "x", "x"), (MemberStatus.DEAD, 5)),
+    ],
+)
+def test_precedence_rules(
+    held: tuple[MemberStatus, int],
+    msg: Alive | Suspect | Dead,
+    expected: tuple[MemberStatus, int],
+) -> None:
+    core = NodeCore(
+        Config.lan(name="me"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
+    )
+    m = core.membership
+    m.on_alive(Alive(held[1], "x", ("10.9.9.9", 1)), 0.0)
+    if held[0] is MemberStatus.SUSPECT:
+        m.on_suspect(Suspect(held[1], "x", "b"), 0.0)
+    elif held[0] is MemberStatus.DEAD:
+        m.on_dead(Dead(held[1], "x", "b"), 0.0)
+    elif held[0] is MemberStatus.LEFT:
+        m.on_dead(Dead(held[1], "x", "x"), 0.0)
+    core.receive(("10.0.0.2", 1), [msg], 1.0)
+    view = core.member("x")
+    assert view is not None
+    assert (view.status, view.incarnation) == expected
+
+
+def test_refute_accusations_about_ourselves() -> None:
+    core = NodeCore(
+        Config.lan(name="me"),
+        addr=("10.0.0.1", 1),
+        rng=random.Random(1),
+        now=0.0,
+        incarnation=7,
+    )
+    core.receive(("10.0.0.2", 1), [Suspect(9, "me", "b")], 1.0)
+    assert core.incarnation == 10
+    core.receive(("10.0.0.2", 1), [Dead(10, "me", "b")], 2.0)
+    assert core.incarnation == 11
+    core.receive(("10.0.0.2", 1), [Suspect(3, "me", "b")], 3.0)  # stale
+    assert core.incarnation == 11
+    assert core.member("me").status is MemberStatus.ALIVE  # type: ignore[union-attr]
+    assert core.membership.stats["refutations"] == 2
+
+
+def test_restarted_member_at_new_address_is_accepted() -> None:
+    core = NodeCore(
+        Config.lan(name="me"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
+    )
+    core.receive(("10.0.0.2", 1), [Alive(5, "x", ("10.0.0.2", 1))], 0.0)
+    # Same name at another address with a stale incarnation: conflict, ignored.
+    core.receive(("10.0.0.3", 1), [Alive(5, "x", ("10.0.0.3", 1))], 1.0)
+    assert core.member("x").addr == ("10.0.0.2", 1)  # type: ignore[union-attr]
+    # A restart carries a higher incarnation: accepted at the new address.
+    core.receive(("10.0.0.3", 1), [Alive(9, "x", ("10.0.0.3", 1))], 2.0)
+    view = core.member("x")
+    assert view is not None
+    assert view.addr == ("10.0.0.3", 1)
+    assert view.incarnation == 9
+
+
+def test_ping_for_another_name_is_not_acked() -> None:
+    core = NodeCore(
+        Config.lan(name="me"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
+    )
+    out = core.receive(("10.0.0.2", 1), [Ping(1, "someone-else", "b")], 0.0)
+    assert not [e for e in out if isinstance(e, Send)]
+    out = core.receive(("10.0.0.2", 1), [Ping(2, "me", "b")], 0.0)
+    sends = [e for e in out if isinstance(e, Send)]
+    assert sends
+    assert sends[0].messages[0] == Ack(2)
+
+
+def test_ping_req_relays_ack_or_nacks_after_probe_timeout() -> None:
+    core = NodeCore(
+        Config.lan(name="me"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
+    )
+    out = core.receive(
+        ("10.0.0.2", 1), [PingReq(77, "t", ("10.0.0.3", 1), "b", True)], 0.0
+    )
+    ping = next(e for e in out if isinstance(e, Send))
+    assert ping.addr == ("10.0.0.3", 1)
+    seq = ping.messages[0].seq  # type: ignore[union-attr]
+    relayed = core.receive(("10.0.0.3", 1), [Ack(seq)], 0.1)
+    assert any(isinstance(e, Send) and e.messages[0] == Ack(77) for e in relayed)
+    core.receive(("10.0.0.2", 1), [PingReq(78, "t", ("10.0.0.3", 1), "b", True)], 1.0)
+    assert core.next_deadline() == pytest.approx(1.5) or core.next_deadline() <= 1.5  # type: ignore[operator]
+    nack = core.tick(1.5)
+    assert any(isinstance(e, Send) and e.messages[0] == Nack(78) for e in nack)
+
+
+def test_tcp_fallback_probe_is_requested_with_indirect_probes() -> None:
+    wire = Wire(Config.lan(), ["a", "b", "c"])
+    wire.connect_all()
+    a = wire.cores["a"]
+    a._probe = None
+    a.membership._probe_order = ["c"]
+    a.membership._probe_index = 0
+    a._next_probe_at = 1.0
+    a.tick(1.0)
+    out = a.tick(1.5)
+    probes = [e for e in out if isinstance(e, ProbeTcp)]
+    assert probes
+    assert probes[0].addr == wire.addr["c"]
+    assert probes[0].deadline == 2.0
+
+
+def test_graceful_leave_reaches_everyone_as_left() -> None:
+    wire = Wire(LAN, ["a", "b", "c", "d"])
+    wire.connect_all()
+    wire.advance_to(2.0)
+    wire._run("b", wire.cores["b"].leave(wire.now))
+    wire.advance_to(4.0)
+    assert not wire.cores["b"].leave_pending()
+    for name in "acd":
+        assert wire.status(name, "b") is MemberStatus.LEFT
+    # Old gossip does not resurrect it.
+    inc = wire.cores["a"].member("b").incarnation  # type: ignore[union-attr]
+    wire.cores["a"].receive(("10.0.0.9", 1), [Alive(inc, "b", wire.addr["b"])], 5.0)
+    assert wire.status("a", "b") is MemberStatus.LEFT
+
+
+def test_broadcast_queue_bounded_and_ordered() -> None:
+    from mesh.core.broadcast import BroadcastQueue
+
+    q = BroadcastQueue(max_size=3)
+    for i in range(5):
+        q.queue(f"m{i}", Alive(i, f"m{i}", ("10.0.0.1", 1)), 10)
+    assert len(q) == 3
+    assert q.dropped == 2
+    q.queue("leave", Dead(1, "leave", "leave"), 10, urgent=True)
+    got = q.get(budget=20, limit=2)
+    assert got[0] == Dead(1, "leave", "leave")  # a leave goes first
+    assert len(got) == 2  # budget of two 10-byte entries
+    # Invalidation: a newer message about the same member replaces the old one.
+    q.queue("m4", Suspect(4, "m4", "x"), 10)
+    assert q.pending_for("m4")
+    everything = q.get(budget=1000, limit=2) + q.get(budget=1000, limit=2)
+    assert Alive(4, "m4", ("10.0.0.1", 1)) not in everything
+    assert len(q) == 0  # every entry sent `limit` times is gone

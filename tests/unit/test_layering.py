@@ -1,0 +1,31 @@
+"""The core is sans-IO: importing it must not pull in trio, httpx or socket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_core_imports_no_io() -> None:
+    code = (
+        "import sys, mesh.core.node, mesh.core.membership, mesh.codec;"
+        "bad = [m for m in ('trio', 'httpx', 'socket', 'hypercorn', 'asyncio')"
+        " if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_core_reads_no_clock() -> None:
+    import pathlib
+
+    import mesh.core
+
+    root = pathlib.Path(mesh.core.__file__).parent
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        for banned in ("time.time(", "time.monotonic(", "import time", "datetime"):
+            assert banned not in text, f"{path.name} uses {banned}"
