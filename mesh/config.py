@@ -116,15 +116,18 @@ class Config:
     profile: str = "lan"
     #: member metadata gossiped to all peers (Serf tags)
     tags: dict[str, str] = attrs.field(factory=dict, converter=_tags_converter)
+    #: log lines as ``text`` (key=value) or ``json`` (one object per line)
     log_format: str = "text"
+    #: debug, info, warning or error; per-packet detail is at debug
     log_level: str = "info"
 
     # --- SWIM probing (memberlist config.go names in comments) ---
     #: ProbeInterval: one probe round per interval, scaled by Lifeguard health:
     #: effective interval = probe_interval * (health_score + 1)
     probe_interval: float = attrs.field(default=1.0, validator=_positive)
-    #: ProbeTimeout: wait this long for a direct ack before indirect probes; not
-    #: scaled by health (memberlist: waiting longer does not get UDP through)
+    #: ProbeTimeout: wait probe_timeout * (health_score + 1) for a direct ack
+    #: before indirect probes (Lifeguard LHA-Probe scales it with the interval;
+    #: memberlist leaves it unscaled)
     probe_timeout: float = attrs.field(default=0.5, validator=_positive)
     #: IndirectChecks: members asked to ping-req a target that missed its ack
     indirect_checks: int = attrs.field(default=3, validator=_non_negative)
@@ -193,7 +196,7 @@ class Config:
     max_compound_messages: int = attrs.field(default=128, validator=_at_least_one)
 
     def __attrs_post_init__(self) -> None:
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise ConfigError(
                 f"name must match {_NAME_RE.pattern} (1..128 characters), "
                 f"got {self.name!r}"
@@ -214,7 +217,7 @@ class Config:
                 f"log_format must be text or json, got {self.log_format!r}"
             )
         for key, value in self.tags.items():
-            if not _TAG_KEY_RE.match(str(key)):
+            if not _TAG_KEY_RE.fullmatch(str(key)):
                 raise ConfigError(f"tag key must match {_TAG_KEY_RE.pattern}: {key!r}")
             if not isinstance(value, str):  # type: ignore[redundant-expr,unused-ignore]
                 raise ConfigError(f"tag {key!r}: value must be a string")

@@ -1,0 +1,1 @@
+"""Test helpers shipped with mesh, as trio ships trio.testing."""

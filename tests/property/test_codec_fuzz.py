@@ -1,0 +1,202 @@
+"""mesh.codec under Hypothesis: valid values round-trip; hostile bytes only ever
+raise DecodeError (never another exception, never a hang)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from hypothesis import given, settings, strategies as st
+
+from mesh.codec import (
+    PACKET_OVERHEAD,
+    PROTOCOL_VERSION,
+    decode_packet,
+    decode_push_pull,
+    encode_packet,
+    encode_push_pull,
+    encoded_size,
+)
+from mesh.errors import DecodeError
+from mesh.messages import Message, MessageType, PushPull
+from mesh.testing import strategies as ms
+
+REASONS = {"too_large", "malformed", "bad_version", "schema", "limit"}
+
+# modest, so the whole file runs in a few seconds on every test run
+FAST = settings(max_examples=50, deadline=None)
+FUZZ = settings(max_examples=100, deadline=None)
+
+# Every kind of msgpack value, nested: what a hostile peer can send that is
+# well-formed msgpack but says anything at all.
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from([0, 1, -1, 65535, 65536, 2**64 - 1]),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.dictionaries(
+            st.text(max_size=6) | st.binary(max_size=4), children, max_size=4
+        ),
+    ),
+    max_leaves=20,
+)
+# One field's worth: cheaper to draw than `values`, where many are needed at once.
+fields = st.one_of(
+    scalars,
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.text(max_size=4), scalars, max_size=3),
+)
+type_ids = st.integers(min_value=-1, max_value=len(MessageType) + 2)
+
+
+def check(decode: Callable[[bytes], object], data: bytes) -> None:
+    """Decoding returns or raises DecodeError with a known reason; nothing else."""
+    reason = None
+    try:
+        decode(data)
+    except DecodeError as exc:
+        reason = exc.reason
+    assert reason is None or reason in REASONS, reason
+
+
+# --- valid values ---
+
+
+@FAST
+@given(st.lists(ms.messages(), max_size=20))
+def test_packet_round_trip(messages: list[Message]) -> None:
+    data = encode_packet(messages)
+    assert decode_packet(data) == (messages, 0)
+    assert len(data) <= PACKET_OVERHEAD + sum(encoded_size(m) for m in messages)
+
+
+@FAST
+@given(ms.messages())
+def test_encoded_size_is_exact(message: Message) -> None:
+    # fixarray(2), version, fixarray(1), then the message itself
+    assert encoded_size(message) == len(encode_packet([message])) - 3
+
+
+@FAST
+@given(ms.push_pulls(max_members=5))
+def test_push_pull_round_trip(push_pull: PushPull) -> None:
+    assert decode_push_pull(encode_push_pull(push_pull)) == push_pull
+
+
+# --- hostile input ---
+
+
+@settings(max_examples=300, deadline=None)  # cheap to draw: go wider
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes(data: bytes) -> None:
+    check(decode_packet, data)
+    check(decode_push_pull, data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(values)
+def test_arbitrary_msgpack(value: Any) -> None:
+    data = msgpack.packb(value)
+    check(decode_packet, data)
+    check(decode_push_pull, data)
+
+
+@FUZZ
+@given(st.lists(st.tuples(type_ids, st.lists(fields, max_size=6)), max_size=3))
+def test_packet_shaped_msgpack(wires: list[tuple[int, list[Any]]]) -> None:
+    # right envelope, any contents: reaches every field check
+    check(
+        decode_packet,
+        msgpack.packb([PROTOCOL_VERSION, [[tid, *rest] for tid, rest in wires]]),
+    )
+
+
+@FUZZ
+@given(fields, st.lists(st.lists(fields, max_size=6), max_size=3))
+def test_push_pull_shaped_msgpack(join: Any, rows: list[list[Any]]) -> None:
+    check(decode_push_pull, msgpack.packb([PROTOCOL_VERSION, join, rows]))
+
+
+@FUZZ
+@given(ms.messages(), st.data())
+def test_one_field_replaced(message: Message, data: st.DataObject) -> None:
+    wire = msgpack.unpackb(encode_packet([message]))[1][0]
+    index = data.draw(st.integers(min_value=0, max_value=len(wire)), label="index")
+    value = data.draw(fields, label="value")
+    appended = index == len(wire)
+    if appended:
+        wire.append(value)
+    else:
+        wire[index] = value
+    packet = msgpack.packb([PROTOCOL_VERSION, [wire]])
+    check(decode_packet, packet)
+    if appended:
+        # a field appended by a newer peer is ignored; the message is intact
+        assert decode_packet(packet) == ([message], 0)
+
+
+@FUZZ
+@given(ms.push_pulls(max_members=2), st.data())
+def test_one_row_field_replaced(push_pull: PushPull, data: st.DataObject) -> None:
+    document = msgpack.unpackb(encode_push_pull(push_pull))
+    rows = document[2]
+    if rows:
+        row = rows[data.draw(st.integers(0, len(rows) - 1), label="row")]
+        row[data.draw(st.integers(0, len(row) - 1), label="field")] = data.draw(fields)
+    else:
+        document[data.draw(st.integers(0, 2), label="field")] = data.draw(fields)
+    check(decode_push_pull, msgpack.packb(document))
+
+
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "insert", "delete", "truncate"]),
+        st.integers(min_value=0),
+        st.integers(min_value=0, max_value=255),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def mutate(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:
+    buf = bytearray(data)
+    for op, position, byte in ops:
+        at = position % (len(buf) + 1)
+        if op == "insert":
+            buf.insert(at, byte)
+        elif op == "truncate":
+            del buf[at:]
+        elif at < len(buf):
+            if op == "flip":
+                buf[at] ^= 1 << (byte % 8)
+            elif op == "set":
+                buf[at] = byte
+            else:
+                del buf[at]
+    return bytes(buf)
+
+
+@FUZZ
+@given(st.lists(ms.messages(), min_size=1, max_size=5), mutations)
+def test_mutated_packet(
+    messages: list[Message], ops: list[tuple[str, int, int]]
+) -> None:
+    check(decode_packet, mutate(encode_packet(messages), ops))
+
+
+@FUZZ
+@given(ms.push_pulls(max_members=2), mutations)
+def test_mutated_push_pull(
+    push_pull: PushPull, ops: list[tuple[str, int, int]]
+) -> None:
+    check(decode_push_pull, mutate(encode_push_pull(push_pull), ops))
