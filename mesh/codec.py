@@ -496,6 +496,7 @@ def encode_push_pull(push_pull: PushPull) -> bytes:
             PROTOCOL_VERSION,
             push_pull.join,
             [_MEMBER_SPEC.to_wire(member) for member in push_pull.members],
+            push_pull.sender,
         ]
     )
     if len(data) > MAX_PUSH_PULL_SIZE:
@@ -576,10 +577,14 @@ def _read_push_pull(
                 f"member must be an array, got {_show(row)}", reason="schema"
             )
         members.append(_MEMBER_SPEC.from_wire(row, 0))
-    for _ in range(top - 3):
+    sender = ""
+    if top >= 4:
+        raw_sender = unpacker.unpack()
+        sender = "" if raw_sender == "" else _name(raw_sender, "push_pull.sender")
+    for _ in range(top - 4):
         unpacker.skip()  # fields appended by newer versions
     _check_end(unpacker, data)
-    return PushPull(join=join, members=tuple(members))
+    return PushPull(join=join, members=tuple(members), sender=sender)
 
 
 def _array_next(unpacker: msgpack.Unpacker, data: bytes) -> bool:

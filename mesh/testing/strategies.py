@@ -111,4 +111,5 @@ def push_pulls(*, max_members: int = 20) -> st.SearchStrategy[PushPull]:
         PushPull,
         join=st.booleans(),
         members=st.lists(member_states(), max_size=max_members).map(tuple),
+        sender=st.one_of(st.just(""), names()),
     )

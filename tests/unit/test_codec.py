@@ -279,7 +279,7 @@ def test_push_pull_round_trip(push_pull: PushPull) -> None:
 
 
 def test_push_pull_layout() -> None:
-    data = encode_push_pull(PushPull(True, MEMBERS[:2]))
+    data = encode_push_pull(PushPull(True, MEMBERS[:2], "me"))
     assert msgpack.unpackb(data) == [
         1,
         True,
@@ -287,14 +287,21 @@ def test_push_pull_layout() -> None:
             ["a", list(ADDR), 1, "alive", {"role": "web"}],
             ["b", ["::1", 0], 2**64 - 1, "suspect", {}],
         ],
+        "me",
     ]
 
 
 def test_push_pull_trailing_fields_are_ignored() -> None:
-    data = msgpack.packb([1, True, [[*ROW, "new"]], {"future": 1}, [2]])
+    data = msgpack.packb([1, True, [[*ROW, "new"]], "s", {"future": 1}, [2]])
     assert decode_push_pull(data) == PushPull(
-        True, (MemberState("a", ADDR, 1, MemberStatus.ALIVE),)
+        True, (MemberState("a", ADDR, 1, MemberStatus.ALIVE),), "s"
     )
+
+
+def test_push_pull_without_sender_is_accepted() -> None:
+    data = msgpack.packb([1, True, [ROW]])
+    assert decode_push_pull(data).sender == ""
+    rejects(decode_push_pull, msgpack.packb([1, True, [ROW], {"x": 1}]), "schema")
 
 
 def test_push_pull_max_members() -> None:
