@@ -56,6 +56,7 @@ from typing import Any, Final
 
 import msgpack
 
+from .core.routes import Route, Version, validate_route_fields
 from .errors import DecodeError, LocalProtocolError
 from .messages import (
     Ack,
@@ -86,6 +87,9 @@ __all__ = [
     "encoded_tags_size",
     "encode_push_pull",
     "decode_push_pull",
+    "MAX_ROUTES_BODY",
+    "encode_routes",
+    "decode_routes",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -604,3 +608,94 @@ def _check_end(unpacker: msgpack.Unpacker, data: bytes) -> None:
             f"{len(data) - unpacker.tell()} trailing bytes after the body",
             reason="malformed",
         )
+
+
+# --- route deltas (peer push and anti-entropy repair) ---
+#
+# Body: [PROTOCOL_VERSION, sender, [[key, target, meta, revision, hlc, origin,
+# deleted], ...]] (+ appended fields ignored). Targets may be 1024 characters of
+# any script, so string caps are in bytes: 4 per character.
+
+MAX_ROUTES_BODY: Final = 16 * 1024 * 1024
+_ROUTE_CAP_STR: Final = 4 * 1024 + 16
+
+
+def encode_routes(sender: str, routes: Sequence[Route]) -> bytes:
+    """Pack a batch of route deltas."""
+    rows = [
+        [
+            r.key,
+            r.target,
+            _encode_tags(r.meta),
+            r.version.revision,
+            r.version.hlc,
+            r.version.origin,
+            r.deleted,
+        ]
+        for r in routes
+    ]
+    return _PACKER.pack([PROTOCOL_VERSION, sender, rows])
+
+
+def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
+    """Unpack a batch of route deltas: (sender, routes).
+
+    Raises:
+        DecodeError: bad msgpack, version or schema, a route outside the
+            contract's limits, or more than ``max_routes`` rows.
+    """
+    if len(data) > MAX_ROUTES_BODY:
+        raise DecodeError(
+            f"route batch must be <= {MAX_ROUTES_BODY} bytes, got {len(data)}",
+            reason="too_large",
+        )
+    try:
+        document = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=_ROUTE_CAP_STR,
+            max_bin_len=_CAP_BIN,
+            max_array_len=max(max_routes, _CAP_ARRAY),
+            max_map_len=_CAP_MAP,
+            max_ext_len=0,
+        )
+    except _MSGPACK_ERRORS as exc:
+        raise _malformed(exc) from exc
+    top = _check_version(document, "route batch")
+    if len(top) < 3:
+        raise DecodeError(
+            "route batch must be [version, sender, rows]", reason="schema"
+        )
+    sender = _name(top[1], "routes.sender")
+    rows = top[2]
+    if type(rows) is not list:
+        raise DecodeError("routes.rows must be an array", reason="schema")
+    if len(rows) > max_routes:
+        raise DecodeError(
+            f"route batch must hold at most {max_routes} routes, got {len(rows)}",
+            reason="limit",
+        )
+    return sender, [_route(row) for row in rows]
+
+
+def _route(row: object) -> Route:
+    if type(row) is not list or len(row) < 7:
+        raise DecodeError(
+            f"route must be a 7-field array, got {_show(row)}", reason="schema"
+        )
+    key, target, meta, revision, hlc, origin, deleted = row[:7]
+    deleted = _bool(deleted, "route.deleted")
+    if type(meta) is not dict:
+        raise DecodeError("route.meta must be a map", reason="schema")
+    error = validate_route_fields(key, "x" if deleted else target, meta)
+    if error is not None or type(target) is not str:
+        raise DecodeError(
+            f"route: {error or 'target must be a string'}", reason="schema"
+        )
+    version = Version(
+        _u64(revision, "route.revision"),
+        _u64(hlc, "route.hlc"),
+        _name(origin, "route.origin"),
+    )
+    return Route(key, target, meta, version, deleted)

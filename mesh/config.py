@@ -185,6 +185,39 @@ class Config:
     #: Serf's TombstoneTimeout: left members are forgotten after this long
     tombstone_timeout: float = attrs.field(default=86400.0, validator=_positive)
 
+    # --- routes (issue: replicated route table) ---
+    #: remote HLC timestamps more than this far ahead of our wall clock are not
+    #: adopted by our clock (the write itself is still stored)
+    hlc_max_skew: float = attrs.field(default=60.0, validator=_positive)
+    #: routes (tombstones included) a node stores; writes of new keys beyond it
+    #: answer 507 and remote ones are dropped and counted
+    max_routes: int = attrs.field(default=1_000_000, validator=_at_least_one)
+    #: longest ``?sync=all&timeout=S`` a client may ask for
+    sync_timeout_max: float = attrs.field(default=30.0, validator=_positive)
+
+    # --- route push to peers ---
+    #: pending (coalesced) keys per peer; overflow drops them all and marks the
+    #: peer for anti-entropy repair
+    push_queue_max: int = attrs.field(default=10_000, validator=_at_least_one)
+    #: deltas in one push request
+    push_batch_max: int = attrs.field(default=1000, validator=_at_least_one)
+    #: peers pushed to at once (trio.CapacityLimiter over the fan-out)
+    push_concurrency: int = attrs.field(default=32, validator=_at_least_one)
+    #: deadline of one push request (connect + send + answer)
+    push_request_timeout: float = attrs.field(default=1.0, validator=_positive)
+    #: deadline of one batch to one peer, retries included
+    push_deadline: float = attrs.field(default=3.0, validator=_positive)
+    #: retry backoff: delay i = min(push_backoff_max, push_backoff_base * 2**i)
+    #: * U(0.5, 1), at most push_max_retries, total sleep <= push_retry_budget
+    #: (< push_request_timeout)
+    push_backoff_base: float = attrs.field(default=0.05, validator=_positive)
+    push_backoff_max: float = attrs.field(default=0.4, validator=_positive)
+    push_max_retries: int = attrs.field(default=4, validator=_non_negative)
+    push_retry_budget: float = attrs.field(default=0.75, validator=_non_negative)
+    #: pooled keep-alive connections to peers (httpx.Limits)
+    push_pool_connections: int = attrs.field(default=256, validator=_at_least_one)
+    push_keepalive_expiry: float = attrs.field(default=60.0, validator=_positive)
+
     # --- bounds against hostile or runaway input ---
     #: members a node keeps; alive messages for new members beyond it are dropped
     max_members: int = attrs.field(default=10_000, validator=_at_least_one)
@@ -211,6 +244,16 @@ class Config:
         if self.udp_buffer_size < 512 or self.udp_buffer_size > 65_000:
             raise ConfigError(
                 f"udp_buffer_size must be in 512..65000, got {self.udp_buffer_size}"
+            )
+        if self.push_retry_budget >= self.push_request_timeout:
+            raise ConfigError(
+                "push_retry_budget must be < push_request_timeout, got "
+                f"{self.push_retry_budget!r} >= {self.push_request_timeout!r}"
+            )
+        if self.push_deadline < self.push_request_timeout:
+            raise ConfigError(
+                "push_deadline must be >= push_request_timeout, got "
+                f"{self.push_deadline!r} < {self.push_request_timeout!r}"
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(
@@ -248,6 +291,11 @@ class Config:
             "gossip_nodes": 4,
             "gossip_interval": 0.5,
             "gossip_to_the_dead_time": 60.0,
+            "push_request_timeout": 5.0,
+            "push_deadline": 15.0,
+            "push_retry_budget": 4.0,
+            "push_backoff_base": 0.2,
+            "push_backoff_max": 2.0,
         }
         values.update(overrides)
         return cls(**values)
@@ -275,6 +323,11 @@ class Config:
             "join_backoff_max": 2.0,
             "reconnect_interval": 2.0,
             "refused_suspicion_mult": 2.0,
+            "push_request_timeout": 0.5,
+            "push_deadline": 1.5,
+            "push_retry_budget": 0.35,
+            "push_backoff_base": 0.02,
+            "push_backoff_max": 0.2,
         }
         values.update(overrides)
         return cls(**values)

@@ -12,6 +12,7 @@ import enum
 import attrs
 
 from ..messages import Address, MemberStatus, Message, PushPull
+from .sync import Batch
 
 __all__ = [
     "Effect",
@@ -21,6 +22,7 @@ __all__ = [
     "MemberEvent",
     "MemberView",
     "ProbeTcp",
+    "Push",
     "Send",
     "TcpProbeResult",
 ]
@@ -116,4 +118,14 @@ class MemberEvent:
     member: MemberView
 
 
-Effect = Send | Exchange | ProbeTcp | MemberEvent
+@attrs.frozen
+class Push:
+    """Send ``batch`` of route deltas to its peer (HTTP POST on the mesh port),
+    retrying transient failures per the core's RetryPolicy until
+    ``batch.deadline``; report with ``NodeCore.push_done(batch.peer, batch.id,
+    ok, reason, now)``."""
+
+    batch: Batch
+
+
+Effect = Send | Exchange | ProbeTcp | MemberEvent | Push

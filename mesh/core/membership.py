@@ -173,6 +173,14 @@ class Membership:
                 skip.add(name)
         return picked
 
+    def live_peers(self) -> Iterator[tuple[str, Address]]:
+        """(name, address) of every other alive or suspect member."""
+        members = self._members
+        for name in self._others:
+            member = members[name]
+            if member.status in _LIVE:
+                yield name, member.addr
+
     def random_dead(self) -> Member | None:
         """A random dead (not left) member, for reconnect attempts."""
         dead = [
@@ -313,8 +321,19 @@ class Membership:
     def merge(self, states: Iterable[MemberState], sender: str, now: float) -> None:
         """memberlist mergeState: a remote dead is only a suspicion here, so a
         wrongly declared member gets the chance to refute."""
+        members = self._members
         for state in states:
             if state.status is MemberStatus.ALIVE:
+                known = members.get(state.name)
+                if (
+                    known is not None
+                    and known is not self.local
+                    and state.incarnation <= known.incarnation
+                    and state.addr == known.addr
+                ):
+                    # Nothing new (most rows of a periodic sync): on_alive would
+                    # ignore it; skip building the message (O(n) per exchange).
+                    continue
                 self.on_alive(
                     Alive(state.incarnation, state.name, state.addr, state.tags), now
                 )

@@ -55,14 +55,18 @@ from .effects import (
     MemberEvent,
     MemberView,
     ProbeTcp,
+    Push,
     Send,
     TcpProbeResult,
 )
 from .membership import Member, Membership
+from .routes import Outcome, Route, RouteTable
+from .sync import PushScheduler, RetryPolicy, SyncTicket
 
 __all__ = ["NodeCore", "push_pull_scale"]
 
 _SEQ_MASK = (1 << 32) - 1
+_GONE = (EventKind.DEAD, EventKind.LEFT, EventKind.REAP)
 
 
 def push_pull_scale(interval: float, n: int) -> float:
@@ -152,6 +156,24 @@ class NodeCore:
         self._join_retry_at: float | None = None
         self.joined = not config.join
         self.started = False
+        self.routes = RouteTable(
+            origin=config.name,
+            max_routes=config.max_routes,
+            hlc_max_skew_ms=int(config.hlc_max_skew * 1000),
+        )
+        self.pushes = PushScheduler(
+            queue_max=config.push_queue_max,
+            batch_max=config.push_batch_max,
+            deadline=config.push_deadline,
+        )
+        #: the shell's retry schedule for one push batch
+        self.retry_policy = RetryPolicy(
+            request_timeout=config.push_request_timeout,
+            budget=config.push_retry_budget,
+            base=config.push_backoff_base,
+            cap=config.push_backoff_max,
+            max_retries=config.push_max_retries,
+        )
 
     # --- queries ---
 
@@ -178,24 +200,26 @@ class NodeCore:
 
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called (None: only on input)."""
-        times = [self._next_probe_at, self._next_sync_at, self._next_reap_at]
-        if self._probe is not None:
-            times.append(
-                self._probe.end_at
-                if self._probe.indirect_sent or self._probe.acked
-                else self._probe.timeout_at
-            )
-        if len(self.membership.broadcasts):
-            times.append(self._next_gossip_at)
-        if self.membership.suspicions:
-            times.append(min(s.deadline for s in self.membership.suspicions.values()))
+        # Called after every input (by the shell and the simulator): plain
+        # comparisons, no list, and the dead count only when it could matter.
+        t = min(self._next_probe_at, self._next_sync_at, self._next_reap_at)
+        probe = self._probe
+        if probe is not None:
+            p = probe.end_at if probe.indirect_sent or probe.acked else probe.timeout_at
+            if p < t:
+                t = p
+        m = self.membership
+        if self._next_gossip_at < t and len(m.broadcasts):
+            t = self._next_gossip_at
+        if m.suspicions:
+            t = min(t, min(s.deadline for s in m.suspicions.values()))
         if self._relays:
-            times.append(min(r.deadline for r in self._relays.values()))
-        if self.membership.count(MemberStatus.DEAD):
-            times.append(self._next_reconnect_at)
-        if self._join_retry_at is not None:
-            times.append(self._join_retry_at)
-        return min(times)
+            t = min(t, min(r.deadline for r in self._relays.values()))
+        if self._next_reconnect_at < t and m.count(MemberStatus.DEAD):
+            t = self._next_reconnect_at
+        if self._join_retry_at is not None and self._join_retry_at < t:
+            t = self._join_retry_at
+        return t
 
     # --- inputs ---
 
@@ -322,6 +346,84 @@ class NodeCore:
         self._gossip(now)
         self._next_gossip_at = now + self.config.gossip_interval
         return self._drain()
+
+    # --- routes ---
+
+    def put_route(
+        self,
+        key: str,
+        target: str,
+        meta: dict[str, str],
+        revision: int | None,
+        now: float,
+        wall: float,
+    ) -> tuple[Outcome, list[Effect]]:
+        """A client's write accepted here: commit locally, queue for peers.
+
+        ``wall`` is the wall clock in seconds (for the HLC); ``now`` the
+        monotonic clock of every other input.
+        """
+        outcome = self.routes.write(
+            key, target, meta, revision=revision, wall_ms=int(wall * 1000)
+        )
+        return outcome, self._after_write(outcome, now)
+
+    def delete_route(
+        self, key: str, revision: int | None, now: float, wall: float
+    ) -> tuple[Outcome, list[Effect]]:
+        """A client's delete: a tombstone, versioned and pushed like a write."""
+        outcome = self.routes.write(
+            key, "", {}, revision=revision, wall_ms=int(wall * 1000), deleted=True
+        )
+        return outcome, self._after_write(outcome, now)
+
+    def receive_routes(
+        self, routes: Sequence[Route], now: float, wall: float
+    ) -> tuple[dict[str, int], list[Effect]]:
+        """Deltas pushed by a peer: apply each; counts by outcome status.
+
+        Not re-pushed: the origin pushes to everyone and anti-entropy repairs
+        whoever it missed, so deltas do not echo around the mesh.
+        """
+        counts: dict[str, int] = {}
+        wall_ms = int(wall * 1000)
+        for route in routes:
+            status = self.routes.apply(route, wall_ms=wall_ms).status.value
+            counts[status] = counts.get(status, 0) + 1
+        return counts, self._drain()
+
+    def push_done(
+        self, peer: str, batch_id: int, ok: bool, reason: str, now: float
+    ) -> list[Effect]:
+        """Result of a :class:`Push`: delivered, or given up with ``reason``
+        (``deadline``, ``rejected``, ...). The next batch for the peer, if any,
+        comes out at once."""
+        self.pushes.done(peer, batch_id, ok, reason)
+        self._take_pushes(now)
+        return self._drain()
+
+    def sync_ticket(self) -> SyncTicket:
+        """Snapshot for ``sync=all`` right after a write: the live peers and
+        the write's index."""
+        return self.pushes.ticket(
+            self.routes.index, (name for name, _ in self.membership.live_peers())
+        )
+
+    def sync_status(self, ticket: SyncTicket) -> tuple[list[str], list[str]]:
+        """(acked, pending) peer names for a ticket."""
+        return self.pushes.acked(ticket, self.routes.index)
+
+    def _after_write(self, outcome: Outcome, now: float) -> list[Effect]:
+        if outcome.changed and outcome.route is not None:
+            self.pushes.enqueue(
+                outcome.route, self.routes.index, self.membership.live_peers()
+            )
+            self._take_pushes(now)
+        return self._drain()
+
+    def _take_pushes(self, now: float) -> None:
+        for batch in self.pushes.take_ready(now):
+            self._out.append(Push(batch))
 
     # --- probing ---
 
@@ -512,6 +614,11 @@ class NodeCore:
     def _drain(self) -> list[Effect]:
         out = self._out
         if self.membership.out:
+            for effect in self.membership.out:
+                if isinstance(effect, MemberEvent) and effect.kind in _GONE:
+                    # Pending deltas for a dead or departed peer are dropped
+                    # (and the peer marked for repair), never kept.
+                    self.pushes.forget(effect.member.name, f"peer_{effect.kind.value}")
             out.extend(self.membership.out)
             self.membership.out.clear()
         self._out = []

@@ -85,5 +85,6 @@ class Suspicion:
         remaining = remaining_suspicion_time(
             self.n, self.k, elapsed, self.min_timeout, self.max_timeout
         )
-        self.deadline = now + max(remaining, 0.0)
+        # Never later: the owner may have shortened it (refused TCP probe).
+        self.deadline = min(self.deadline, now + max(remaining, 0.0))
         return True

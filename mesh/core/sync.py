@@ -1,0 +1,273 @@
+"""Per-peer push policy: coalescing queues, one batch in flight, retry budget.
+
+Theory of operation. Every local write is queued for every live peer. Each peer
+has its own bounded queue that *coalesces by key*: a newer version of a key
+replaces the pending one, so a burst of writes to a key costs one delta. While a
+batch is in flight to a peer, new writes wait in its queue; when the batch ends,
+everything pending goes out as the next batch (up to ``push_batch_max``). So a
+quiet mesh pushes each write at once, and a busy one sends a few large batches
+instead of many small requests, with at most one request in flight per peer.
+
+A batch has a deadline (``push_deadline`` after it was handed out). The shell
+retries it only on transient failures, sleeping per :class:`RetryPolicy`, whose
+total sleep is strictly below the per-request timeout. When a batch fails for
+good, passes its deadline, the peer's queue overflows, or the peer is declared
+dead or leaves, its pending deltas are dropped, counted by reason, and the peer
+is marked *needs repair*: anti-entropy brings it up to date instead. Memory
+stays bounded whatever a peer does: ``push_queue_max`` keys per live peer.
+
+Low-water marks make ``sync=all`` cheap: for each peer, every change with a
+table index at or below ``low_water`` has been acknowledged (or superseded by an
+acknowledged newer version of the same key) unless the peer dropped something.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter
+from collections.abc import Iterable
+
+import attrs
+
+from ..messages import Address
+from .routes import Route
+
+__all__ = [
+    "Batch",
+    "Failure",
+    "PushScheduler",
+    "RetryPolicy",
+    "SyncTicket",
+    "is_transient",
+]
+
+
+class Failure(enum.Enum):
+    """How one push attempt failed, as the shell maps it from httpx."""
+
+    CONNECT = "connect"  # refused, reset, DNS: the request never got there
+    TIMEOUT = "timeout"  # no answer within the per-request timeout
+    STATUS = "status"  # an HTTP error status (see ``status``)
+    PROTOCOL = "protocol"  # a malformed answer
+
+
+def is_transient(failure: Failure, status: int | None = None) -> bool:
+    """Retry connect errors, timeouts, 429 and 5xx; never other 4xx.
+
+    A timeout is transient: the peer may be briefly slow (a GC pause, a
+    burst). Treating it as permanent would give a slow peer one attempt only.
+    """
+    if failure in (Failure.CONNECT, Failure.TIMEOUT):
+        return True
+    if failure is Failure.STATUS and status is not None:
+        return status == 429 or 500 <= status <= 599
+    return False
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Exponential backoff with jitter under a total sleep budget.
+
+    Delay ``i`` is ``min(cap, base * 2**i) * U(0.5, 1)``; retries stop at
+    ``max_retries`` or before the sum of delays would exceed ``budget``, which
+    the config keeps strictly below ``request_timeout``: the retries of one
+    batch never sleep longer than one request may take.
+    """
+
+    request_timeout: float
+    budget: float
+    base: float
+    cap: float
+    max_retries: int
+
+    def delays(self, rng: random.Random) -> list[float]:
+        """The sleep before each retry of one batch."""
+        out: list[float] = []
+        total = 0.0
+        for attempt in range(self.max_retries):
+            delay = min(self.cap, self.base * 2**attempt) * (0.5 + rng.random() / 2)
+            if total + delay > self.budget:
+                break
+            out.append(delay)
+            total += delay
+        return out
+
+
+@attrs.frozen
+class Batch:
+    """Deltas handed to the shell for one peer; report with ``push_done``."""
+
+    id: int
+    peer: str
+    addr: Address
+    routes: tuple[Route, ...]
+    min_index: int
+    deadline: float
+
+
+class _Peer:
+    __slots__ = ("addr", "batch", "drops", "name", "pending", "serial")
+
+    def __init__(self, name: str, addr: Address, serial: int) -> None:
+        self.name = name
+        self.addr = addr
+        self.serial = serial
+        # key -> (table index, route), kept in index order: re-insert on update
+        self.pending: dict[str, tuple[int, Route]] = {}
+        self.batch: Batch | None = None
+        self.drops = 0
+
+
+@attrs.frozen
+class SyncTicket:
+    """What ``sync=all`` waits on: a write's index and each peer's queue state."""
+
+    index: int
+    peers: dict[str, tuple[int, int]]  # name -> (queue serial, drops)
+
+
+class PushScheduler:
+    """Every peer's push queue."""
+
+    def __init__(self, *, queue_max: int, batch_max: int, deadline: float) -> None:
+        self._queue_max = queue_max
+        self._batch_max = batch_max
+        self._deadline = deadline
+        self._peers: dict[str, _Peer] = {}
+        self._ready: set[str] = set()
+        self._serial = 0
+        self._batch_id = 0
+        #: peers that lost deltas and need anti-entropy repair
+        self.needs_repair: set[str] = set()
+        #: counters exported as metrics
+        self.stats: Counter[str] = Counter()
+
+    def __contains__(self, peer: str) -> bool:
+        return peer in self._peers
+
+    def depth(self) -> int:
+        """Deltas waiting, over all peers (in-flight batches excluded)."""
+        return sum(len(p.pending) for p in self._peers.values())
+
+    def in_flight(self) -> int:
+        return sum(1 for p in self._peers.values() if p.batch is not None)
+
+    def enqueue(
+        self, route: Route, index: int, peers: Iterable[tuple[str, Address]]
+    ) -> None:
+        """Queue a change for each peer, coalescing by key."""
+        for name, addr in peers:
+            peer = self._peers.get(name)
+            if peer is None or peer.addr != addr:
+                if peer is not None:
+                    self.forget(name, "peer_moved")
+                self._serial += 1
+                peer = self._peers[name] = _Peer(name, addr, self._serial)
+            if route.key in peer.pending:
+                del peer.pending[route.key]
+                self.stats["coalesced"] += 1
+            peer.pending[route.key] = (index, route)
+            if len(peer.pending) > self._queue_max:
+                self._drop_pending(peer, "overflow")
+                continue
+            if peer.batch is None:
+                self._ready.add(name)
+
+    def take_ready(self, now: float) -> list[Batch]:
+        """A batch for every peer with work and nothing in flight."""
+        out: list[Batch] = []
+        for name in self._ready:
+            peer = self._peers.get(name)
+            if peer is None or peer.batch is not None or not peer.pending:
+                continue
+            items = []
+            for key in list(peer.pending)[: self._batch_max]:
+                items.append(peer.pending.pop(key))
+            self._batch_id += 1
+            batch = Batch(
+                self._batch_id,
+                name,
+                peer.addr,
+                tuple(route for _, route in items),
+                min(index for index, _ in items),
+                now + self._deadline,
+            )
+            peer.batch = batch
+            self.stats["batches"] += 1
+            out.append(batch)
+        self._ready.clear()
+        return out
+
+    def done(
+        self, peer_name: str, batch_id: int, ok: bool, reason: str = "failed"
+    ) -> None:
+        """The shell finished a batch: delivered, or given up with ``reason``."""
+        peer = self._peers.get(peer_name)
+        if peer is None or peer.batch is None or peer.batch.id != batch_id:
+            return
+        batch, peer.batch = peer.batch, None
+        if ok:
+            self.stats["delivered"] += len(batch.routes)
+        else:
+            self._count_drop(peer, reason, len(batch.routes))
+        if peer.pending:
+            self._ready.add(peer_name)
+
+    def forget(self, peer_name: str, reason: str) -> None:
+        """The peer is gone (dead, left, moved): drop everything for it."""
+        peer = self._peers.pop(peer_name, None)
+        if peer is None:
+            return
+        lost = len(peer.pending) + (len(peer.batch.routes) if peer.batch else 0)
+        if lost:
+            self._count_drop(peer, reason, lost)
+        self._ready.discard(peer_name)
+
+    def low_water(self, peer_name: str, table_index: int) -> int:
+        """Every change with index <= this was delivered to the peer (or is
+        superseded by a delivered one), unless it dropped some."""
+        peer = self._peers.get(peer_name)
+        if peer is None:
+            return table_index
+        marks = [table_index]
+        if peer.pending:
+            marks.append(next(iter(peer.pending.values()))[0] - 1)
+        if peer.batch is not None:
+            marks.append(peer.batch.min_index - 1)
+        return min(marks)
+
+    def ticket(self, index: int, peers: Iterable[str]) -> SyncTicket:
+        state = {}
+        for name in peers:
+            peer = self._peers.get(name)
+            state[name] = (peer.serial, peer.drops) if peer else (-1, 0)
+        return SyncTicket(index, state)
+
+    def acked(
+        self, ticket: SyncTicket, table_index: int
+    ) -> tuple[list[str], list[str]]:
+        """Split the ticket's peers into acknowledged and pending."""
+        acked: list[str] = []
+        pending: list[str] = []
+        for name, (serial, drops) in sorted(ticket.peers.items()):
+            peer = self._peers.get(name)
+            ok = (
+                peer is not None
+                and peer.serial == serial
+                and peer.drops == drops
+                and self.low_water(name, table_index) >= ticket.index
+            )
+            (acked if ok else pending).append(name)
+        return acked, pending
+
+    def _drop_pending(self, peer: _Peer, reason: str) -> None:
+        lost = len(peer.pending)
+        peer.pending.clear()
+        self._ready.discard(peer.name)
+        self._count_drop(peer, reason, lost)
+
+    def _count_drop(self, peer: _Peer, reason: str, count: int) -> None:
+        peer.drops += 1
+        self.stats[f"dropped_{reason}"] += count
+        self.needs_repair.add(peer.name)

@@ -1,0 +1,127 @@
+"""RouteTable: versions, conflicts, tombstones, the HLC."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.core.routes import (
+    HybridClock,
+    OutcomeStatus,
+    Route,
+    RouteTable,
+    Version,
+    validate_route_fields,
+)
+
+
+def table(origin: str = "a") -> RouteTable:
+    return RouteTable(origin=origin, max_routes=100, hlc_max_skew_ms=60_000)
+
+
+def test_version_string_sorts_like_the_version() -> None:
+    versions = [
+        Version(0, 5, "b"),
+        Version(0, 5, "a"),
+        Version(1, 1, "a"),
+        Version(0, 70000, "a"),
+        Version(2**64 - 1, 0, "z"),
+    ]
+    assert sorted(versions) == sorted(versions, key=str)
+    for v in versions:
+        assert Version.parse(str(v)) == v
+
+
+def test_write_then_read_and_revision_ordering() -> None:
+    t = table()
+    put = t.write("k", "http://one", {"x": "1"}, revision=5, wall_ms=1000)
+    assert put.status is OutcomeStatus.APPLIED
+    assert put.route is not None
+    assert put.route.version.revision == 5
+    stale = t.write("k", "http://old", {}, revision=4, wall_ms=2000)
+    assert stale.status is OutcomeStatus.CONFLICT
+    assert stale.route == put.route  # 409 carries the current route
+    same = t.write("k", "http://two", {}, revision=5, wall_ms=2000)
+    assert same.status is OutcomeStatus.APPLIED  # equal revision: newer HLC wins
+    # No revision: inherits the stored one, so it still orders after it.
+    plain = t.write("k", "http://three", {}, revision=None, wall_ms=3000)
+    assert plain.route is not None
+    assert plain.route.version.revision == 5
+    assert t.get("k") == plain.route
+
+
+def test_delete_is_a_tombstone_that_stale_writes_cannot_undo() -> None:
+    a, b = table("a"), table("b")
+    put = a.write("k", "http://x", {}, revision=None, wall_ms=1000)
+    assert put.route is not None
+    b.apply(put.route, wall_ms=1000)
+    gone = b.write("k", "", {}, revision=None, wall_ms=2000, deleted=True)
+    assert gone.route is not None
+    assert gone.route.deleted
+    assert len(b) == 0
+    assert b.tombstones == 1
+    # The old put arrives again (a late or duplicated push): nothing changes.
+    assert b.apply(put.route, wall_ms=3000).status is OutcomeStatus.STALE
+    assert b.get("k") == gone.route
+    # And the tombstone wins at a when it arrives there.
+    assert a.apply(gone.route, wall_ms=3000).status is OutcomeStatus.APPLIED
+    assert a.live() == []
+
+
+def test_apply_is_idempotent() -> None:
+    t = table()
+    r = Route("k", "http://x", {}, Version(0, 10, "z"))
+    assert t.apply(r, wall_ms=0).status is OutcomeStatus.APPLIED
+    assert t.apply(r, wall_ms=0).status is OutcomeStatus.DUPLICATE
+    assert t.index == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "target", "meta", "ok"),
+    [
+        ("a", "t", None, True),
+        ("A9._:@-z", "t", {"k": "v"}, True),
+        ("", "t", None, False),
+        ("-a", "t", None, False),
+        ("a/b", "t", None, False),
+        ("a" * 253, "t", None, True),
+        ("a" * 254, "t", None, False),
+        ("a", "", None, False),
+        ("a", "t" * 1024, None, True),
+        ("a", "t" * 1025, None, False),
+        ("a", "t", {str(i): "v" for i in range(33)}, False),
+        ("a", "t", {"k": "v" * 257}, False),
+        ("a", "t", {"k": 1}, False),
+        ("a", 5, None, False),
+    ],
+)
+def test_contract_limits(key: object, target: object, meta: object, ok: bool) -> None:
+    assert (validate_route_fields(key, target, meta) is None) is ok
+
+
+def test_hlc_never_goes_backwards_and_clamps_the_future() -> None:
+    clock = HybridClock(max_skew_ms=1000)
+    t1 = clock.increment(5000)
+    t2 = clock.increment(4000)  # wall clock stepped back
+    assert t2 > t1
+    clock.witness((10_000 << 16) + 3, wall_ms=5000)  # 5 s ahead: clamped
+    assert clock.clamped == 1
+    assert clock.increment(5000) < (10_000 << 16)
+    clock.witness((5500 << 16) + 7, wall_ms=5000)  # within the skew: adopted
+    assert clock.increment(5000) > (5500 << 16) + 7
+
+
+def test_local_write_supersedes_a_clamped_future_version() -> None:
+    t = table()
+    future = Route("k", "http://f", {}, Version(0, (10**12) << 16, "evil"))
+    t.apply(future, wall_ms=1000)
+    out = t.write("k", "http://mine", {}, revision=None, wall_ms=1000)
+    assert out.status is OutcomeStatus.APPLIED
+    assert t.get("k") == out.route
+
+
+def test_table_bound() -> None:
+    t = RouteTable(origin="a", max_routes=2, hlc_max_skew_ms=1)
+    assert t.write("a", "t", {}, revision=None, wall_ms=1).changed
+    assert t.write("b", "t", {}, revision=None, wall_ms=1).changed
+    assert t.write("c", "t", {}, revision=None, wall_ms=1).status is OutcomeStatus.FULL
+    assert t.write("a", "u", {}, revision=None, wall_ms=1).changed  # updates still fit
