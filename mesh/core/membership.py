@@ -350,6 +350,7 @@ class Membership:
         expired = [n for n, s in self.suspicions.items() if s.deadline <= now]
         for name in expired:
             member = self._members[name]
+            self.stats["deaths_declared"] += 1
             self.on_dead(Dead(member.incarnation, name, self.local.name), now)
 
     def reap(self, now: float) -> None:

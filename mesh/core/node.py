@@ -193,10 +193,10 @@ class NodeCore:
         return m.view() if m is not None else None
 
     def leave_pending(self) -> bool:
-        """True while our leave has not been gossiped its full retransmit count."""
-        return self.membership.leaving and self.membership.broadcasts.pending_for(
-            self.name
-        )
+        """True while our leave has not been gossiped its full retransmit count
+        (False at once when nobody is alive to tell)."""
+        m = self.membership
+        return m.leaving and m.num_live() > 0 and m.broadcasts.pending_for(self.name)
 
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called (None: only on input)."""
@@ -209,7 +209,8 @@ class NodeCore:
             if p < t:
                 t = p
         m = self.membership
-        if self._next_gossip_at < t and len(m.broadcasts):
+        # A lone node has nobody to gossip to: no wake-ups for its queue.
+        if self._next_gossip_at < t and len(m.broadcasts) and m.num_live() > 1:
             t = self._next_gossip_at
         if m.suspicions:
             t = min(t, min(s.deadline for s in m.suspicions.values()))

@@ -17,7 +17,9 @@ def test_configuration_doc_is_current() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     committed = (ROOT / "docs" / "configuration.md").read_text()
-    assert committed == module.render(), "run: python scripts/docs_config.py > docs/configuration.md"
+    assert committed == module.render(), (
+        "run: python scripts/docs_config.py > docs/configuration.md"
+    )
 
 
 def test_public_api_is_curated() -> None:

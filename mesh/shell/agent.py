@@ -1,0 +1,303 @@
+"""Agent: one node's core plus the executor of its effects.
+
+Every input reaches the core through a method here and every list of effects it
+returns goes through :meth:`Agent._dispatch`, the one place effects are executed:
+
+* ``Send``: a datagram, sent at once on the non-blocking UDP socket;
+* ``Exchange`` / ``ProbeTcp``: need a round trip, so they run as tasks in the
+  agent's nursery and report back as new inputs (``exchange_done``,
+  ``tcp_probe_done``);
+* ``MemberEvent``: logged at info and counted;
+* ``Push``: handed to :attr:`Agent.push_handler` (route replication).
+
+Dispatch is synchronous and never yields, so core calls never interleave and
+effects run in the order the core gave them. Effects produced while dispatching
+(a task refused for lack of capacity reports failure at once) are queued behind
+the current ones rather than run re-entrantly.
+
+One timer loop sleeps until ``core.next_deadline()``; an input that moves the
+deadline earlier wakes it through an event, so nothing is polled.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+
+from ..config import Config
+from ..core.effects import (
+    Effect,
+    EventKind,
+    Exchange,
+    ExchangePurpose,
+    MemberEvent,
+    ProbeTcp,
+    Push,
+    Send,
+    TcpProbeResult,
+)
+from ..core.node import NodeCore
+from ..logs import get_logger
+from ..messages import Address, MemberStatus, Message, PushPull
+from .metrics import Metrics
+from .net import format_address
+from .peer_http import PeerClient
+from .udp import UdpEndpoint
+
+__all__ = ["Agent"]
+
+_EVENT_MESSAGES = {
+    EventKind.JOIN: "member joined",
+    EventKind.UPDATE: "member updated",
+    EventKind.SUSPECT: "member suspect",
+    EventKind.ALIVE: "member alive",
+    EventKind.DEAD: "member dead",
+    EventKind.LEFT: "member left",
+    EventKind.REAP: "member reaped",
+    EventKind.REFUTE: "refuted suspicion of us",
+    EventKind.JOINED: "joined the mesh",
+}
+
+
+class Agent:
+    """One node: its :class:`NodeCore` and the I/O that executes its effects.
+
+    Usable without I/O attached (API tests): sends are then dropped and
+    exchanges and TCP probes fail at once.
+
+    Args:
+        config: the node's configuration.
+        addr: the advertised mesh address.
+        now: ``trio.current_time()`` at creation.
+        incarnation: the starting incarnation (see :func:`run_agent`).
+        rng: randomness for the core; a fresh ``random.Random()`` by default.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        addr: Address,
+        now: float,
+        incarnation: int = 0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.core = NodeCore(
+            config,
+            addr=addr,
+            rng=rng if rng is not None else random.Random(),
+            now=now,
+            incarnation=incarnation,
+        )
+        self.metrics = Metrics(self.core)
+        self.log: structlog.typing.FilteringBoundLogger = get_logger(config.name)
+        self.udp: UdpEndpoint | None = None
+        self.peers: PeerClient | None = None
+        self._nursery: trio.Nursery | None = None
+        # Bound on concurrent exchange/probe tasks; past it an effect fails at
+        # once, so a burst (many seeds, a flood of dead members) cannot pile up
+        # tasks. max_pending_probes already bounds the indirect probes we run
+        # for others, the same kind of work.
+        self._io_limit = config.max_pending_probes
+        self._io_inflight = 0
+        self._queue: deque[Effect] = deque()
+        self._dispatching = False
+        self._timer_at = math.inf
+        self._wake = trio.Event()
+        #: executes route pushes (the pusher, when wired); without one a push is
+        #: reported failed at once and anti-entropy carries the routes instead
+        self.push_handler: Callable[[Push], None] | None = None
+        #: set to begin the graceful leave (signal, API, embedding caller)
+        self.shutdown_requested = trio.Event()
+        #: set once our leave has been gossiped enough (or there is nobody to tell)
+        self.leave_done = trio.Event()
+
+    def attach(
+        self,
+        *,
+        nursery: trio.Nursery,
+        udp: UdpEndpoint | None,
+        peers: PeerClient | None,
+    ) -> None:
+        """Give the agent its I/O: where tasks run, the UDP socket, the client."""
+        self._nursery = nursery
+        self.udp = udp
+        self.peers = peers
+
+    # --- inputs: each is one core call, its effects dispatched ---
+
+    def start(self) -> None:
+        self._dispatch(self.core.start(trio.current_time()))
+
+    def receive(self, src: Address, messages: list[Message]) -> None:
+        """One decoded datagram (the UDP loop's callback)."""
+        self._dispatch(self.core.receive(src, messages, trio.current_time()))
+
+    def handle_exchange(self, request: PushPull) -> PushPull:
+        """A peer's member-table exchange (the peer HTTP app's callback)."""
+        reply, effects = self.core.handle_exchange(request, trio.current_time())
+        self._dispatch(effects)
+        return reply
+
+    def leave(self) -> None:
+        """Announce our leave; :attr:`leave_done` is set when it has spread."""
+        self.log.info("leaving the mesh")
+        self._dispatch(self.core.leave(trio.current_time()))
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
+
+    async def run_timers(self) -> None:
+        """The one timer loop: tick at each ``next_deadline``, sleep between."""
+        while True:
+            deadline = self.core.next_deadline()
+            target = math.inf if deadline is None else deadline
+            now = trio.current_time()
+            if now >= target:
+                self._timer_at = -math.inf  # ticking: nobody needs to wake us
+                self._dispatch(self.core.tick(now))
+                await trio.lowlevel.checkpoint()
+                continue
+            self._timer_at = target
+            with trio.move_on_at(target):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    # --- queries for the API ---
+
+    def health(self) -> dict[str, Any]:
+        core = self.core
+        return {
+            "status": "ok",
+            "name": core.name,
+            "joined": core.joined,
+            "members_alive": core.membership.count(MemberStatus.ALIVE),
+            "health_score": core.health_score,
+        }
+
+    def members(self) -> list[dict[str, Any]]:
+        views = sorted(self.core.members(), key=lambda v: v.name)
+        return [
+            {
+                "name": v.name,
+                "addr": format_address(v.addr),
+                "status": v.status.value,
+                "incarnation": v.incarnation,
+                "tags": v.tags,
+            }
+            for v in views
+        ]
+
+    # --- effects ---
+
+    def _dispatch(self, effects: list[Effect]) -> None:
+        self._queue.extend(effects)
+        if self._dispatching:
+            return  # the outer call drains the queue, in order
+        self._dispatching = True
+        try:
+            while self._queue:
+                self._execute(self._queue.popleft())
+        finally:
+            self._dispatching = False
+        deadline = self.core.next_deadline()
+        if deadline is not None and deadline < self._timer_at:
+            self._wake.set()
+        if self.core.membership.leaving and self._leave_spread():
+            self.leave_done.set()
+
+    def _leave_spread(self) -> bool:
+        # Done when the core has gossiped our leave enough, or when nobody alive
+        # is left to tell (the core would then keep it queued forever: there is
+        # no one to transmit it to).
+        core = self.core
+        return not core.leave_pending() or core.membership.num_live() == 0
+
+    def _execute(self, effect: Effect) -> None:
+        if isinstance(effect, Send):
+            if self.udp is not None:
+                self.udp.send(effect.addr, effect.messages)
+            else:
+                self.metrics.drop("send_no_socket")
+        elif isinstance(effect, Exchange):
+            if self._start_io():
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_exchange, effect)
+            else:
+                self._queue.extend(
+                    self.core.exchange_done(effect.token, [], trio.current_time())
+                )
+        elif isinstance(effect, ProbeTcp):
+            if self._start_io():
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_probe, effect)
+            else:
+                self._queue.extend(
+                    self.core.tcp_probe_done(
+                        effect.seq, TcpProbeResult.FAILED, trio.current_time()
+                    )
+                )
+        elif isinstance(effect, Push):
+            if self.push_handler is not None:
+                self.push_handler(effect)
+            else:
+                batch = effect.batch
+                self._queue.extend(
+                    self.core.push_done(
+                        batch.peer, batch.id, False, "unsupported", trio.current_time()
+                    )
+                )
+        else:
+            self._on_member_event(effect)
+
+    def _start_io(self) -> bool:
+        if self._nursery is None or self.peers is None:
+            return False
+        if self._io_inflight >= self._io_limit:
+            self.metrics.exchange_errors.labels("client", "busy").inc()
+            return False
+        self._io_inflight += 1
+        return True
+
+    async def _run_exchange(self, effect: Exchange) -> None:
+        assert self.peers is not None
+        try:
+            replies = await self.peers.exchange(effect.target, effect.request)
+        finally:
+            self._io_inflight -= 1
+        if not replies and effect.purpose is ExchangePurpose.JOIN:
+            target = effect.target
+            seed = target if isinstance(target, str) else format_address(target)
+            self.log.info("join attempt failed; will retry", seed=seed)
+        self._dispatch(
+            self.core.exchange_done(effect.token, replies, trio.current_time())
+        )
+
+    async def _run_probe(self, effect: ProbeTcp) -> None:
+        assert self.peers is not None
+        try:
+            result = await self.peers.probe(effect.addr, effect.target, effect.deadline)
+        finally:
+            self._io_inflight -= 1
+        self.log.debug("tcp probe", peer=effect.target, result=result.value)
+        self._dispatch(
+            self.core.tcp_probe_done(effect.seq, result, trio.current_time())
+        )
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        view = event.member
+        self.metrics.member_events.labels(event.kind.value).inc()
+        self.log.info(
+            _EVENT_MESSAGES.get(event.kind, event.kind.value),
+            peer=view.name,
+            addr=format_address(view.addr),
+            status=view.status.value,
+            incarnation=view.incarnation,
+        )

@@ -1,0 +1,277 @@
+"""A minimal raw-ASGI toolkit shared by the peer and the client API apps.
+
+Why not a framework: two small apps with a handful of routes each, where every
+byte read from a stranger must be bounded; a route table, a bounded body reader
+and a JSON error shape are all we need, and they cost nothing per request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import attrs
+
+__all__ = [
+    "ASGIApp",
+    "HttpError",
+    "Request",
+    "Response",
+    "Route",
+    "Router",
+    "json_response",
+    "normalize_method",
+    "read_body",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: methods we label metrics with; anything else is "OTHER" so a client cannot
+#: grow the label set without bound
+_KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+
+
+def normalize_method(method: str) -> str:
+    """The method as a bounded metric label."""
+    return method if method in _KNOWN_METHODS else "OTHER"
+
+
+class HttpError(Exception):
+    """Shell-internal control flow: a handler answers with an error status.
+
+    Never escapes an app: :class:`Router` turns it into ``{"error": message}``.
+    """
+
+    def __init__(
+        self, status: int, message: str, *, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = tuple(headers)
+
+
+@attrs.frozen
+class Response:
+    """What a handler returns; ``body`` is sent as is, then ``after`` runs (so a
+    handler can act once its answer is on the wire, e.g. leave and exit)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    after: Callable[[], None] | None = attrs.field(default=None, eq=False)
+
+
+def json_response(
+    status: int,
+    document: Any,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    after: Callable[[], None] | None = None,
+) -> Response:
+    """A compact JSON response."""
+    body = json.dumps(document, separators=(",", ":")).encode()
+    return Response(status, body, headers=tuple(headers), after=after)
+
+
+@attrs.define
+class Request:
+    """One HTTP request, body not yet read (read it with a limit)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    params: dict[str, str]
+    headers: dict[str, str]
+    receive: Receive
+    client: tuple[str, int] | None
+
+    def query_one(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, or :class:`HttpError` 413 past ``limit`` bytes."""
+        declared = self.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise HttpError(400, "content-length must be an integer") from None
+            if size > limit:
+                raise _too_large(limit)
+        return await read_body(self.receive, limit)
+
+    async def json(self, limit: int) -> Any:
+        """The body parsed as JSON, or :class:`HttpError` 400/413."""
+        data = await self.body(limit)
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HttpError(400, f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, "malformed JSON: nested too deep") from None
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, f"request body must be at most {limit} bytes")
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """Read an ASGI request body, refusing more than ``limit`` bytes.
+
+    Checked chunk by chunk, so a chunked upload without a content-length cannot
+    make us buffer more than ``limit`` plus one chunk.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HttpError(400, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@attrs.frozen
+class Route:
+    """``pattern`` is a path template: ``/v1/routes/{key}`` matches one segment."""
+
+    method: str
+    pattern: str
+    handler: Handler
+    regex: re.Pattern[str] = attrs.field(init=False)
+
+    @regex.default
+    def _compile(self) -> re.Pattern[str]:
+        parts = re.split(r"\{(\w+)\}", self.pattern)
+        regex = "".join(
+            re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)"
+            for i, part in enumerate(parts)
+        )
+        return re.compile(regex)
+
+
+#: called after each response with (method label, route pattern or "unmatched",
+#: status), for the request metric
+Observer = Callable[[str, str, int], None]
+#: called when a handler raised something unexpected (a bug), for the log
+ErrorHook = Callable[[Request, BaseException], None]
+
+
+class Router:
+    """An ASGI app dispatching on a (method, path template) table.
+
+    Unknown path: 404; known path, other method: 405 with ``Allow``; every error
+    is ``{"error": message}``. A handler bug answers 500 instead of dropping the
+    connection, and is reported through ``on_error``.
+    """
+
+    def __init__(
+        self,
+        routes: Iterable[Route] = (),
+        *,
+        observe: Observer | None = None,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        self.routes: list[Route] = list(routes)
+        self._observe = observe
+        self._on_error = on_error
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        self.routes.append(Route(method, pattern, handler))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # websockets: not ours; hypercorn closes the connection
+        method: str = scope["method"]
+        path: str = scope["path"]
+        label = "unmatched"
+        request = Request(
+            method=method,
+            path=path,
+            query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
+            params={},
+            headers={
+                k.decode("latin-1").lower(): v.decode("latin-1")
+                for k, v in scope.get("headers", ())
+            },
+            receive=receive,
+            client=scope.get("client"),
+        )
+        try:
+            route, label = self._match(request)
+            response = await route.handler(request)
+        except HttpError as exc:
+            response = json_response(
+                exc.status, {"error": exc.message}, headers=exc.headers
+            )
+        except Exception as exc:  # a handler bug must not kill the connection
+            if self._on_error is not None:
+                self._on_error(request, exc)
+            response = json_response(500, {"error": "internal error"})
+        await _send(send, response)
+        if self._observe is not None:
+            self._observe(normalize_method(method), label, response.status)
+        if response.after is not None:
+            response.after()
+
+    def _match(self, request: Request) -> tuple[Route, str]:
+        allowed: list[str] = []
+        for route in self.routes:
+            match = route.regex.fullmatch(request.path)
+            if match is None:
+                continue
+            if route.method == request.method:
+                request.params = match.groupdict()
+                return route, route.pattern
+            allowed.append(route.method)
+        if allowed:
+            raise HttpError(
+                405,
+                f"method {request.method} not allowed on {request.path}",
+                headers=[("allow", ", ".join(sorted(set(allowed))))],
+            )
+        raise HttpError(404, f"no such path: {request.path}")
+
+
+async def _send(send: Send, response: Response) -> None:
+    headers = [
+        (b"content-type", response.content_type.encode()),
+        (b"content-length", str(len(response.body)).encode()),
+        *((k.encode(), v.encode()) for k, v in response.headers),
+    ]
+    await send(
+        {"type": "http.response.start", "status": response.status, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Answer the lifespan protocol so hypercorn does not log a warning about it.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

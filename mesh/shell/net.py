@@ -1,0 +1,146 @@
+"""Sockets and addresses: binding the mesh port (TCP and UDP on one number),
+choosing the advertised address, formatting ``HOST:PORT``.
+
+Why bind ourselves instead of letting hypercorn do it: the mesh port is one
+number for two protocols, and with port 0 only the kernel knows it until TCP is
+bound; we then bind UDP to the same number, and hand the bound TCP socket to
+hypercorn as ``fd://N`` (hypercorn config.py ``_create_sockets``).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import ipaddress
+import socket
+
+import trio
+
+from ..messages import Address
+
+__all__ = [
+    "advertise_address",
+    "bind_mesh_sockets",
+    "bind_tcp",
+    "format_address",
+    "is_ip_literal",
+    "resolve_bind",
+]
+
+_ANY_HOSTS = frozenset(("0.0.0.0", "::", ""))
+
+
+def format_address(addr: Address) -> str:
+    """``host:port``, with IPv6 hosts in brackets."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4/IPv6 literal; cached, it is asked per datagram sent."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def resolve_bind(host: str, port: int) -> tuple[socket.AddressFamily, Address]:
+    """The family and literal address to bind ``host`` to (first record)."""
+    if host == "":
+        host = "0.0.0.0"
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:
+        raise OSError(f"cannot resolve bind address {host!r}")
+    family, _, _, _, sockaddr = infos[0]
+    return family, (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def bind_tcp(family: socket.AddressFamily, addr: Address) -> socket.socket:
+    """A bound (not yet listening) TCP socket; SO_REUSEADDR so a restart does not
+    wait out TIME_WAIT."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_mesh_sockets(
+    family: socket.AddressFamily, addr: Address, *, attempts: int = 8
+) -> tuple[socket.socket, socket.socket]:
+    """Bind TCP then UDP on the same port number.
+
+    With port 0 the kernel picks the TCP port, which may be taken for UDP by
+    someone else: then both are closed and we try again with a fresh port, up to
+    ``attempts`` times. A fixed port is tried once.
+
+    Raises:
+        OSError: the port (or every picked port) is in use.
+    """
+    host, port = addr
+    tries = attempts if port == 0 else 1
+    for attempt in range(tries):
+        tcp = bind_tcp(family, addr)
+        bound_port = tcp.getsockname()[1]
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            udp.bind((host, bound_port))
+        except OSError as exc:
+            udp.close()
+            tcp.close()
+            if exc.errno != errno.EADDRINUSE or attempt == tries - 1:
+                raise
+            continue
+        return tcp, udp
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def advertise_address(
+    configured: Address | None, bound: Address, *, family: socket.AddressFamily
+) -> Address:
+    """The mesh address peers should use.
+
+    ``configured`` wins (NAT, containers); else the bound address; else, when
+    bound to the wildcard, the first non-loopback address of this host, falling
+    back to loopback (a single-machine mesh still works).
+    """
+    if configured is not None:
+        host, port = configured
+        return host, port or bound[1]
+    host, port = bound
+    if host not in _ANY_HOSTS:
+        return host, port
+    return _first_non_loopback(family), port
+
+
+def _first_non_loopback(family: socket.AddressFamily) -> str:
+    loopback = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    candidates: list[str] = []
+    try:
+        # Containers and most hosts resolve their own name to the primary address.
+        infos = socket.getaddrinfo(
+            socket.gethostname(), None, family, socket.SOCK_DGRAM
+        )
+        candidates.extend(str(info[4][0]) for info in infos)
+    except OSError:
+        pass
+    # The source address the kernel would pick for an outside route; connect()
+    # on UDP sends nothing.
+    probe_target = "2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1"
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((probe_target, 9))
+            candidates.append(str(probe.getsockname()[0]))
+    except OSError:
+        pass
+    for candidate in candidates:
+        if not ipaddress.ip_address(candidate.split("%")[0]).is_loopback:
+            return candidate
+    return loopback

@@ -1,0 +1,337 @@
+"""TCP side of the mesh port: HTTP between peers.
+
+Server: a raw ASGI app (served by hypercorn on the pre-bound TCP socket, see
+:mod:`mesh.shell.net`) with
+
+* ``POST /mesh/v1/exchange``: a msgpack :class:`~mesh.messages.PushPull` in, our
+  own table out (memberlist's push-pull over TCP);
+* ``GET /mesh/v1/ping?name=NAME``: the TCP fallback probe; 200 only if we are
+  NAME, so a process that took over a dead member's port does not vouch for it.
+
+Client: :class:`PeerClient` runs the core's ``Exchange`` and ``ProbeTcp`` effects
+over one shared ``httpx.AsyncClient`` and maps every httpx/OS error to a result
+value at this boundary (``replies == []``, ``TcpProbeResult.FAILED``), so nothing
+a peer does can raise into the agent.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from ..codec import MAX_PUSH_PULL_SIZE, decode_push_pull, encode_push_pull
+from ..config import Config, parse_address
+from ..core.effects import TcpProbeResult
+from ..errors import ConfigError, DecodeError
+from ..messages import Address, PushPull
+from .asgi import HttpError, Request, Response, Route, Router, json_response
+from .metrics import Metrics
+from .net import format_address
+
+__all__ = [
+    "EXCHANGE_PATH",
+    "PING_PATH",
+    "PeerClient",
+    "hypercorn_config",
+    "make_peer_app",
+    "open_peer_client",
+]
+
+EXCHANGE_PATH = "/mesh/v1/exchange"
+PING_PATH = "/mesh/v1/ping"
+_MSGPACK = "application/msgpack"
+
+HandleExchange = Callable[[PushPull], PushPull]
+
+
+# --- server ---
+
+
+def make_peer_app(
+    *,
+    name: str,
+    handle_exchange: HandleExchange,
+    metrics: Metrics,
+    log: structlog.typing.FilteringBoundLogger,
+    max_members: int,
+) -> Router:
+    """The peer ASGI app.
+
+    Args:
+        name: our member name (the ping answers only to it).
+        handle_exchange: feeds a decoded request to the core, returns our reply.
+        metrics: where bad bodies are counted.
+        log: the agent's logger.
+        max_members: most rows accepted in a request body.
+    """
+
+    async def exchange(request: Request) -> Response:
+        body = await request.body(MAX_PUSH_PULL_SIZE)
+        try:
+            push_pull = decode_push_pull(body, max_members=max_members)
+        except DecodeError as exc:
+            metrics.exchange_errors.labels("server", exc.reason).inc()
+            log.debug(
+                "bad exchange body",
+                peer=_client(request),
+                reason=exc.reason,
+                error=str(exc),
+            )
+            raise HttpError(400, str(exc)) from None
+        reply = handle_exchange(push_pull)
+        return Response(200, encode_push_pull(reply), content_type=_MSGPACK)
+
+    async def ping(request: Request) -> Response:
+        if request.query_one("name") != name:
+            raise HttpError(404, "no such member here")
+        return json_response(200, {"name": name})
+
+    def on_error(request: Request, exc: BaseException) -> None:
+        log.error("peer request failed", path=request.path, exc_info=exc)
+
+    return Router(
+        [Route("POST", EXCHANGE_PATH, exchange), Route("GET", PING_PATH, ping)],
+        on_error=on_error,
+    )
+
+
+def _client(request: Request) -> str:
+    return format_address(request.client) if request.client else "?"
+
+
+#: how long the server keeps an idle peer connection open
+SERVER_KEEP_ALIVE = 75.0
+#: how long the client keeps one for reuse: shorter than the server's, so the
+#: client never picks a connection the server is closing at that moment
+CLIENT_KEEP_ALIVE = 60.0
+
+
+def hypercorn_config(
+    sock: socket.socket, *, keep_alive_timeout: float = SERVER_KEEP_ALIVE
+) -> HypercornConfig:
+    """A hypercorn config serving the pre-bound ``sock``.
+
+    The socket is *detached*: hypercorn makes its own socket object from the fd
+    and closes it at shutdown, so we must not close it too. Keep-alive is long
+    and unlimited in requests because peers pool connections; graceful shutdown
+    is short because peers retry anything cut off. No access log: per-request
+    lines at info would drown the member events.
+    """
+    config = HypercornConfig()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.keep_alive_timeout = keep_alive_timeout
+    config.keep_alive_max_requests = 2**31
+    config.graceful_timeout = 1.0
+    config.accesslog = None
+    # A Logger instance is used as is: no handler of hypercorn's own, records
+    # propagate to the root handler set up by mesh.logs, and its "Running on"
+    # lines (info) fall below the root's warning level.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.include_server_header = False
+    return config
+
+
+# --- client ---
+
+
+@asynccontextmanager
+async def open_peer_client(
+    config: Config, *, metrics: Metrics, log: structlog.typing.FilteringBoundLogger
+) -> AsyncIterator[PeerClient]:
+    """A :class:`PeerClient` with one pooled ``httpx.AsyncClient``.
+
+    The pool is bounded (``max_pending_probes`` connections) so a burst of
+    exchanges cannot open sockets without limit; ``trust_env=False`` because a
+    ``HTTP_PROXY`` meant for the operator's tools must not reroute peer traffic.
+    """
+    limits = httpx.Limits(
+        max_connections=config.max_pending_probes,
+        max_keepalive_connections=config.max_pending_probes,
+        keepalive_expiry=CLIENT_KEEP_ALIVE,
+    )
+    timeout = httpx.Timeout(config.tcp_timeout)
+    async with httpx.AsyncClient(
+        limits=limits, timeout=timeout, trust_env=False, follow_redirects=False
+    ) as http:
+        yield PeerClient(
+            http,
+            metrics=metrics,
+            log=log,
+            tcp_timeout=config.tcp_timeout,
+            max_members=config.max_members,
+        )
+
+
+class PeerClient:
+    """Runs exchanges and TCP probes; never raises for a peer's failure."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        metrics: Metrics,
+        log: structlog.typing.FilteringBoundLogger,
+        tcp_timeout: float,
+        max_members: int,
+    ) -> None:
+        self._http = http
+        self._metrics = metrics
+        self._log = log
+        self._tcp_timeout = tcp_timeout
+        self._max_members = max_members
+
+    async def exchange(
+        self, target: Address | str, request: PushPull
+    ) -> list[PushPull]:
+        """Exchange tables with ``target``: an address, or a seed ``HOST:PORT``
+        whose host resolves to any number of A/AAAA records, all tried at once
+        (a Kubernetes headless Service as the seed list).
+
+        Returns:
+            The decoded replies of those that answered within ``tcp_timeout``.
+        """
+        replies: list[PushPull] = []
+        body = encode_push_pull(request)
+        with trio.move_on_after(self._tcp_timeout):
+            addrs = await self._resolve(target)
+            async with trio.open_nursery() as nursery:
+                for addr in addrs:
+                    nursery.start_soon(self._exchange_one, addr, body, replies)
+        return replies
+
+    async def _resolve(self, target: Address | str) -> list[Address]:
+        if not isinstance(target, str):
+            return [target]
+        try:
+            host, port = parse_address(target)
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (ConfigError, OSError) as exc:
+            self._metrics.exchange_errors.labels("client", "resolve").inc()
+            self._log.debug("cannot resolve seed", seed=target, error=str(exc))
+            return []
+        addrs: dict[Address, None] = {}
+        for *_, sockaddr in infos:
+            addrs[(str(sockaddr[0]), int(sockaddr[1]))] = None
+        return list(addrs)
+
+    async def _exchange_one(
+        self, addr: Address, body: bytes, replies: list[PushPull]
+    ) -> None:
+        url = f"http://{format_address(addr)}{EXCHANGE_PATH}"
+        try:
+            async with self._http.stream(
+                "POST", url, content=body, headers={"content-type": _MSGPACK}
+            ) as response:
+                if response.status_code != 200:
+                    self._failed(addr, f"status_{response.status_code // 100}xx")
+                    return
+                data = await _read_limited(response, MAX_PUSH_PULL_SIZE)
+        except httpx.HTTPError as exc:
+            self._failed(addr, _error_reason(exc), exc)
+            return
+        except _BodyTooLargeError:
+            self._failed(addr, "too_large")
+            return
+        try:
+            reply = decode_push_pull(data, max_members=self._max_members)
+        except DecodeError as exc:
+            self._failed(addr, exc.reason, exc)
+            return
+        replies.append(reply)
+
+    def _failed(self, addr: Address, reason: str, exc: Exception | None = None) -> None:
+        self._metrics.exchange_errors.labels("client", reason).inc()
+        self._log.debug(
+            "exchange failed",
+            peer=format_address(addr),
+            reason=reason,
+            error=str(exc) if exc is not None else None,
+        )
+
+    async def probe(self, addr: Address, name: str, deadline: float) -> TcpProbeResult:
+        """TCP fallback ping of ``name`` at ``addr``, giving up at ``deadline``.
+
+        200: ACK. A connect refused (RST: host up, nothing listening, so the
+        process is gone): REFUSED. Anything else, timeout included: FAILED, which
+        tells the core nothing.
+        """
+        result = TcpProbeResult.FAILED
+        url = f"http://{format_address(addr)}{PING_PATH}"
+        with trio.move_on_at(deadline):
+            try:
+                response = await self._http.get(url, params={"name": name})
+            except httpx.ConnectError as exc:
+                if _is_refused(exc):
+                    result = TcpProbeResult.REFUSED
+            except httpx.HTTPError:
+                pass
+            else:
+                if response.status_code == 200:
+                    result = TcpProbeResult.ACK
+        self._metrics.tcp_probes.labels(result.value).inc()
+        return result
+
+
+class _BodyTooLargeError(Exception):
+    """A peer's response body is over the limit (internal to this module)."""
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_reason(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "refused" if _is_refused(exc) else "connect"
+    return "http"
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """True when a connect error was caused by ECONNREFUSED.
+
+    httpx wraps httpcore's error, which wraps trio's ``OSError("all attempts to
+    connect ... failed")``, whose cause is an ExceptionGroup of the per-address
+    errors; walk causes, contexts and group members.
+    """
+    return any(
+        isinstance(e, ConnectionRefusedError)
+        or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED)
+        for e in _chain(exc)
+    )
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        if current.__cause__ is not None:
+            stack.append(current.__cause__)
+        if current.__context__ is not None:
+            stack.append(current.__context__)

@@ -1,0 +1,122 @@
+"""The agent's executor and its one timer loop, on trio's MockClock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from mesh.core.effects import Effect
+from mesh.messages import Alive, Dead
+
+from .conftest import MakeAgent
+
+
+class FakeDeadlines:
+    """Stands in for the core's timers: a settable next_deadline and a tick log."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.ticks: list[float] = []
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def tick(self, now: float) -> list[Effect]:
+        self.ticks.append(now)
+        self.deadline = None  # nothing more unless the test says so
+        return []
+
+
+async def test_timer_sleeps_until_the_deadline_then_ticks_once(
+    make_agent: MakeAgent, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent = make_agent()
+    fake = FakeDeadlines(trio.current_time() + 3.0)
+    agent.core.next_deadline = fake.next_deadline  # type: ignore[method-assign]
+    agent.core.tick = fake.tick  # type: ignore[method-assign]
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.run_timers)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert fake.ticks == [pytest.approx(start + 3.0)]
+
+
+async def test_an_earlier_deadline_wakes_the_timer(
+    make_agent: MakeAgent, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent = make_agent()
+    start = trio.current_time()
+    fake = FakeDeadlines(start + 100.0)
+    agent.core.next_deadline = fake.next_deadline  # type: ignore[method-assign]
+    agent.core.tick = fake.tick  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.run_timers)
+        await trio.sleep(1)
+        fake.deadline = start + 2.0  # an input moved the deadline earlier
+        agent._dispatch([])
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert fake.ticks == [pytest.approx(start + 2.0)]
+
+
+async def test_real_core_ticks_only_when_due(
+    make_agent: MakeAgent, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Against the real core: every tick happens at or after the deadline the
+    loop slept towards, never early."""
+    agent = make_agent()
+    agent.receive(("127.0.0.2", 7946), [Alive(1, "peer", ("127.0.0.2", 7946), {})])
+    real_tick, real_deadline = agent.core.tick, agent.core.next_deadline
+    late: list[float] = []
+
+    def tick(now: float) -> list[Effect]:
+        deadline = real_deadline()
+        assert deadline is not None
+        assert now >= deadline
+        late.append(now - deadline)
+        return real_tick(now)
+
+    agent.core.tick = tick  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.run_timers)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert late
+    assert max(late) == pytest.approx(0.0)
+
+
+async def test_leave_alone_is_done_at_once(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    agent.leave()
+    assert agent.leave_done.is_set()
+
+
+async def test_leave_waits_while_someone_is_alive_to_tell(
+    make_agent: MakeAgent,
+) -> None:
+    agent = make_agent()
+    agent.receive(("127.0.0.2", 7946), [Alive(1, "peer", ("127.0.0.2", 7946), {})])
+    agent.leave()
+    # No socket: the leave was never transmitted, so it is still pending.
+    assert agent.core.leave_pending()
+    assert not agent.leave_done.is_set()
+    # The peer leaving too leaves nobody to tell.
+    agent.receive(("127.0.0.2", 7946), [Dead(1, "peer", "peer")])
+    assert agent.leave_done.is_set()
+
+
+async def test_io_effects_fail_at_once_without_io(make_agent: MakeAgent) -> None:
+    """No peer client attached: a join exchange is reported failed in the same
+    dispatch, and the core schedules its retry."""
+    agent = make_agent(join=("127.0.0.1:1",))
+    agent.start()
+    assert agent.core.joined is False
+    stats = agent.core.membership.stats
+    assert stats["exchange_join_failed"] == 1
+    deadline = agent.core.next_deadline()
+    assert deadline is not None
+    assert not math.isinf(deadline)

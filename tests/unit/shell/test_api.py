@@ -1,0 +1,287 @@
+"""The client API and the peer HTTP app, driven in-process through
+``httpx.ASGITransport`` (no sockets)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from mesh.codec import decode_push_pull, encode_push_pull
+from mesh.messages import Alive, MemberState, MemberStatus, PushPull
+from mesh.shell.agent import Agent
+from mesh.shell.api import BODY_LIMIT, make_api_app
+from mesh.shell.asgi import (
+    ASGIApp,
+    HttpError,
+    Request,
+    Response,
+    Route,
+    json_response,
+    read_body,
+)
+from mesh.shell.peer_http import EXCHANGE_PATH, PING_PATH, make_peer_app
+
+from .conftest import MakeAgent
+
+
+def client_for(app: ASGIApp) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://mesh.test"
+    )
+
+
+def api_client(agent: Agent, routes: list[Route] | None = None) -> httpx.AsyncClient:
+    return client_for(make_api_app(agent, routes=routes or []))
+
+
+async def test_health_shape(make_agent: MakeAgent) -> None:
+    agent = make_agent("alpha")
+    async with api_client(agent) as client:
+        response = await client.get("/v1/health")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "status": "ok",
+        "name": "alpha",
+        "joined": True,  # no seeds: nothing to join
+        "members_alive": 1,
+        "health_score": 0,
+    }
+
+
+async def test_health_not_joined_while_seeds_unanswered(make_agent: MakeAgent) -> None:
+    agent = make_agent("alpha", join=("127.0.0.1:1",))
+    agent.start()  # the join exchange fails at once: no I/O attached
+    async with api_client(agent) as client:
+        document = (await client.get("/v1/health")).json()
+    assert document["joined"] is False
+
+
+async def test_members_sorted_with_contract_fields(make_agent: MakeAgent) -> None:
+    agent = make_agent("mid")
+    agent.receive(
+        ("127.0.0.9", 7946),
+        [
+            Alive(3, "zulu", ("127.0.0.3", 7001), {"zone": "b"}),
+            Alive(5, "alpha", ("::1", 7002), {}),
+        ],
+    )
+    async with api_client(agent) as client:
+        response = await client.get("/v1/members")
+    assert response.status_code == 200
+    members = response.json()["members"]
+    assert [m["name"] for m in members] == ["alpha", "mid", "zulu"]
+    assert members[0] == {
+        "name": "alpha",
+        "addr": "[::1]:7002",
+        "status": "alive",
+        "incarnation": 5,
+        "tags": {},
+    }
+    assert members[2]["addr"] == "127.0.0.3:7001"
+    assert members[2]["tags"] == {"zone": "b"}
+    assert {m["status"] for m in members} == {"alive"}
+
+
+async def test_unknown_path_is_404_json(make_agent: MakeAgent) -> None:
+    async with api_client(make_agent()) as client:
+        response = await client.get("/v1/nope")
+    assert response.status_code == 404
+    assert set(response.json()) == {"error"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/v1/health", "GET"),
+        ("DELETE", "/v1/members", "GET"),
+        ("GET", "/v1/leave", "POST"),
+        ("PUT", "/metrics", "GET"),
+    ],
+)
+async def test_wrong_method_is_405_with_allow(
+    make_agent: MakeAgent, method: str, path: str, allow: str
+) -> None:
+    async with api_client(make_agent()) as client:
+        response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert "error" in response.json()
+
+
+async def test_oversized_body_is_413(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    async with api_client(agent) as client:
+        response = await client.post("/v1/leave", content=b"x" * (BODY_LIMIT + 1))
+    assert response.status_code == 413
+    assert "error" in response.json()
+    assert not agent.shutdown_requested.is_set()
+
+
+async def test_body_limit_enforced_while_reading_chunks() -> None:
+    """Without a content-length the limit holds chunk by chunk: reading stops
+    at the first chunk past it, before the rest is buffered."""
+    chunks = [b"y" * 8192] * 20
+    delivered = 0
+
+    async def receive() -> dict[str, object]:
+        nonlocal delivered
+        delivered += 1
+        return {
+            "type": "http.request",
+            "body": chunks[delivered - 1],
+            "more_body": True,
+        }
+
+    with pytest.raises(HttpError) as info:
+        await read_body(receive, BODY_LIMIT)
+    assert info.value.status == 413
+    assert delivered == BODY_LIMIT // 8192 + 1
+
+
+async def test_malformed_json_is_400_on_an_extension_route(
+    make_agent: MakeAgent,
+) -> None:
+    """Routes added later (the routes API) get the same body limit and errors."""
+
+    async def echo(request: Request) -> Response:
+        return json_response(200, await request.json(BODY_LIMIT))
+
+    routes = [Route("POST", "/v1/echo/{key}", echo)]
+    async with api_client(make_agent(), routes) as client:
+        bad = await client.post("/v1/echo/k", content=b"{not json")
+        deep = await client.post("/v1/echo/k", content=b"[" * 60_000)
+        good = await client.post("/v1/echo/k", json={"a": 1})
+    assert bad.status_code == 400
+    assert bad.json()["error"].startswith("malformed JSON")
+    assert deep.status_code == 400
+    assert good.json() == {"a": 1}
+
+
+async def test_handler_bug_is_500_json_and_logged(make_agent: MakeAgent) -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("boom")
+
+    agent = make_agent()
+    async with api_client(agent, [Route("GET", "/v1/broken", broken)]) as client:
+        response = await client.get("/v1/broken")
+        after = await client.get("/v1/health")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error"}
+    assert after.status_code == 200
+
+
+async def test_leave_answers_then_requests_shutdown(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    async with api_client(agent) as client:
+        response = await client.post("/v1/leave")
+    assert response.status_code == 200
+    assert response.json() == {"status": "leaving"}
+    assert agent.shutdown_requested.is_set()
+
+
+async def test_metrics_exposition(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    async with api_client(agent) as client:
+        await client.get("/v1/health")
+        await client.get("/v1/nope")
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'mesh_members{status="alive"} 1.0' in text
+    assert "mesh_health_score 0.0" in text
+    assert 'mesh_probes_total{result="ack"} 0.0' in text
+    registry = agent.metrics.registry
+    labels = {"method": "GET", "path": "/v1/health", "code": "200"}
+    assert registry.get_sample_value("mesh_api_requests_total", labels) == 1
+    labels = {"method": "GET", "path": "unmatched", "code": "404"}
+    assert registry.get_sample_value("mesh_api_requests_total", labels) == 1
+
+
+async def test_unknown_methods_share_one_metric_label(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    async with api_client(agent) as client:
+        for method in ("BREW", "WHEN", "FOO"):
+            await client.request(method, "/v1/health")
+    labels = {"method": "OTHER", "path": "unmatched", "code": "405"}
+    # 405 is raised before a route matches, so the path label is "unmatched"
+    assert agent.metrics.registry.get_sample_value(
+        "mesh_api_requests_total", labels
+    ) == pytest.approx(3)
+
+
+# --- the peer app ---
+
+
+def peer_client(agent: Agent) -> httpx.AsyncClient:
+    app = make_peer_app(
+        name=agent.core.name,
+        handle_exchange=agent.handle_exchange,
+        metrics=agent.metrics,
+        log=agent.log,
+        max_members=agent.config.max_members,
+    )
+    return client_for(app)
+
+
+async def test_peer_ping_answers_only_for_our_name(make_agent: MakeAgent) -> None:
+    agent = make_agent("node-a")
+    async with peer_client(agent) as client:
+        ours = await client.get(PING_PATH, params={"name": "node-a"})
+        other = await client.get(PING_PATH, params={"name": "node-b"})
+        missing = await client.get(PING_PATH)
+    assert ours.status_code == 200
+    assert other.status_code == 404
+    assert missing.status_code == 404
+
+
+async def test_peer_exchange_round_trip(make_agent: MakeAgent) -> None:
+    agent = make_agent("node-a")
+    theirs = MemberState("node-b", ("127.0.0.2", 7946), 9, MemberStatus.ALIVE, {})
+    body = encode_push_pull(PushPull(join=True, members=(theirs,), sender="node-b"))
+    async with peer_client(agent) as client:
+        response = await client.post(EXCHANGE_PATH, content=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/msgpack"
+    reply = decode_push_pull(response.content)
+    assert [m.name for m in reply.members] == ["node-a"]
+    merged = agent.core.member("node-b")
+    assert merged is not None
+    assert merged.incarnation == 9
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xc1", "malformed"),
+        (b"\x92\x07\xc2", "bad_version"),
+        (json.dumps([1, True, [["x"]]]).encode(), "malformed"),
+    ],
+)
+async def test_peer_exchange_bad_body_is_400_and_counted(
+    make_agent: MakeAgent, body: bytes, reason: str
+) -> None:
+    agent = make_agent()
+    async with peer_client(agent) as client:
+        response = await client.post(EXCHANGE_PATH, content=body)
+    assert response.status_code == 400
+    assert "error" in response.json()
+    labels = {"side": "server", "reason": reason}
+    value = agent.metrics.registry.get_sample_value(
+        "mesh_exchange_errors_total", labels
+    )
+    assert value == 1
+
+
+async def test_peer_exchange_over_limit_is_413(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    async with peer_client(agent) as client:
+        response = await client.post(
+            EXCHANGE_PATH,
+            content=b"",
+            headers={"content-length": str(16 * 1024 * 1024 + 1)},
+        )
+    assert response.status_code == 413

@@ -1,0 +1,161 @@
+"""Configuration layers: flag > MESH_* environment > TOML file > profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.cli import load_config
+from mesh.config import Config
+from mesh.errors import ConfigError
+
+
+def load(
+    flags: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> Config:
+    return load_config(flags or {}, env or {}, default_name=lambda: "host-1")
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "mesh.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_are_the_lan_profile_named_after_the_host() -> None:
+    config = load()
+    assert config == Config.lan(name="host-1")
+    assert config.bind == ("0.0.0.0", 7946)
+    assert config.http == ("127.0.0.1", 8946)
+
+
+def test_profile_sets_defaults_and_file_overrides_them(tmp_path: Path) -> None:
+    path = write(tmp_path, 'profile = "local"\ntcp_timeout = 3.5\n')
+    config = load({"config": path})
+    assert config.profile == "local"
+    assert config.probe_interval == Config.local().probe_interval
+    assert config.tcp_timeout == 3.5
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "flag", "expected"),
+    [
+        (None, None, None, ("0.0.0.0", 7946)),
+        ("10.0.0.1:1", None, None, ("10.0.0.1", 1)),
+        ("10.0.0.1:1", "10.0.0.2:2", None, ("10.0.0.2", 2)),
+        ("10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3", ("10.0.0.3", 3)),
+        (None, None, "10.0.0.3:3", ("10.0.0.3", 3)),
+        ("10.0.0.1:1", None, "10.0.0.3:3", ("10.0.0.3", 3)),
+    ],
+)
+def test_precedence_flag_env_file_default(
+    tmp_path: Path,
+    file: str | None,
+    env: str | None,
+    flag: str | None,
+    expected: tuple[str, int],
+) -> None:
+    flags: dict[str, Any] = {}
+    environ: dict[str, str] = {}
+    if file is not None:
+        flags["config"] = write(tmp_path, f'bind = "{file}"\n')
+    if env is not None:
+        environ["MESH_BIND"] = env
+    if flag is not None:
+        flags["bind"] = flag
+    assert load(flags, environ).bind == expected
+
+
+def test_tunables_from_env_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "probe_interval = 2\nsuspicion_mult = 7\n")
+    config = load(
+        {"config": path},
+        {"MESH_PROBE_INTERVAL": "1.5", "MESH_TCP_FALLBACK_PROBE": "false"},
+    )
+    assert config.probe_interval == 1.5  # env over file
+    assert config.suspicion_mult == 7  # file over default
+    assert config.tcp_fallback_probe is False
+
+
+def test_profile_from_env_with_flag_overrides() -> None:
+    config = load({"name": "n1"}, {"MESH_PROFILE": "wan", "MESH_NAME": "ignored"})
+    assert config.profile == "wan"
+    assert config.probe_interval == Config.wan().probe_interval
+    assert config.name == "n1"
+
+
+def test_join_and_tags_from_each_layer(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'join = ["f1:1", "f2:2"]\ntags = { zone = "file", tier = "t" }\n',
+    )
+    from_file = load({"config": path})
+    assert from_file.join == ("f1:1", "f2:2")
+    assert from_file.tags == {"zone": "file", "tier": "t"}
+    env = {"MESH_JOIN": " e1:1, e2:2\te3:3 ", "MESH_TAG": "zone=env,role=web"}
+    from_env = load({"config": path}, env)
+    assert from_env.join == ("e1:1", "e2:2", "e3:3")
+    assert from_env.tags == {"zone": "env", "role": "web"}  # replaced, not merged
+    flags = {"config": path, "join": ["x:1"], "tag": ["zone=flag", "eq=a=b"]}
+    from_flags = load(flags, env)
+    assert from_flags.join == ("x:1",)
+    assert from_flags.tags == {"zone": "flag", "eq": "a=b"}
+
+
+def test_config_file_from_env(tmp_path: Path) -> None:
+    path = write(tmp_path, 'name = "from-file"\n')
+    assert load(env={"MESH_CONFIG": path}).name == "from-file"
+
+
+def test_empty_env_values_are_unset() -> None:
+    assert load(env={"MESH_BIND": "", "MESH_JOIN": "  "}).bind == ("0.0.0.0", 7946)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file", "message"),
+    [
+        ({}, {"MESH_PROBE_INTERVAL": "fast"}, None, "MESH_PROBE_INTERVAL must be"),
+        ({}, {"MESH_PROBE_INTERVAL": "nan"}, None, "MESH_PROBE_INTERVAL must be"),
+        ({}, {"MESH_SUSPICION_MULT": "2.5"}, None, "MESH_SUSPICION_MULT must be"),
+        ({}, {"MESH_TCP_FALLBACK_PROBE": "maybe"}, None, "true or false"),
+        ({}, {"MESH_PROFILE": "moon"}, None, "profile must be one of"),
+        ({}, {"MESH_TAG": "novalue"}, None, "MESH_TAG must be KEY=VALUE"),
+        ({"bind": "nope"}, {}, None, "--bind"),
+        ({"bind": "1.2.3.4:99999"}, {}, None, "port must be in 0..65535"),
+        ({"tag": ["x"]}, {}, None, "--tag must be KEY=VALUE"),
+        ({"name": "bad name"}, {}, None, "name must match"),
+        ({}, {}, "surprise = 1\n", "unknown setting 'surprise'"),
+        ({}, {}, "probe_interval = 'x'\n", "probe_interval must be a number"),
+        ({}, {}, "suspicion_mult = true\n", "suspicion_mult must be an integer"),
+        ({}, {}, "join = 3\n", "join must be a list"),
+        ({}, {}, "tags = { a = 1 }\n", "tags must be a table of strings"),
+        ({}, {}, "bind = [1]\n", "bind must be a HOST:PORT string"),
+        ({}, {}, "this is = not toml =\n", "invalid TOML"),
+        ({}, {}, "probe_timeout = 5.0\n", "probe_timeout must be < probe_interval"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_source(
+    tmp_path: Path,
+    flags: dict[str, Any],
+    env: dict[str, str],
+    file: str | None,
+    message: str,
+) -> None:
+    if file is not None:
+        flags = {**flags, "config": write(tmp_path, file)}
+    with pytest.raises(ConfigError) as info:
+        load(flags, env)
+    assert message in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load({"config": str(tmp_path / "absent.toml")})
+
+
+def test_oversized_tag_set_is_refused() -> None:
+    tags = [f"key{i}=" + "v" * 40 for i in range(20)]
+    with pytest.raises(ConfigError, match="over max_tags_bytes"):
+        load({"tag": tags})
