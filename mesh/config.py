@@ -199,8 +199,15 @@ class Config:
     #: pending (coalesced) keys per peer; overflow drops them all and marks the
     #: peer for anti-entropy repair
     push_queue_max: int = attrs.field(default=10_000, validator=_at_least_one)
-    #: deltas in one push request
+    #: deltas in one push request, and their encoded size at most
     push_batch_max: int = attrs.field(default=1000, validator=_at_least_one)
+    push_batch_max_bytes: int = attrs.field(
+        default=4 * 1024 * 1024, validator=_at_least_one
+    )
+    #: a peer gets at most one batch per push_min_interval: a write after a
+    #: quiet spell is pushed at once, a stream of writes is gathered, so the
+    #: request rate (HTTP costs ~1 ms of CPU per request) stays bounded
+    push_min_interval: float = attrs.field(default=0.02, validator=_non_negative)
     #: peers pushed to at once (trio.CapacityLimiter over the fan-out)
     push_concurrency: int = attrs.field(default=32, validator=_at_least_one)
     #: deadline of one push request (connect + send + answer)

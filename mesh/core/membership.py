@@ -56,7 +56,15 @@ _LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 class Member:
     """One row of the table (mutable; handed out only as :class:`MemberView`)."""
 
-    __slots__ = ("addr", "incarnation", "name", "state_change_at", "status", "tags")
+    __slots__ = (
+        "_state",
+        "addr",
+        "incarnation",
+        "name",
+        "state_change_at",
+        "status",
+        "tags",
+    )
 
     def __init__(
         self,
@@ -73,6 +81,7 @@ class Member:
         self.status = status
         self.tags = tags
         self.state_change_at = now
+        self._state: MemberState | None = None
 
     def view(self) -> MemberView:
         return MemberView(
@@ -80,9 +89,20 @@ class Member:
         )
 
     def state(self) -> MemberState:
-        return MemberState(
-            self.name, self.addr, self.incarnation, self.status, dict(self.tags)
-        )
+        # Cached while the row is unchanged: every push-pull sends every row,
+        # and building the attrs value dominates an exchange in large meshes.
+        s = self._state
+        if (
+            s is None
+            or s.incarnation != self.incarnation
+            or s.status is not self.status
+            or s.addr != self.addr
+            or s.tags != self.tags
+        ):
+            s = self._state = MemberState(
+                self.name, self.addr, self.incarnation, self.status, dict(self.tags)
+            )
+        return s
 
 
 class Membership:

@@ -165,6 +165,8 @@ class NodeCore:
             queue_max=config.push_queue_max,
             batch_max=config.push_batch_max,
             deadline=config.push_deadline,
+            min_interval=config.push_min_interval,
+            batch_max_bytes=config.push_batch_max_bytes,
         )
         #: the shell's retry schedule for one push batch
         self.retry_policy = RetryPolicy(
@@ -220,6 +222,10 @@ class NodeCore:
             t = self._next_reconnect_at
         if self._join_retry_at is not None and self._join_retry_at < t:
             t = self._join_retry_at
+        if self.pushes.held:
+            ready = self.pushes.next_ready_at()
+            if ready is not None and ready < t:
+                t = ready
         return t
 
     # --- inputs ---
@@ -279,6 +285,8 @@ class NodeCore:
         if self._join_retry_at is not None and now >= self._join_retry_at:
             self._join_retry_at = None
             self._join(now)
+        if self.pushes.held:
+            self._take_pushes(now)
         if now >= self._next_reap_at:
             m.reap(now)
             self._next_reap_at = now + max(self.config.gossip_to_the_dead_time, 1.0)

@@ -107,7 +107,15 @@ class Batch:
 
 
 class _Peer:
-    __slots__ = ("addr", "batch", "drops", "name", "pending", "serial")
+    __slots__ = (
+        "addr",
+        "batch",
+        "drops",
+        "last_batch_at",
+        "name",
+        "pending",
+        "serial",
+    )
 
     def __init__(self, name: str, addr: Address, serial: int) -> None:
         self.name = name
@@ -117,6 +125,15 @@ class _Peer:
         self.pending: dict[str, tuple[int, Route]] = {}
         self.batch: Batch | None = None
         self.drops = 0
+        self.last_batch_at = -float("inf")
+
+
+def _route_size(route: Route) -> int:
+    """Upper bound of a route's encoded size (msgpack adds <= 5 bytes per
+    string and 9 per integer)."""
+    meta = sum(len(k) + len(v) + 10 for k, v in route.meta.items())
+    chars = len(route.key) + len(route.target) + len(route.version.origin)
+    return 4 * chars + 4 * meta + 48
 
 
 @attrs.frozen
@@ -130,10 +147,20 @@ class SyncTicket:
 class PushScheduler:
     """Every peer's push queue."""
 
-    def __init__(self, *, queue_max: int, batch_max: int, deadline: float) -> None:
+    def __init__(
+        self,
+        *,
+        queue_max: int,
+        batch_max: int,
+        deadline: float,
+        min_interval: float = 0.0,
+        batch_max_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._deadline = deadline
+        self._min_interval = min_interval
+        self._batch_max_bytes = batch_max_bytes
         self._peers: dict[str, _Peer] = {}
         self._ready: set[str] = set()
         self._serial = 0
@@ -175,15 +202,31 @@ class PushScheduler:
                 self._ready.add(name)
 
     def take_ready(self, now: float) -> list[Batch]:
-        """A batch for every peer with work and nothing in flight."""
+        """A batch for every peer with work, nothing in flight, and at least
+        ``min_interval`` since its last batch began.
+
+        The interval only bites under load: a write after a quiet spell goes
+        out at once, while a stream of writes is gathered into one batch per
+        interval per peer, which bounds the request rate (and the CPU that
+        HTTP costs per request) whatever the write rate.
+        """
         out: list[Batch] = []
+        later: set[str] = set()
         for name in self._ready:
             peer = self._peers.get(name)
             if peer is None or peer.batch is not None or not peer.pending:
                 continue
-            items = []
+            if now < peer.last_batch_at + self._min_interval:
+                later.add(name)
+                continue
+            items: list[tuple[int, Route]] = []
+            size = 0
             for key in list(peer.pending)[: self._batch_max]:
+                cost = _route_size(peer.pending[key][1])
+                if items and size + cost > self._batch_max_bytes:
+                    break
                 items.append(peer.pending.pop(key))
+                size += cost
             self._batch_id += 1
             batch = Batch(
                 self._batch_id,
@@ -194,10 +237,25 @@ class PushScheduler:
                 now + self._deadline,
             )
             peer.batch = batch
+            peer.last_batch_at = now
             self.stats["batches"] += 1
             out.append(batch)
-        self._ready.clear()
+        self._ready = later
         return out
+
+    @property
+    def held(self) -> bool:
+        """True while some peer waits for ``min_interval`` to pass."""
+        return bool(self._ready)
+
+    def next_ready_at(self) -> float | None:
+        """When a peer held back by ``min_interval`` may get its next batch."""
+        times = [
+            p.last_batch_at + self._min_interval
+            for name in self._ready
+            if (p := self._peers.get(name)) is not None and p.batch is None
+        ]
+        return min(times) if times else None
 
     def done(
         self, peer_name: str, batch_id: int, ok: bool, reason: str = "failed"

@@ -8,7 +8,8 @@ returns goes through :meth:`Agent._dispatch`, the one place effects are executed
   agent's nursery and report back as new inputs (``exchange_done``,
   ``tcp_probe_done``);
 * ``MemberEvent``: logged at info and counted;
-* ``Push``: handed to :attr:`Agent.push_handler` (route replication).
+* ``Push``: handed to :attr:`Agent.push_handler` (the pusher runs it as a task
+  and reports back through :meth:`Agent.push_done`).
 
 Dispatch is synchronous and never yields, so core calls never interleave and
 effects run in the order the core gave them. Effects produced while dispatching
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +45,8 @@ from ..core.effects import (
     TcpProbeResult,
 )
 from ..core.node import NodeCore
+from ..core.routes import Outcome, Route
+from ..core.sync import Batch
 from ..logs import get_logger
 from ..messages import Address, MemberStatus, Message, PushPull
 from .metrics import Metrics
@@ -114,10 +118,15 @@ class Agent:
         #: executes route pushes (the pusher, when wired); without one a push is
         #: reported failed at once and anti-entropy carries the routes instead
         self.push_handler: Callable[[Push], None] | None = None
+        # Replaced on every push_done: waiters (sync=all, the leave flush)
+        # re-check their condition when a push ends instead of polling.
+        self._push_progress = trio.Event()
         #: set to begin the graceful leave (signal, API, embedding caller)
         self.shutdown_requested = trio.Event()
         #: set once our leave has been gossiped enough (or there is nobody to tell)
         self.leave_done = trio.Event()
+        #: set to cut the graceful leave's waits short (a second signal)
+        self.hurry = trio.Event()
 
     def attach(
         self,
@@ -150,6 +159,55 @@ class Agent:
         """Announce our leave; :attr:`leave_done` is set when it has spread."""
         self.log.info("leaving the mesh")
         self._dispatch(self.core.leave(trio.current_time()))
+
+    def put_route(
+        self, key: str, target: str, meta: dict[str, str], revision: int | None
+    ) -> Outcome:
+        """A client's write: committed and queued for peers when this returns."""
+        outcome, effects = self.core.put_route(
+            key, target, meta, revision, trio.current_time(), time.time()
+        )
+        self.metrics.route_writes.labels(outcome.status.value).inc()
+        self._dispatch(effects)
+        return outcome
+
+    def delete_route(self, key: str, revision: int | None) -> Outcome:
+        """A client's delete (a tombstone), queued for peers like a write."""
+        outcome, effects = self.core.delete_route(
+            key, revision, trio.current_time(), time.time()
+        )
+        self.metrics.route_writes.labels(outcome.status.value).inc()
+        self._dispatch(effects)
+        return outcome
+
+    def receive_routes(self, routes: list[Route]) -> dict[str, int]:
+        """Deltas a peer pushed (the peer HTTP app's callback): counts by outcome."""
+        counts, effects = self.core.receive_routes(
+            routes, trio.current_time(), time.time()
+        )
+        for outcome, count in counts.items():
+            self.metrics.routes_received.labels(outcome).inc(count)
+        self._dispatch(effects)
+        return counts
+
+    def push_done(self, batch: Batch, ok: bool, reason: str) -> None:
+        """A push batch ended (the pusher's callback); wakes push waiters."""
+        self._dispatch(
+            self.core.push_done(batch.peer, batch.id, ok, reason, trio.current_time())
+        )
+        self._push_progress.set()
+        self._push_progress = trio.Event()
+
+    async def wait_push_progress(self) -> None:
+        """Return when the next push batch ends. Check the condition you wait
+        for before calling, with no checkpoint in between, and again after."""
+        await self._push_progress.wait()
+
+    async def flush_pushes(self) -> None:
+        """Return once nothing is queued or in flight for any peer."""
+        pushes = self.core.pushes
+        while pushes.depth() or pushes.in_flight():
+            await self.wait_push_progress()
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()

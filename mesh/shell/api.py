@@ -22,7 +22,8 @@ BODY_LIMIT = 64 * 1024
 
 
 def make_api_app(agent: Agent, *, routes: Iterable[Route] = ()) -> Router:
-    """The client API of ``agent``, plus ``routes`` (later: /v1/routes...)."""
+    """The client API of ``agent``, plus ``routes`` (the runner passes
+    :func:`mesh.shell.routes_api.routes_endpoints`)."""
 
     async def health(request: Request) -> Response:
         return json_response(200, agent.health())

@@ -209,7 +209,11 @@ class Router:
         request = Request(
             method=method,
             path=path,
-            query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
+            # Blank values kept: "?revision=" is a bad revision, not none.
+            query=parse_qs(
+                scope.get("query_string", b"").decode("latin-1"),
+                keep_blank_values=True,
+            ),
             params={},
             headers={
                 k.decode("latin-1").lower(): v.decode("latin-1")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -20,10 +20,13 @@ from ..core.effects import ExchangePurpose
 from ..core.node import NodeCore
 from ..messages import MemberStatus
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "PUSH_RESULTS", "Metrics"]
 
 #: the Prometheus text exposition format
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: how a push batch can end: ``mesh_pushes_total{result}``
+PUSH_RESULTS = ("ok", "failed", "deadline", "rejected")
 
 # core stats key -> mesh_probes_total{result}
 _PROBE_RESULTS = {
@@ -104,6 +107,44 @@ class _CoreCollector:
         yield GaugeMetricFamily(
             "mesh_incarnation", "This node's incarnation number", core.incarnation
         )
+        yield from self._collect_routes()
+
+    def _collect_routes(self) -> Iterable[Metric]:
+        core = self._core
+        table = core.routes
+        pushes = core.pushes
+        routes = GaugeMetricFamily(
+            "mesh_routes", "Routes in this node's table by state", labels=["state"]
+        )
+        routes.add_metric(["live"], len(table))
+        routes.add_metric(["tombstone"], table.tombstones)
+        yield routes
+        yield GaugeMetricFamily(
+            "mesh_push_queue_depth",
+            "Route deltas waiting for a push, over all peers (coalesced by key)",
+            pushes.depth(),
+        )
+        yield GaugeMetricFamily(
+            "mesh_push_in_flight",
+            "Push batches handed out and not yet finished (at most one per peer)",
+            pushes.in_flight(),
+        )
+        yield CounterMetricFamily(
+            "mesh_push_coalesced",
+            "Queued deltas replaced by a newer write to the same key",
+            pushes.stats["coalesced"],
+        )
+        dropped = CounterMetricFamily(
+            "mesh_push_dropped",
+            "Route deltas dropped for a peer (it is then repaired by anti-entropy)",
+            labels=["reason"],
+        )
+        # Reasons are a small fixed set named by the core and the shell
+        # (overflow, deadline, rejected, failed, peer_dead, ...).
+        for key, count in sorted(pushes.stats.items()):
+            if key.startswith("dropped_"):
+                dropped.add_metric([key.removeprefix("dropped_")], count)
+        yield dropped
 
 
 class Metrics:
@@ -140,6 +181,51 @@ class Metrics:
             "mesh_api_requests",
             "Client API requests by method, route and status code",
             ["method", "path", "code"],
+            registry=self.registry,
+        )
+
+        self.pushes = Counter(
+            "mesh_pushes",
+            "Push batches finished, by result (ok, failed, deadline, rejected)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in PUSH_RESULTS:
+            self.pushes.labels(result)
+        self.push_retries = Counter(
+            "mesh_push_retries",
+            "Push attempts repeated after a transient failure",
+            registry=self.registry,
+        )
+        self.push_batch_size = Histogram(
+            "mesh_push_batch_size",
+            "Route deltas per push batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+            registry=self.registry,
+        )
+        self.push_latency = Histogram(
+            "mesh_push_latency_seconds",
+            "From a batch handed out to its acknowledgement (delivered batches)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.route_writes = Counter(
+            "mesh_route_writes",
+            "Client writes and deletes, by outcome (applied, conflict, invalid, full)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.routes_received = Counter(
+            "mesh_routes_received",
+            "Route deltas pushed by peers, by outcome "
+            "(applied, stale, duplicate, invalid, full)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.route_batches_refused = Counter(
+            "mesh_route_batches_refused",
+            "Pushed route batches refused whole (undecodable), by reason",
+            ["reason"],
             registry=self.registry,
         )
 

@@ -6,7 +6,11 @@ Server: a raw ASGI app (served by hypercorn on the pre-bound TCP socket, see
 * ``POST /mesh/v1/exchange``: a msgpack :class:`~mesh.messages.PushPull` in, our
   own table out (memberlist's push-pull over TCP);
 * ``GET /mesh/v1/ping?name=NAME``: the TCP fallback probe; 200 only if we are
-  NAME, so a process that took over a dead member's port does not vouch for it.
+  NAME, so a process that took over a dead member's port does not vouch for it;
+* ``POST /mesh/v1/routes``: a batch of route deltas (``codec.encode_routes``)
+  pushed by a peer; the answer is a small msgpack ack with counts per outcome
+  (:func:`encode_routes_ack`). One request per batch: a request costs ~1 ms of
+  client CPU whatever its size (field notes), so deltas never travel one by one.
 
 Client: :class:`PeerClient` runs the core's ``Exchange`` and ``ProbeTcp`` effects
 over one shared ``httpx.AsyncClient`` and maps every httpx/OS error to a result
@@ -19,17 +23,25 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
+import msgpack
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from ..codec import MAX_PUSH_PULL_SIZE, decode_push_pull, encode_push_pull
+from ..codec import (
+    MAX_PUSH_PULL_SIZE,
+    MAX_ROUTES_BODY,
+    decode_push_pull,
+    decode_routes,
+    encode_push_pull,
+)
 from ..config import Config, parse_address
 from ..core.effects import TcpProbeResult
+from ..core.routes import Route as RouteEntry
 from ..errors import ConfigError, DecodeError
 from ..messages import Address, PushPull
 from .asgi import HttpError, Request, Response, Route, Router, json_response
@@ -37,19 +49,43 @@ from .metrics import Metrics
 from .net import format_address
 
 __all__ = [
+    "ACK_LIMIT",
     "EXCHANGE_PATH",
+    "MSGPACK",
     "PING_PATH",
+    "ROUTES_PATH",
+    "BodyTooLargeError",
     "PeerClient",
+    "decode_routes_ack",
+    "encode_routes_ack",
     "hypercorn_config",
     "make_peer_app",
     "open_peer_client",
+    "read_limited",
 ]
 
 EXCHANGE_PATH = "/mesh/v1/exchange"
 PING_PATH = "/mesh/v1/ping"
-_MSGPACK = "application/msgpack"
+ROUTES_PATH = "/mesh/v1/routes"
+MSGPACK = "application/msgpack"
+#: most rows accepted in one pushed batch whatever our own ``push_batch_max``:
+#: peers with a larger setting (a rolling config change) are still served
+MIN_ROUTES_PER_BATCH = 10_000
+#: largest ack body a pusher reads; a real one is a few dozen bytes
+ACK_LIMIT = 4096
+
+_MSGPACK_ERRORS = (
+    msgpack.ExtraData,
+    msgpack.FormatError,
+    msgpack.StackError,
+    msgpack.OutOfData,
+    UnicodeDecodeError,
+    ValueError,
+)
 
 HandleExchange = Callable[[PushPull], PushPull]
+#: applies pushed deltas; returns counts by outcome (applied, stale, ...)
+HandleRoutes = Callable[[list[RouteEntry]], Mapping[str, int]]
 
 
 # --- server ---
@@ -62,6 +98,8 @@ def make_peer_app(
     metrics: Metrics,
     log: structlog.typing.FilteringBoundLogger,
     max_members: int,
+    handle_routes: HandleRoutes | None = None,
+    max_routes: int = MIN_ROUTES_PER_BATCH,
 ) -> Router:
     """The peer ASGI app.
 
@@ -71,7 +109,11 @@ def make_peer_app(
         metrics: where bad bodies are counted.
         log: the agent's logger.
         max_members: most rows accepted in a request body.
+        handle_routes: applies pushed route deltas (None: no routes endpoint).
+        max_routes: most deltas accepted in one batch (at least
+            :data:`MIN_ROUTES_PER_BATCH`).
     """
+    batch_rows = max(max_routes, MIN_ROUTES_PER_BATCH)
 
     async def exchange(request: Request) -> Response:
         body = await request.body(MAX_PUSH_PULL_SIZE)
@@ -87,20 +129,71 @@ def make_peer_app(
             )
             raise HttpError(400, str(exc)) from None
         reply = handle_exchange(push_pull)
-        return Response(200, encode_push_pull(reply), content_type=_MSGPACK)
+        return Response(200, encode_push_pull(reply), content_type=MSGPACK)
 
     async def ping(request: Request) -> Response:
         if request.query_one("name") != name:
             raise HttpError(404, "no such member here")
         return json_response(200, {"name": name})
 
+    async def routes(request: Request) -> Response:
+        assert handle_routes is not None
+        body = await request.body(MAX_ROUTES_BODY)
+        try:
+            sender, deltas = decode_routes(body, max_routes=batch_rows)
+        except DecodeError as exc:
+            # Refused whole: a permanent 4xx, so the sender does not retry it
+            # and repairs us by anti-entropy instead.
+            metrics.route_batches_refused.labels(exc.reason).inc()
+            log.debug(
+                "bad route batch",
+                peer=_client(request),
+                reason=exc.reason,
+                error=str(exc),
+            )
+            raise HttpError(400, str(exc)) from None
+        counts = handle_routes(deltas)
+        log.debug("route batch applied", sender=sender, received=len(deltas))
+        ack = encode_routes_ack(len(deltas), counts)
+        return Response(200, ack, content_type=MSGPACK)
+
     def on_error(request: Request, exc: BaseException) -> None:
         log.error("peer request failed", path=request.path, exc_info=exc)
 
-    return Router(
-        [Route("POST", EXCHANGE_PATH, exchange), Route("GET", PING_PATH, ping)],
-        on_error=on_error,
-    )
+    table = [Route("POST", EXCHANGE_PATH, exchange), Route("GET", PING_PATH, ping)]
+    if handle_routes is not None:
+        table.append(Route("POST", ROUTES_PATH, routes))
+    return Router(table, on_error=on_error)
+
+
+def encode_routes_ack(received: int, counts: Mapping[str, int]) -> bytes:
+    """The ack of one pushed batch: ``{"received": n, <outcome>: count, ...}``."""
+    return msgpack.packb({"received": received, **counts}, use_bin_type=True)
+
+
+def decode_routes_ack(data: bytes) -> dict[str, int]:
+    """Parse an ack; raises :class:`DecodeError` unless it is a map of
+    non-negative integers holding ``received``."""
+    try:
+        document = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=64,
+            max_bin_len=0,
+            max_array_len=0,
+            max_map_len=32,
+            max_ext_len=0,
+        )
+    except _MSGPACK_ERRORS as exc:
+        raise DecodeError(f"malformed ack: {exc}", reason="malformed") from None
+    if not isinstance(document, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in document.items()
+    ):
+        raise DecodeError("ack must be a map of counts", reason="schema")
+    if "received" not in document:
+        raise DecodeError("ack must hold received", reason="schema")
+    return document
 
 
 def _client(request: Request) -> str:
@@ -228,16 +321,16 @@ class PeerClient:
         url = f"http://{format_address(addr)}{EXCHANGE_PATH}"
         try:
             async with self._http.stream(
-                "POST", url, content=body, headers={"content-type": _MSGPACK}
+                "POST", url, content=body, headers={"content-type": MSGPACK}
             ) as response:
                 if response.status_code != 200:
                     self._failed(addr, f"status_{response.status_code // 100}xx")
                     return
-                data = await _read_limited(response, MAX_PUSH_PULL_SIZE)
+                data = await read_limited(response, MAX_PUSH_PULL_SIZE)
         except httpx.HTTPError as exc:
             self._failed(addr, _error_reason(exc), exc)
             return
-        except _BodyTooLargeError:
+        except BodyTooLargeError:
             self._failed(addr, "too_large")
             return
         try:
@@ -280,20 +373,22 @@ class PeerClient:
         return result
 
 
-class _BodyTooLargeError(Exception):
-    """A peer's response body is over the limit (internal to this module)."""
+class BodyTooLargeError(Exception):
+    """A peer's response body is over the limit (shell-internal control flow)."""
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+async def read_limited(response: httpx.Response, limit: int) -> bytes:
+    """A streamed response's body, or :class:`BodyTooLargeError` past ``limit``:
+    a peer's answer is a stranger's bytes too."""
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLargeError
+        raise BodyTooLargeError
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLargeError
+            raise BodyTooLargeError
         chunks.append(chunk)
     return b"".join(chunks)
 

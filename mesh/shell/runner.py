@@ -8,8 +8,10 @@ the client API server and the timer loop; send the join; print the ready line.
 Shutdown (SIGTERM/SIGINT, ``POST /v1/leave`` or the caller's ``shutdown_trigger``)
 is a graceful leave: ``core.leave`` broadcasts our ``left``, and we keep serving
 (gossiping it on probes and gossip rounds) until the core reports it transmitted
-enough or ``tcp_timeout`` has passed, then stop the servers (in-flight requests
-get hypercorn's graceful timeout) and return. A second signal skips the wait.
+enough or ``tcp_timeout`` has passed; meanwhile, and at most ``push_deadline``
+(the longest any batch may take), pending route pushes are flushed. Then we stop
+the servers (in-flight requests get hypercorn's graceful timeout) and return. A
+second signal skips both waits.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from .net import (
     format_address,
     resolve_bind,
 )
-from .peer_http import hypercorn_config, make_peer_app, open_peer_client
+from .peer_http import (
+    SERVER_KEEP_ALIVE,
+    hypercorn_config,
+    make_peer_app,
+    open_peer_client,
+)
+from .pusher import open_pusher
+from .routes_api import routes_endpoints
 from .udp import UdpEndpoint
 
 __all__ = ["AgentAddresses", "ready_line", "run_agent"]
@@ -127,12 +136,18 @@ async def run_agent(
         metrics=agent.metrics,
         log=agent.log,
         max_members=config.max_members,
+        handle_routes=agent.receive_routes,
+        max_routes=config.push_batch_max,
     )
-    api_app = make_api_app(agent)
+    api_app = make_api_app(agent, routes=routes_endpoints(agent))
+    # Peers pool connections to our mesh port for push_keepalive_expiry; we keep
+    # them open longer, so a peer never reuses one we are closing at that moment.
+    peer_keep_alive = max(SERVER_KEEP_ALIVE, config.push_keepalive_expiry + 15.0)
     addresses = AgentAddresses(config.name, mesh_bound, advertise, http_bound)
     try:
         async with (
             open_peer_client(config, metrics=agent.metrics, log=agent.log) as peers,
+            open_pusher(agent),
             trio.open_nursery() as nursery,
         ):
             agent.attach(nursery=nursery, udp=udp, peers=peers)
@@ -144,12 +159,16 @@ async def run_agent(
                 nursery.start_soon(_forward, shutdown_trigger, agent)
             stop_servers = trio.Event()
             async with trio.open_nursery() as servers:
-                for app, sock in ((peer_app, tcp_sock), (api_app, api_sock)):
+                for app, sock, keep_alive in (
+                    (peer_app, tcp_sock, peer_keep_alive),
+                    (api_app, api_sock, SERVER_KEEP_ALIVE),
+                ):
                     await servers.start(
                         partial(
                             hypercorn.trio.serve,
                             cast(ASGIFramework, app),
-                            hypercorn_config(sock),  # hypercorn now owns sock
+                            # hypercorn now owns sock
+                            hypercorn_config(sock, keep_alive_timeout=keep_alive),
                             shutdown_trigger=stop_servers.wait,
                         )
                     )
@@ -167,8 +186,7 @@ async def run_agent(
                 task_status.started(addresses)
                 await agent.shutdown_requested.wait()
                 agent.leave()
-                with trio.move_on_after(config.tcp_timeout):
-                    await agent.leave_done.wait()
+                await _wind_down(agent)
                 stop_servers.set()
             nursery.cancel_scope.cancel()
     finally:
@@ -177,6 +195,39 @@ async def run_agent(
         tcp_sock.close()
         api_sock.close()
     agent.log.info("agent stopped")
+
+
+async def _wind_down(agent: Agent) -> None:
+    """Let our leave spread and flush route pushes, both bounded, at once; a
+    second signal (``agent.hurry``) cuts both short."""
+    config = agent.config
+
+    async def spread_leave() -> None:
+        with trio.move_on_after(config.tcp_timeout):
+            await agent.leave_done.wait()
+
+    async def flush_pushes() -> None:
+        with trio.move_on_after(config.push_deadline):
+            await agent.flush_pushes()
+        pushes = agent.core.pushes
+        if pushes.depth() or pushes.in_flight():
+            agent.log.info(
+                "leaving with route pushes unflushed",
+                queued=pushes.depth(),
+                in_flight=pushes.in_flight(),
+            )
+
+    async with trio.open_nursery() as nursery:
+
+        async def cut_short() -> None:
+            await agent.hurry.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(cut_short)
+        async with trio.open_nursery() as waits:
+            waits.start_soon(spread_leave)
+            waits.start_soon(flush_pushes)
+        nursery.cancel_scope.cancel()
 
 
 @contextlib.contextmanager
@@ -205,5 +256,6 @@ async def _watch_signals(agent: Agent) -> None:
                 )
                 agent.request_shutdown()
             else:
-                # Impatient operator: stop waiting for the leave to spread.
-                agent.leave_done.set()
+                # Impatient operator: stop waiting for the leave to spread
+                # and for pushes to flush.
+                agent.hurry.set()

@@ -178,7 +178,7 @@ class AgentCluster:
         self, name: str, *, join: Iterable[str] | None = None, **kw: Any
     ) -> AgentProcess:
         seeds = list(join) if join is not None else self.seeds()
-        old = self.agents.pop(name, None)
+        old = self.agents.get(name)
         if old is not None:  # a restart under the same name
             old.close()
         log = os.path.join(self.log_dir, f"{name}.log") if self.log_dir else None

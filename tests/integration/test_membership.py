@@ -33,7 +33,7 @@ def test_sigkill_is_detected_by_every_survivor_within_3s(cluster: AgentCluster) 
     victim = cluster.agents["node4"]
     victim.kill()
     killed_at = time.monotonic()
-    survivors = [a for a in cluster.live()]
+    survivors = list(cluster.live())
     wait_until(
         lambda: cluster.all_see("node4", "dead", survivors),
         10.0,

@@ -116,3 +116,52 @@ def test_sync_ticket_acks_only_after_delivery_without_drops() -> None:
     s.done("c", again.id, ok=True)
     # c lost the batch with index 1: never reported as acked for it.
     assert s.acked(ticket, 2) == (["b"], ["c"])
+
+
+def test_min_interval_gathers_a_stream_of_writes_per_peer() -> None:
+    s = PushScheduler(queue_max=100, batch_max=100, deadline=3.0, min_interval=0.05)
+    s.enqueue(route("k0", 0), 0, PEERS[:1])
+    (first,) = s.take_ready(10.0)  # after a quiet spell: at once
+    s.done("b", first.id, ok=True)
+    for i in range(1, 6):
+        s.enqueue(route(f"k{i}", i), i, PEERS[:1])
+    assert s.take_ready(10.01) == []  # held back
+    assert s.held
+    assert s.next_ready_at() == pytest.approx(10.05)
+    (second,) = s.take_ready(10.05)
+    assert len(second.routes) == 5
+
+
+def test_batches_are_split_by_encoded_size() -> None:
+    s = PushScheduler(queue_max=100, batch_max=100, deadline=3.0, batch_max_bytes=5000)
+    for i in range(10):
+        s.enqueue(Route(f"k{i}", "t" * 1000, {}, Version(0, i, "a")), i, PEERS[:1])
+    (batch,) = s.take_ready(0.0)
+    assert 1 <= len(batch.routes) < 10
+
+
+def test_node_core_releases_held_batches_on_tick() -> None:
+    from mesh.config import Config
+    from mesh.core.effects import Push
+    from mesh.core.node import NodeCore
+    from mesh.messages import Alive
+
+    core = NodeCore(
+        Config.lan(name="a", push_min_interval=0.05),
+        addr=("10.0.0.1", 1),
+        rng=random.Random(1),
+        now=0.0,
+    )
+    core.receive(("10.0.0.2", 1), [Alive(1, "b", ("10.0.0.2", 1))], 0.0)
+    _, out = core.put_route("k", "http://x", {}, None, 1.0, 1000.0)
+    (push,) = [e for e in out if isinstance(e, Push)]
+    core.push_done("b", push.batch.id, True, "", 1.001)
+    _, out = core.put_route("k2", "http://y", {}, None, 1.002, 1000.0)
+    assert not [e for e in out if isinstance(e, Push)]
+    assert core.pushes.next_ready_at() == pytest.approx(1.05)
+    deadline = core.next_deadline()
+    assert deadline is not None
+    assert deadline <= 1.05
+    assert not [e for e in core.tick(1.04) if isinstance(e, Push)]
+    pushes = [e for e in core.tick(1.05) if isinstance(e, Push)]
+    assert [r.key for r in pushes[0].batch.routes] == ["k2"]

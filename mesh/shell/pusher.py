@@ -1,0 +1,272 @@
+"""Route push: the shell side of the core's ``Push`` effects.
+
+The core decides *what* goes to whom (per-peer coalescing queues, one batch in
+flight per peer, the batch deadline, the retry schedule); this module only runs
+each batch over HTTP and reports how it ended:
+
+* one shared ``httpx.AsyncClient`` with a bounded keep-alive pool
+  (``push_pool_connections``, ``push_keepalive_expiry``): a request costs ~1 ms
+  of client CPU, a new connection much more, so connections are reused;
+* each ``Push`` runs as a task in our nursery, and every request waits for a
+  slot of one ``trio.CapacityLimiter(push_concurrency)``: a write fans out to
+  all peers at once without opening hundreds of requests at the same moment.
+  The slot is held per request, not per batch, so a batch sleeping between
+  retries does not keep another peer waiting;
+* each attempt runs under ``move_on_after(push_request_timeout)`` and the whole
+  batch, retries and waits for a slot included, under ``move_on_at(deadline)``
+  (the core's ``now`` is ``trio.current_time()``, so its deadline is ours);
+* httpx exceptions and statuses are mapped to the core's :class:`Failure` here,
+  at the boundary, and :func:`is_transient` decides whether to retry, sleeping
+  per ``core.retry_policy.delays`` (total strictly below one request timeout);
+* the end is reported once, to :meth:`Agent.push_done`, as ``ok`` or with a
+  reason: ``deadline``, ``rejected`` (permanent: other 4xx, a bad ack) or
+  ``failed`` (transient failures outlasted the retries). The core then hands
+  out the peer's next batch, or drops the deltas and marks the peer for repair.
+
+A batch for a peer that died meanwhile is not cancelled: it ends by its deadline
+at the latest, and the core ignores the report of a peer it forgot.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import httpx
+import trio
+
+from ..codec import encode_routes
+from ..core.effects import Push
+from ..core.sync import Batch, Failure, is_transient
+from ..errors import DecodeError
+from .agent import Agent
+from .net import format_address
+from .peer_http import (
+    ACK_LIMIT,
+    MSGPACK,
+    ROUTES_PATH,
+    BodyTooLargeError,
+    decode_routes_ack,
+    read_limited,
+)
+
+__all__ = [
+    "PushStatistics",
+    "Pusher",
+    "failure_from_exception",
+    "failure_from_status",
+    "open_pusher",
+]
+
+
+def failure_from_exception(exc: httpx.HTTPError) -> Failure:
+    """Map an httpx error to the core's :class:`Failure`.
+
+    Timeouts of any phase (connect, read, write, pool) are ``TIMEOUT``; network
+    errors (refused, reset) are ``CONNECT``. So is ``RemoteProtocolError``: it
+    is what a pooled keep-alive connection closed by the peer at the moment we
+    reused it looks like, and resending is safe because applying deltas is
+    idempotent. Anything else (an unsupported URL, a local protocol error) is
+    ``PROTOCOL``: retrying would fail the same way.
+    """
+    if isinstance(exc, httpx.TimeoutException):
+        return Failure.TIMEOUT
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        return Failure.CONNECT
+    return Failure.PROTOCOL
+
+
+def failure_from_status(status: int) -> Failure | None:
+    """None for 200 (the peer acked); any other status is ``STATUS``."""
+    return None if status == 200 else Failure.STATUS
+
+
+@attrs.frozen
+class PushStatistics:
+    """A snapshot of the pusher (trio's ``statistics()`` convention)."""
+
+    #: batch tasks running (at most one per peer)
+    tasks: int
+    #: requests holding a concurrency slot right now
+    requests_in_flight: int
+    #: the most requests ever in flight at once
+    max_requests_in_flight: int
+    #: the ``push_concurrency`` bound
+    concurrency: int
+
+
+class Pusher:
+    """Runs ``Push`` effects; install :meth:`push` as ``agent.push_handler``.
+
+    Use :func:`open_pusher`, which owns the HTTP client and the nursery.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        http: httpx.AsyncClient,
+        nursery: trio.Nursery,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        config = agent.config
+        self._agent = agent
+        self._http = http
+        self._nursery = nursery
+        # Our own generator: jitter must not shift the core's random sequence.
+        self._rng = rng if rng is not None else random.Random()
+        self._limiter = trio.CapacityLimiter(config.push_concurrency)
+        self._request_timeout = config.push_request_timeout
+        self._tasks = 0
+        self._requests = 0
+        self._max_requests = 0
+
+    def statistics(self) -> PushStatistics:
+        return PushStatistics(
+            tasks=self._tasks,
+            requests_in_flight=self._requests,
+            max_requests_in_flight=self._max_requests,
+            concurrency=int(self._limiter.total_tokens),
+        )
+
+    def push(self, effect: Push) -> None:
+        """Start delivering one batch; never blocks (the agent's dispatch is
+        synchronous)."""
+        self._nursery.start_soon(self._run, effect.batch, trio.current_time())
+
+    async def _run(self, batch: Batch, handed_out_at: float) -> None:
+        metrics = self._agent.metrics
+        metrics.push_batch_size.observe(len(batch.routes))
+        result = "deadline"
+        self._tasks += 1
+        try:
+            with trio.move_on_at(batch.deadline):
+                result = await self._deliver(batch)
+        finally:
+            self._tasks -= 1
+        metrics.pushes.labels(result).inc()
+        if result == "ok":
+            metrics.push_latency.observe(trio.current_time() - handed_out_at)
+        else:
+            self._agent.log.debug(
+                "push abandoned",
+                peer=batch.peer,
+                routes=len(batch.routes),
+                result=result,
+            )
+        self._agent.push_done(batch, result == "ok", result)
+
+    async def _deliver(self, batch: Batch) -> str:
+        """Attempts with backoff until acked, a permanent failure, or the
+        retries run out; the caller's deadline may cut it short."""
+        body = encode_routes(self._agent.core.name, batch.routes)
+        url = f"http://{format_address(batch.addr)}{ROUTES_PATH}"
+        delays = self._agent.core.retry_policy.delays(self._rng)
+        attempt = 0
+        while True:
+            failure, status = await self._attempt(url, body, len(batch.routes))
+            if failure is None:
+                return "ok"
+            self._agent.log.debug(
+                "push attempt failed",
+                peer=batch.peer,
+                attempt=attempt,
+                failure=failure.value,
+                status=status,
+            )
+            if not is_transient(failure, status):
+                return "rejected"
+            if attempt >= len(delays):
+                return "failed"
+            self._agent.metrics.push_retries.inc()
+            await trio.sleep(delays[attempt])
+            attempt += 1
+
+    async def _attempt(
+        self, url: str, body: bytes, count: int
+    ) -> tuple[Failure | None, int | None]:
+        """One request under the concurrency limit and the request timeout:
+        (None, 200) when the peer acked all ``count`` deltas, else the failure
+        and the HTTP status if there was one."""
+        async with self._limiter:
+            self._requests += 1
+            self._max_requests = max(self._max_requests, self._requests)
+            try:
+                with trio.move_on_after(self._request_timeout):
+                    return await self._post(url, body, count)
+                return Failure.TIMEOUT, None
+            finally:
+                self._requests -= 1
+
+    async def _post(
+        self, url: str, body: bytes, count: int
+    ) -> tuple[Failure | None, int | None]:
+        try:
+            async with self._http.stream(
+                "POST", url, content=body, headers={"content-type": MSGPACK}
+            ) as response:
+                status = response.status_code
+                failure = failure_from_status(status)
+                if failure is not None:
+                    return failure, status
+                data = await read_limited(response, ACK_LIMIT)
+        except httpx.HTTPError as exc:
+            return failure_from_exception(exc), None
+        except BodyTooLargeError:
+            return Failure.PROTOCOL, 200
+        try:
+            ack = decode_routes_ack(data)
+        except DecodeError:
+            return Failure.PROTOCOL, 200
+        # A 200 from something that is not a mesh peer (another process took
+        # the port) must not count as delivered.
+        if ack["received"] != count:
+            return Failure.PROTOCOL, 200
+        return None, 200
+
+
+@asynccontextmanager
+async def open_pusher(
+    agent: Agent,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Pusher]:
+    """A :class:`Pusher` installed as ``agent.push_handler`` until exit.
+
+    On exit, batches still running are cancelled (unreported: the agent is
+    stopping) and the client's connections are closed.
+
+    Args:
+        agent: whose pushes to run.
+        transport: an httpx transport instead of the network (tests:
+            ``httpx.MockTransport``); the pool limits then do not apply.
+        rng: jitter for the retry delays (tests: a seeded generator).
+    """
+    config = agent.config
+    limits = httpx.Limits(
+        max_connections=config.push_pool_connections,
+        max_keepalive_connections=config.push_pool_connections,
+        keepalive_expiry=config.push_keepalive_expiry,
+    )
+    async with (
+        httpx.AsyncClient(
+            limits=limits,
+            timeout=httpx.Timeout(config.push_request_timeout),
+            transport=transport,
+            # A HTTP_PROXY meant for the operator's tools must not reroute
+            # peer traffic.
+            trust_env=False,
+            follow_redirects=False,
+        ) as http,
+        trio.open_nursery() as nursery,
+    ):
+        pusher = Pusher(agent, http, nursery, rng=rng)
+        agent.push_handler = pusher.push
+        try:
+            yield pusher
+        finally:
+            agent.push_handler = None
+            nursery.cancel_scope.cancel()

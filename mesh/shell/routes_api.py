@@ -1,0 +1,295 @@
+"""The routes part of the client API (contract.md, "Client API"), plugged into
+:func:`mesh.shell.api.make_api_app` with ``routes=routes_endpoints(agent)``.
+
+A write returns as soon as the core has committed it and queued it for peers:
+it never waits on a peer, because a slow or paused peer must add no latency to
+writes (contract, "Guarantees"). Only ``?sync=all&timeout=S`` waits, at most S
+seconds, for every member live at write time to acknowledge; it re-checks the
+core's ticket each time a push batch ends (:meth:`Agent.wait_push_progress`),
+never by polling.
+
+Targets and meta may carry access tokens: they are never logged; debug lines
+name keys only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import attrs
+import trio
+
+from ..core.routes import Outcome, OutcomeStatus, validate_route_fields
+from ..core.sync import SyncTicket
+from .agent import Agent
+from .api import BODY_LIMIT
+from .asgi import HttpError, Request, Response, Route, json_response
+
+__all__ = ["BATCH_BODY_LIMIT", "BATCH_MAX_ITEMS", "routes_endpoints"]
+
+#: body limit of ``POST /v1/routes`` (contract: 4 MiB)
+BATCH_BODY_LIMIT = 4 * 1024 * 1024
+#: most items (puts and deletes together) in one batch call
+BATCH_MAX_ITEMS = 1000
+
+_PUT_FIELDS = frozenset(("target", "meta", "revision"))
+_BATCH_PUT_FIELDS = _PUT_FIELDS | {"key"}
+_BATCH_DELETE_FIELDS = frozenset(("key", "revision"))
+_BATCH_FIELDS = frozenset(("put", "delete"))
+_REVISION_RE = re.compile(r"[0-9]{1,20}")
+
+#: (HTTP status, JSON body) as the single-item call answers it
+Result = tuple[int, dict[str, Any]]
+
+
+@attrs.frozen
+class _Put:
+    """A parsed put; target and meta may carry tokens, so never in a repr."""
+
+    target: str = attrs.field(repr=False)
+    meta: dict[str, str] = attrs.field(repr=False)
+    revision: int | None
+
+
+def routes_endpoints(agent: Agent) -> list[Route]:
+    """The ``/v1/routes`` handlers of ``agent``."""
+    sync_max = agent.config.sync_timeout_max
+
+    async def get_one(request: Request) -> Response:
+        key = _path_key(request)
+        route = agent.core.routes.get(key)
+        if route is None or route.deleted:
+            raise HttpError(404, f"no route for key {key!r}")
+        return json_response(200, route.to_json())
+
+    async def put_one(request: Request) -> Response:
+        document = await request.json(BODY_LIMIT)
+        key = _path_key(request)
+        timeout = _sync_timeout(request, sync_max)
+        parsed = _parse_put(document, _PUT_FIELDS)
+        if isinstance(parsed, str):
+            raise HttpError(400, parsed)
+        status, body = _put(agent, key, parsed)
+        if timeout is not None and status == 200:
+            # Right after the write, with no checkpoint since the core call.
+            ticket = agent.core.sync_ticket()
+            with trio.move_on_after(timeout):
+                await _wait_acked(agent, ticket)
+            body.update(_sync_report(agent, ticket))
+        return json_response(status, body)
+
+    async def delete_one(request: Request) -> Response:
+        # Read (and bound) any body: an unread one would stall keep-alive.
+        await request.body(BODY_LIMIT)
+        key = _path_key(request)
+        timeout = _sync_timeout(request, sync_max)
+        text = request.query_one("revision")
+        revision: int | None = None
+        if text is not None:
+            if not _REVISION_RE.fullmatch(text):
+                raise HttpError(400, "revision must be a non-negative integer")
+            revision = int(text)
+        status, body = _delete(agent, key, revision)
+        if timeout is not None and status == 200:
+            ticket = agent.core.sync_ticket()
+            with trio.move_on_after(timeout):
+                await _wait_acked(agent, ticket)
+            body.update(_sync_report(agent, ticket))
+        return json_response(status, body)
+
+    async def list_all(request: Request) -> Response:
+        prefix = request.query_one("prefix") or ""
+        routes = [r.to_json() for r in agent.core.routes.live(prefix)]
+        return json_response(200, {"routes": routes, "count": len(routes)})
+
+    async def batch(request: Request) -> Response:
+        document = await request.json(BATCH_BODY_LIMIT)
+        timeout = _sync_timeout(request, sync_max)
+        puts, deletes = _parse_batch(document)
+        results: list[dict[str, Any]] = []
+        for item in puts:
+            results.append(_batch_item(agent, item, deleted=False))
+        for item in deletes:
+            results.append(_batch_item(agent, item, deleted=True))
+        body: dict[str, Any] = {"results": results}
+        if timeout is not None:
+            # After the last item, with no checkpoint since: covers them all.
+            ticket = agent.core.sync_ticket()
+            with trio.move_on_after(timeout):
+                await _wait_acked(agent, ticket)
+            body.update(_sync_report(agent, ticket))
+        return json_response(200, body)
+
+    return [
+        Route("GET", "/v1/routes", list_all),
+        Route("POST", "/v1/routes", batch),
+        Route("GET", "/v1/routes/{key}", get_one),
+        Route("PUT", "/v1/routes/{key}", put_one),
+        Route("DELETE", "/v1/routes/{key}", delete_one),
+    ]
+
+
+# --- writes ---
+
+
+def _put(agent: Agent, key: str, put: _Put) -> Result:
+    outcome = agent.put_route(key, put.target, put.meta, put.revision)
+    agent.log.debug("route put", key=key, result=outcome.status.value)
+    return _result(outcome)
+
+
+def _delete(agent: Agent, key: str, revision: int | None) -> Result:
+    outcome = agent.delete_route(key, revision)
+    agent.log.debug("route delete", key=key, result=outcome.status.value)
+    return _result(outcome)
+
+
+def _result(outcome: Outcome) -> Result:
+    """The single-item call's answer to a write's outcome."""
+    status = outcome.status
+    route = outcome.route
+    if status is OutcomeStatus.INVALID:
+        return 400, {"error": outcome.reason}
+    if status is OutcomeStatus.FULL:
+        return 507, {"error": outcome.reason}
+    assert route is not None  # every other outcome names the stored route
+    if status is OutcomeStatus.CONFLICT:
+        current = route.to_json()
+        if route.deleted:
+            current["deleted"] = True  # a tombstone: its target is empty
+        return 409, {"error": outcome.reason, "current": current}
+    # APPLIED (a client's write always supersedes what it replaces)
+    if route.deleted:
+        return 200, {"key": route.key, "deleted": True, "version": str(route.version)}
+    return 200, route.to_json()
+
+
+async def _wait_acked(agent: Agent, ticket: SyncTicket) -> None:
+    """Return once every peer of ``ticket`` acked (the caller bounds the wait)."""
+    # Checking and starting to wait happen without a checkpoint between, so no
+    # push can end unseen.
+    while agent.core.sync_status(ticket)[1]:
+        await agent.wait_push_progress()
+
+
+def _sync_report(agent: Agent, ticket: SyncTicket) -> dict[str, list[str]]:
+    acked, pending = agent.core.sync_status(ticket)
+    return {"acked": acked, "pending": pending}
+
+
+# --- request parsing ---
+
+
+def _path_key(request: Request) -> str:
+    # The server hands us the path already URL-decoded.
+    key = request.params["key"]
+    error = validate_route_fields(key)
+    if error is not None:
+        raise HttpError(400, error)
+    return key
+
+
+def _sync_timeout(request: Request, maximum: float) -> float | None:
+    """``?sync=all&timeout=S``: S, or None when the client does not wait."""
+    sync = request.query_one("sync")
+    text = request.query_one("timeout")
+    if sync is None and text is None:
+        return None
+    if sync != "all":
+        raise HttpError(400, f"sync must be 'all' (with timeout), got {sync!r}")
+    if text is None:
+        raise HttpError(400, "sync=all needs timeout=SECONDS")
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = math.nan
+    if not (math.isfinite(timeout) and 0 < timeout <= maximum):
+        raise HttpError(
+            400, f"timeout must be a number of seconds in (0, {maximum}], got {text!r}"
+        )
+    return timeout
+
+
+def _parse_put(document: object, fields: frozenset[str]) -> _Put | str:
+    """A put's fields, or the 400 error message."""
+    if not isinstance(document, dict):
+        return "body must be a JSON object"
+    unknown = sorted(set(document) - fields)
+    if unknown:
+        return f"unknown fields: {', '.join(unknown)}"
+    if "target" not in document:
+        return "target is required"
+    target = document["target"]
+    meta = document.get("meta")
+    if meta is None:  # absent or null: no metadata
+        meta = {}
+    error = validate_route_fields("x", target, meta)
+    if error is not None:
+        return error
+    revision = _parse_revision(document.get("revision"))
+    if isinstance(revision, str):
+        return revision
+    return _Put(target, dict(meta), revision)
+
+
+def _parse_revision(value: object) -> int | str | None:
+    """An optional revision (None when absent or null), or the error message."""
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:  # bool is an int: refused too
+        return "revision must be a non-negative integer"
+    return value
+
+
+def _parse_batch(document: object) -> tuple[list[object], list[object]]:
+    """The batch call's put and delete lists; HttpError 400 for the whole call."""
+    if not isinstance(document, dict):
+        raise HttpError(400, "body must be a JSON object")
+    unknown = sorted(set(document) - _BATCH_FIELDS)
+    if unknown:
+        raise HttpError(400, f"unknown fields: {', '.join(unknown)}")
+    lists: list[list[object]] = []
+    for name in ("put", "delete"):
+        items = document.get(name)
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise HttpError(400, f"{name} must be an array")
+        lists.append(items)
+    puts, deletes = lists
+    total = len(puts) + len(deletes)
+    if total > BATCH_MAX_ITEMS:
+        raise HttpError(
+            400, f"a batch holds at most {BATCH_MAX_ITEMS} items, got {total}"
+        )
+    return puts, deletes
+
+
+def _batch_item(agent: Agent, item: object, *, deleted: bool) -> dict[str, Any]:
+    """One item's result: ``{"key", "status", ...}`` with the single call's body."""
+    if not isinstance(item, dict):
+        return {"key": None, "status": 400, "error": "item must be a JSON object"}
+    key = item.get("key")
+    shown = key if isinstance(key, str) else None
+    error = validate_route_fields(key)
+    if error is not None:
+        return {"key": shown, "status": 400, "error": error}
+    assert isinstance(key, str)
+    if deleted:
+        unknown = sorted(set(item) - _BATCH_DELETE_FIELDS)
+        revision = _parse_revision(item.get("revision"))
+        if unknown:
+            status, body = 400, {"error": f"unknown fields: {', '.join(unknown)}"}
+        elif isinstance(revision, str):
+            status, body = 400, {"error": revision}
+        else:
+            status, body = _delete(agent, key, revision)
+    else:
+        parsed = _parse_put(item, _BATCH_PUT_FIELDS)
+        if isinstance(parsed, str):
+            status, body = 400, {"error": parsed}
+        else:
+            status, body = _put(agent, key, parsed)
+    return {"key": key, "status": status, **body}

@@ -1,0 +1,547 @@
+"""The routes endpoints of the client API, in-process through
+``httpx.ASGITransport``: every status code and error shape of the contract,
+batch results in order, and ``sync=all`` waiting on pushes (on trio's MockClock,
+so "at once" and "after the timeout" are exact)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+import trio
+import trio.testing
+
+from mesh.core.effects import Push
+from mesh.messages import Alive
+from mesh.shell.agent import Agent
+from mesh.shell.api import make_api_app
+from mesh.shell.routes_api import BATCH_BODY_LIMIT, BATCH_MAX_ITEMS, routes_endpoints
+
+from .conftest import MakeAgent
+
+
+def routes_client(agent: Agent) -> httpx.AsyncClient:
+    app = make_api_app(agent, routes=routes_endpoints(agent))
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://mesh.test"
+    )
+
+
+@pytest.fixture
+async def agent(make_agent: MakeAgent) -> Agent:
+    # No timer loop runs in these tests, and nothing else would release a
+    # batch held back by push_min_interval (tests/unit/core covers it).
+    return make_agent("self", push_min_interval=0.0)
+
+
+@pytest.fixture
+async def client(agent: Agent) -> AsyncIterator[httpx.AsyncClient]:
+    async with routes_client(agent) as c:
+        yield c
+
+
+def writes(agent: Agent, result: str) -> float:
+    value = agent.metrics.registry.get_sample_value(
+        "mesh_route_writes_total", {"result": result}
+    )
+    return value or 0.0
+
+
+# --- single-item calls ---
+
+
+async def test_put_returns_the_stored_route(
+    agent: Agent, client: httpx.AsyncClient
+) -> None:
+    response = await client.put(
+        "/v1/routes/svc.a", json={"target": "http://a:80", "meta": {"zone": "z1"}}
+    )
+    assert response.status_code == 200
+    route = response.json()
+    assert set(route) == {"key", "target", "meta", "version", "origin", "revision"}
+    assert route["key"] == "svc.a"
+    assert route["target"] == "http://a:80"
+    assert route["meta"] == {"zone": "z1"}
+    assert route["origin"] == "self"
+    assert route["revision"] == 0
+    assert isinstance(route["version"], str)
+    fetched = await client.get("/v1/routes/svc.a")
+    assert fetched.status_code == 200
+    assert fetched.json() == route
+    assert writes(agent, "applied") == 1
+
+
+async def test_versions_increase_with_each_write(client: httpx.AsyncClient) -> None:
+    versions = []
+    for target in ("http://1", "http://2", "http://3"):
+        response = await client.put("/v1/routes/k", json={"target": target})
+        versions.append(response.json()["version"])
+    assert versions == sorted(versions)
+    assert len(set(versions)) == 3
+
+
+async def test_revision_orders_writes_and_stale_is_409(
+    agent: Agent, client: httpx.AsyncClient
+) -> None:
+    first = await client.put("/v1/routes/k", json={"target": "http://a", "revision": 5})
+    assert first.status_code == 200
+    assert first.json()["revision"] == 5
+    stale = await client.put("/v1/routes/k", json={"target": "http://b", "revision": 4})
+    assert stale.status_code == 409
+    body = stale.json()
+    assert set(body) == {"error", "current"}
+    assert body["current"] == first.json()
+    same = await client.put("/v1/routes/k", json={"target": "http://c", "revision": 5})
+    assert same.status_code == 200
+    unrevised = await client.put("/v1/routes/k", json={"target": "http://d"})
+    assert unrevised.json()["revision"] == 5  # inherits the stored revision
+    assert (await client.get("/v1/routes/k")).json()["target"] == "http://d"
+    assert writes(agent, "conflict") == 1
+
+
+async def test_url_encoded_key_is_decoded(client: httpx.AsyncClient) -> None:
+    response = await client.put("/v1/routes/a%3Ab%40c", json={"target": "http://x"})
+    assert response.status_code == 200
+    assert response.json()["key"] == "a:b@c"
+    assert (await client.get("/v1/routes/a:b@c")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"target": "http://x", "color": "red"},  # unknown field
+        {"target": "http://x", "key": "k"},  # the key is in the path
+        {},  # target missing
+        {"target": ""},
+        {"target": "x" * 1025},
+        {"target": 7},
+        {"target": None},
+        {"target": "http://x", "meta": ["a"]},
+        {"target": "http://x", "meta": {"a": 1}},
+        {"target": "http://x", "meta": {f"k{i}": "v" for i in range(33)}},
+        {"target": "http://x", "meta": {"k": "v" * 257}},
+        {"target": "http://x", "revision": True},
+        {"target": "http://x", "revision": -1},
+        {"target": "http://x", "revision": 1.0},
+        {"target": "http://x", "revision": "3"},
+        {"target": "http://x", "revision": 2**64},
+        ["http://x"],
+        "http://x",
+    ],
+)
+async def test_invalid_put_is_400_and_changes_nothing(
+    agent: Agent, client: httpx.AsyncClient, body: Any
+) -> None:
+    response = await client.put("/v1/routes/k", json=body)
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"}
+    assert (await client.get("/v1/routes/k")).status_code == 404
+    assert len(agent.core.routes) == 0
+
+
+async def test_optional_fields_may_be_null(client: httpx.AsyncClient) -> None:
+    response = await client.put(
+        "/v1/routes/k", json={"target": "http://x", "meta": None, "revision": None}
+    )
+    assert response.status_code == 200
+    assert response.json()["meta"] == {}
+
+
+async def test_limits_at_the_edge_are_accepted(client: httpx.AsyncClient) -> None:
+    body = {
+        "target": "t" * 1024,
+        "meta": {f"{i:03d}" + "k" * 253: "v" * 256 for i in range(32)},
+        "revision": 2**64 - 1,
+    }
+    response = await client.put("/v1/routes/" + "k" * 253, json=body)
+    assert response.status_code == 200
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.put("/v1/routes/k", content=b"{not json")
+    assert response.status_code == 400
+    assert "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    "key", ["-leading-dash", "a%20b", "caf%C3%A9", "k" * 254, "a%2Fb", ".dot"]
+)
+async def test_invalid_key_in_the_path_is_400(
+    client: httpx.AsyncClient, key: str
+) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        kw: dict[str, Any] = {"json": {"target": "http://x"}} if method == "PUT" else {}
+        response = await client.request(method, f"/v1/routes/{key}", **kw)
+        # "a%2Fb" decodes to "a/b": not a key, whatever the path shape
+        assert response.status_code in ((400, 404) if "%2F" in key else (400,))
+        assert "error" in response.json()
+
+
+async def test_put_over_64_kib_is_413(client: httpx.AsyncClient) -> None:
+    body = json.dumps({"target": "http://x", "pad": "x" * (64 * 1024)}).encode()
+    response = await client.put("/v1/routes/k", content=body)
+    assert response.status_code == 413
+    assert "error" in response.json()
+
+
+async def test_full_table_is_507(make_agent: MakeAgent) -> None:
+    agent = make_agent("self", max_routes=2)
+    async with routes_client(agent) as client:
+        for key in ("a", "b"):
+            ok = await client.put(f"/v1/routes/{key}", json={"target": "http://x"})
+            assert ok.status_code == 200
+        full = await client.put("/v1/routes/c", json={"target": "http://x"})
+        assert full.status_code == 507
+        assert set(full.json()) == {"error"}
+        again = await client.put("/v1/routes/a", json={"target": "http://y"})
+        assert again.status_code == 200  # an existing key still takes writes
+    assert writes(agent, "full") == 1
+
+
+async def test_get_unknown_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/routes/nothing-here")
+    assert response.status_code == 404
+    assert set(response.json()) == {"error"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/v1/routes/k", "DELETE, GET, PUT"),
+        ("PATCH", "/v1/routes/k", "DELETE, GET, PUT"),
+        ("PUT", "/v1/routes", "GET, POST"),
+        ("DELETE", "/v1/routes", "GET, POST"),
+    ],
+)
+async def test_wrong_method_is_405(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert set(response.json()) == {"error"}
+
+
+async def test_delete_leaves_a_tombstone_that_reads_as_404(
+    agent: Agent, client: httpx.AsyncClient
+) -> None:
+    put = await client.put("/v1/routes/k", json={"target": "http://x"})
+    response = await client.delete("/v1/routes/k")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"key", "deleted", "version"}
+    assert body["key"] == "k"
+    assert body["deleted"] is True
+    assert body["version"] > put.json()["version"]
+    assert (await client.get("/v1/routes/k")).status_code == 404
+    assert (await client.get("/v1/routes")).json() == {"routes": [], "count": 0}
+    tombstone = agent.core.routes.get("k")
+    assert tombstone is not None
+    assert tombstone.deleted
+    samples = agent.metrics.registry
+    assert samples.get_sample_value("mesh_routes", {"state": "tombstone"}) == 1
+    assert samples.get_sample_value("mesh_routes", {"state": "live"}) == 0
+
+
+async def test_delete_with_a_stale_revision_is_409(client: httpx.AsyncClient) -> None:
+    put = await client.put("/v1/routes/k", json={"target": "http://x", "revision": 9})
+    stale = await client.delete("/v1/routes/k", params={"revision": "8"})
+    assert stale.status_code == 409
+    assert stale.json()["current"] == put.json()
+    assert (await client.get("/v1/routes/k")).status_code == 200
+    newer = await client.delete("/v1/routes/k", params={"revision": "9"})
+    assert newer.status_code == 200
+    # A write older than the tombstone cannot resurrect the key.
+    old = await client.put("/v1/routes/k", json={"target": "http://y", "revision": 8})
+    assert old.status_code == 409
+    assert old.json()["current"]["deleted"] is True
+    assert (await client.get("/v1/routes/k")).status_code == 404
+
+
+@pytest.mark.parametrize("revision", ["abc", "-1", "1.5", "", "1" * 21])
+async def test_delete_with_a_bad_revision_is_400(
+    client: httpx.AsyncClient, revision: str
+) -> None:
+    await client.put("/v1/routes/k", json={"target": "http://x"})
+    response = await client.delete("/v1/routes/k", params={"revision": revision})
+    assert response.status_code == 400
+    assert (await client.get("/v1/routes/k")).status_code == 200
+
+
+async def test_list_is_live_sorted_and_filtered(client: httpx.AsyncClient) -> None:
+    for key in ("b.2", "a.1", "b.1", "c.1"):
+        await client.put(f"/v1/routes/{key}", json={"target": f"http://{key}"})
+    await client.delete("/v1/routes/c.1")
+    everything = (await client.get("/v1/routes")).json()
+    assert [r["key"] for r in everything["routes"]] == ["a.1", "b.1", "b.2"]
+    assert everything["count"] == 3
+    only_b = (await client.get("/v1/routes", params={"prefix": "b."})).json()
+    assert [r["key"] for r in only_b["routes"]] == ["b.1", "b.2"]
+    assert only_b["count"] == 2
+    assert only_b["routes"][0]["target"] == "http://b.1"
+
+
+# --- the batch call ---
+
+
+async def test_batch_results_are_in_order_puts_then_deletes(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.put("/v1/routes/old", json={"target": "http://o", "revision": 3})
+    await client.put("/v1/routes/gone", json={"target": "http://g"})
+    body = {
+        "put": [
+            {"key": "a", "target": "http://a", "meta": {"m": "1"}},
+            {"key": "bad key", "target": "http://b"},
+            {"key": "old", "target": "http://o2", "revision": 2},
+            {"key": "c", "target": "http://c", "extra": 1},
+            "not an object",
+            {"key": "d", "target": "http://d", "revision": 4},
+        ],
+        "delete": [
+            {"key": "gone"},
+            {"key": "old", "revision": 1},
+            {"key": "e", "revision": -1},
+        ],
+    }
+    response = await client.post("/v1/routes", json=body)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [(r["key"], r["status"]) for r in results] == [
+        ("a", 200),
+        ("bad key", 400),  # echoed as sent
+        ("old", 409),
+        ("c", 400),
+        (None, 400),
+        ("d", 200),
+        ("gone", 200),
+        ("old", 409),
+        ("e", 400),
+    ]
+    # Each is what the single call answers, with key and status added.
+    single = (await client.get("/v1/routes/a")).json()
+    assert results[0] == {"status": 200, **single}
+    assert results[2]["current"]["revision"] == 3
+    assert set(results[3]) == {"key", "status", "error"}
+    assert set(results[6]) == {"key", "status", "deleted", "version"}
+    assert results[6]["deleted"] is True
+    assert (await client.get("/v1/routes/gone")).status_code == 404
+    assert (await client.get("/v1/routes/c")).status_code == 404
+
+
+async def test_empty_batch(client: httpx.AsyncClient) -> None:
+    bodies: list[dict[str, Any]] = [{}, {"put": [], "delete": []}, {"put": None}]
+    for body in bodies:
+        response = await client.post("/v1/routes", json=body)
+        assert response.status_code == 200
+        assert response.json() == {"results": []}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"put": [], "upsert": []},
+        {"put": {"key": "a"}},
+        {"delete": "a"},
+        [],
+        {"put": [{"key": f"k{i}", "target": "t"} for i in range(BATCH_MAX_ITEMS)]}
+        | {"delete": [{"key": "x"}]},
+    ],
+)
+async def test_bad_batch_is_400_and_writes_nothing(
+    agent: Agent, client: httpx.AsyncClient, body: Any
+) -> None:
+    response = await client.post("/v1/routes", json=body)
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"}
+    assert len(agent.core.routes) == 0
+
+
+async def test_batch_of_1000_items_is_accepted(
+    agent: Agent, client: httpx.AsyncClient
+) -> None:
+    puts = [{"key": f"k{i}", "target": "t"} for i in range(BATCH_MAX_ITEMS - 1)]
+    response = await client.post(
+        "/v1/routes", json={"put": puts, "delete": [{"key": "k0"}]}
+    )
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == BATCH_MAX_ITEMS
+    assert len(agent.core.routes) == BATCH_MAX_ITEMS - 2
+
+
+async def test_batch_over_4_mib_is_413(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/routes",
+        content=b" " * (BATCH_BODY_LIMIT + 1),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+async def test_batch_body_between_64_kib_and_4_mib_is_fine(
+    client: httpx.AsyncClient,
+) -> None:
+    puts = [{"key": f"k{i}", "target": "t" * 1000} for i in range(200)]
+    response = await client.post("/v1/routes", json={"put": puts})
+    assert response.status_code == 200
+
+
+# --- sync=all ---
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sync=all&timeout=1",
+        "sync=all&timeout=0.25",
+    ],
+)
+async def test_sync_all_without_peers_answers_at_once(
+    client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock, query: str
+) -> None:
+    start = trio.current_time()
+    put = await client.put(f"/v1/routes/k?{query}", json={"target": "http://x"})
+    batch = await client.post(
+        f"/v1/routes?{query}", json={"put": [{"key": "b", "target": "t"}]}
+    )
+    delete = await client.delete(f"/v1/routes/k?{query}")
+    assert trio.current_time() == start
+    for response in (put, batch, delete):
+        assert response.status_code == 200
+        assert response.json()["acked"] == []
+        assert response.json()["pending"] == []
+    assert put.json()["target"] == "http://x"
+    assert delete.json()["deleted"] is True
+    assert batch.json()["results"][0]["status"] == 200
+
+
+async def test_without_sync_there_are_no_ack_fields(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.put("/v1/routes/k", json={"target": "http://x"})
+    assert "acked" not in response.json()
+    assert "pending" not in response.json()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sync=one&timeout=1",
+        "sync=all",
+        "timeout=1",
+        "sync=all&timeout=0",
+        "sync=all&timeout=-1",
+        "sync=all&timeout=nan",
+        "sync=all&timeout=inf",
+        "sync=all&timeout=soon",
+        "sync=all&timeout=30.5",  # over sync_timeout_max
+    ],
+)
+async def test_bad_sync_parameters_are_400_before_any_write(
+    agent: Agent, client: httpx.AsyncClient, query: str
+) -> None:
+    put = await client.put(f"/v1/routes/k?{query}", json={"target": "http://x"})
+    batch = await client.post(
+        f"/v1/routes?{query}", json={"put": [{"key": "b", "target": "t"}]}
+    )
+    assert put.status_code == 400
+    assert batch.status_code == 400
+    assert len(agent.core.routes) == 0
+    await client.put("/v1/routes/k", json={"target": "http://x"})
+    delete = await client.delete(f"/v1/routes/k?{query}")
+    assert delete.status_code == 400
+    assert (await client.get("/v1/routes/k")).status_code == 200
+
+
+async def test_sync_all_waits_for_the_peer_ack(
+    agent: Agent, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent.receive(("127.0.0.2", 1), [Alive(1, "peer", ("127.0.0.2", 1), {})])
+    pushes: list[Push] = []
+    agent.push_handler = pushes.append
+    responses: list[httpx.Response] = []
+    start = trio.current_time()
+
+    async def write() -> None:
+        responses.append(
+            await client.put(
+                "/v1/routes/k?sync=all&timeout=5", json={"target": "http://x"}
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not responses  # waiting for the peer
+        [push] = pushes
+        await trio.sleep(1.0)
+        assert not responses
+        agent.push_done(push.batch, True, "ok")
+    [response] = responses
+    assert trio.current_time() == start + 1.0  # answered when the ack came
+    assert response.status_code == 200
+    assert response.json()["acked"] == ["peer"]
+    assert response.json()["pending"] == []
+
+
+async def test_sync_all_gives_up_at_the_timeout_naming_the_pending_peer(
+    agent: Agent, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    for name, port in (("fast", 1), ("slow", 2)):
+        agent.receive(("127.0.0.2", port), [Alive(1, name, ("127.0.0.2", port), {})])
+    pushes: list[Push] = []
+
+    def handle(push: Push) -> None:
+        pushes.append(push)
+        if push.batch.peer == "fast":
+            agent.push_done(push.batch, True, "ok")
+
+    agent.push_handler = handle
+    start = trio.current_time()
+    response = await client.post(
+        "/v1/routes?sync=all&timeout=2.5",
+        json={"put": [{"key": "a", "target": "t"}], "delete": [{"key": "b"}]},
+    )
+    assert trio.current_time() == start + 2.5
+    assert response.status_code == 200
+    assert response.json()["acked"] == ["fast"]
+    assert response.json()["pending"] == ["slow"]
+
+
+async def test_sync_all_is_not_awaited_for_a_failed_write(
+    agent: Agent, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent.receive(("127.0.0.2", 1), [Alive(1, "peer", ("127.0.0.2", 1), {})])
+    agent.push_handler = lambda push: None  # never acked
+    start = trio.current_time()
+    response = await client.put(
+        "/v1/routes/k?sync=all&timeout=5", json={"target": "http://x", "revision": -1}
+    )
+    assert response.status_code == 400
+    assert trio.current_time() == start
+
+
+# --- secrets ---
+
+
+async def test_targets_and_meta_are_never_logged(make_agent: MakeAgent) -> None:
+    secret = "s3cr3t-token"
+    with structlog.testing.capture_logs() as logs:
+        agent = make_agent("self")
+        async with routes_client(agent) as client:
+            await client.put(
+                "/v1/routes/k",
+                json={"target": f"http://u:{secret}@h", "meta": {"auth": secret}},
+            )
+            await client.post(
+                "/v1/routes",
+                json={"put": [{"key": "b", "target": secret, "meta": {"x": secret}}]},
+            )
+            await client.put("/v1/routes/k", json={"target": secret, "bad": secret})
+            await client.delete("/v1/routes/k")
+    assert logs  # debug lines name the keys
+    assert all(secret not in repr(entry) for entry in logs)
