@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mesh.testing.agents import AgentCluster, AgentProcess, wait_until  # noqa: E402
+from mesh.testing.agents import AgentCluster, AgentProcess, wait_until
 
 
 def read_events(path: str) -> list[dict[str, Any]]:
@@ -53,7 +53,9 @@ def ts(event: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
-def make_cluster(n: int, profile: str, mode: str, log_dir: str) -> AgentCluster:
+def make_cluster(
+    n: int, profile: str, mode: str, log_dir: str
+) -> tuple[AgentCluster, list[str]]:
     extra = ["--log-format", "json"]
     if mode == "swim":
         cfg = os.path.join(log_dir, "swim.toml")
@@ -62,8 +64,7 @@ def make_cluster(n: int, profile: str, mode: str, log_dir: str) -> AgentCluster:
     cluster = AgentCluster(log_dir=log_dir, profile=profile)
     for i in range(1, n + 1):
         cluster.add(f"n{i}", extra=extra)
-    cluster._extra = extra  # type: ignore[attr-defined]  # reused for restarts
-    return cluster
+    return cluster, extra
 
 
 def sees_all(cluster: AgentCluster, agent: AgentProcess, since: float) -> float | None:
@@ -71,14 +72,19 @@ def sees_all(cluster: AgentCluster, agent: AgentProcess, since: float) -> float 
     names = {a.name for a in cluster.live()} - {agent.name}
     first: dict[str, float] = {}
     for e in read_events(agent.log_path or ""):
-        if e.get("event") in ("member joined", "member alive") and e.get("peer") in names:
+        if (
+            e.get("event") in ("member joined", "member alive")
+            and e.get("peer") in names
+        ):
             t = ts(e)
             if t >= since:
                 first.setdefault(e["peer"], t)
     return max(first.values()) if len(first) == len(names) else None
 
 
-def bootstrap(cluster: AgentCluster, started_wall: float, last_ready_wall: float) -> float:
+def bootstrap(
+    cluster: AgentCluster, started_wall: float, last_ready_wall: float
+) -> float:
     def done() -> list[float] | None:
         times = [sees_all(cluster, a, started_wall) for a in cluster.live()]
         return None if any(t is None for t in times) else [t for t in times if t]
@@ -126,7 +132,9 @@ def idle_usage(seconds: float) -> dict[str, float]:
         tick = os.sysconf("SC_CLK_TCK")
 
         def cpu() -> float:
-            fields = Path(f"/proc/{agent.pid()}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = (
+                Path(f"/proc/{agent.pid()}/stat").read_text().rsplit(")", 1)[1].split()
+            )
             return (int(fields[11]) + int(fields[12])) / tick
 
         c0, w0 = cpu(), time.monotonic()
@@ -140,7 +148,9 @@ def idle_usage(seconds: float) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="5,20,50")
     ap.add_argument("--profiles", default="lan,local")
     ap.add_argument("--modes", default="refused,swim")
@@ -154,7 +164,7 @@ def main() -> int:
             for mode in args.modes.split(","):
                 log_dir = tempfile.mkdtemp(prefix=f"mesh-bench-{profile}-{n}-{mode}-")
                 started = time.time()
-                cluster = make_cluster(n, profile, mode, log_dir)
+                cluster, extra = make_cluster(n, profile, mode, log_dir)
                 try:
                     boot = bootstrap(cluster, started, time.time())
                     detections, falses = [], 0
@@ -164,15 +174,22 @@ def main() -> int:
                         detections.append(took)
                         falses += false
                         # Bring it back for the next run and wait for convergence.
-                        cluster.add(victim.name, join=[cluster.agents["n1"].mesh_addr],
-                                    extra=cluster._extra)  # type: ignore[attr-defined]
-                        wait_until(cluster.converged, 60, interval=0.3, what="reconverge")
+                        seed = cluster.agents["n1"].mesh_addr
+                        cluster.add(victim.name, join=[seed], extra=extra)
+                        wait_until(
+                            cluster.converged, 60, interval=0.3, what="reconverge"
+                        )
                     row = {
-                        "profile": profile, "n": n, "mode": mode, "bootstrap_s": boot,
+                        "profile": profile,
+                        "n": n,
+                        "mode": mode,
+                        "bootstrap_s": boot,
                         "detect_median_s": statistics.median(detections),
-                        "detect_min_s": min(detections), "detect_max_s": max(detections),
-                        "detections": detections, "false_deaths": falses,
-                    }  # fmt: skip
+                        "detect_min_s": min(detections),
+                        "detect_max_s": max(detections),
+                        "detections": detections,
+                        "false_deaths": falses,
+                    }
                     results.append(row)
                     print(
                         f"{profile:5} N={n:<3} {mode:7} bootstrap {boot:5.2f} s  "
@@ -185,10 +202,15 @@ def main() -> int:
                     cluster.close()
     idle = idle_usage(args.idle_seconds) if args.idle_seconds else {}
     if idle:
-        print(f"idle agent (lan, 5 nodes): {idle['cpu_percent']:.2f} % CPU, {idle['rss_mib']:.1f} MiB RSS")
+        print(
+            f"idle agent (lan, 5 nodes): {idle['cpu_percent']:.2f} % CPU, "
+            f"{idle['rss_mib']:.1f} MiB RSS"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"runs": results, "idle": idle}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"runs": results, "idle": idle}, indent=2)
+        )
     return 0
 
 
