@@ -1,0 +1,177 @@
+"""Anti-entropy digests: a rateless invertible Bloom lookup table over the
+route table, maintained incrementally (Yang, Gilad, Alizadeh, "Practical
+Rateless Set Reconciliation", SIGCOMM 2024).
+
+Theory of operation. Each entry of the table (live route or tombstone) is one
+*element*: a 64-bit hash of ``(key, version)``. Two tables are equal exactly when
+their element sets are; their difference is the set of elements only one side
+has (a key whose versions differ contributes one element from each side).
+
+Every element maps into an infinite stream of *coded symbols*: always symbol 0,
+then a pseudo-random, ever sparser sequence of indices (element ``e`` lands in
+symbol ``i`` with probability about ``1 / (1 + i/2)``), drawn from a PRNG seeded
+by ``e`` so both sides agree. A symbol holds the XOR of its elements, the XOR of
+their checksums and their count. We keep the first ``max_symbols`` symbols up to
+date: adding or removing an element touches ~``2 ln(max_symbols)`` of them, so a
+write costs O(log M), never a pass over the table.
+
+Reconciliation: subtracting the peer's first ``m`` symbols from ours leaves the
+symbols of the *difference* only; peeling (find a symbol holding exactly one
+element, +1 or -1, confirmed by its checksum; remove that element everywhere)
+recovers it when ``m`` is about 1.35-1.7 times the difference. A prefix that does
+not peel completely is extended by asking for more symbols: the stream is
+rateless, so nothing already sent is wasted. Equal tables are recognised from
+the first symbol alone (count, XOR and checksum all equal). Past
+``max_symbols`` the caller falls back to a full transfer.
+
+What it does not know: keys, versions or routes beyond their hashes; the caller
+maps recovered elements back to keys (it keeps ``element -> key``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+__all__ = ["Digest", "Symbol", "element_of", "peel"]
+
+_MASK = (1 << 64) - 1
+_INV_2_32 = 1.0 / float(1 << 32)
+# splitmix64 constants: a fast, well-mixed 64-bit PRNG step (Steele et al.)
+_GAMMA = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+def _mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * _MIX1) & _MASK
+    z = ((z ^ (z >> 27)) * _MIX2) & _MASK
+    return z ^ (z >> 31)
+
+
+def element_of(key: str, version: str) -> int:
+    """The 64-bit element of one table entry (never 0)."""
+    digest = hashlib.blake2b(f"{key}\x00{version}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def _checksum(element: int) -> int:
+    return _mix((element + _GAMMA) & _MASK)
+
+
+_UNIFORMS = struct.Struct("<16I")
+
+
+def indices(element: int, limit: int) -> list[int]:
+    """Symbol indices of ``element`` below ``limit``: 0, then gaps that grow so
+    that index ``i`` is hit with probability ~ 1 / (1 + i/2) (the paper's
+    mapping). The uniforms come from BLAKE2b keyed by the element, 16 per
+    call: a hash call is far cheaper in Python than 64-bit integer mixing."""
+    out = [0]
+    i = 0
+    block = 0
+    seed = element.to_bytes(8, "little")
+    sqrt = math.sqrt
+    while True:
+        raw = hashlib.blake2b(seed, digest_size=64, salt=block.to_bytes(16, "little"))
+        for x in _UNIFORMS.unpack(raw.digest()):
+            u = (x + 1) * _INV_2_32  # in (0, 1]
+            i += int((i + 1.5) * (1.0 / sqrt(u) - 1.0)) + 1
+            if i >= limit:
+                return out
+            out.append(i)
+        block += 1
+
+
+@attrs.frozen
+class Symbol:
+    """One coded symbol: count, XOR of elements, XOR of their checksums."""
+
+    count: int
+    xor: int
+    check: int
+
+    def is_empty(self) -> bool:
+        return self.count == 0 and self.xor == 0 and self.check == 0
+
+
+class Digest:
+    """The first ``max_symbols`` coded symbols of a set, kept up to date."""
+
+    def __init__(self, max_symbols: int) -> None:
+        self.max_symbols = max_symbols
+        self._count = [0] * max_symbols
+        self._xor = [0] * max_symbols
+        self._check = [0] * max_symbols
+        self.size = 0
+
+    def add(self, element: int) -> None:
+        self._toggle(element, 1)
+
+    def remove(self, element: int) -> None:
+        self._toggle(element, -1)
+
+    def _toggle(self, element: int, sign: int) -> None:
+        check = _checksum(element)
+        count, xor, chk = self._count, self._xor, self._check
+        for i in indices(element, self.max_symbols):
+            count[i] += sign
+            xor[i] ^= element
+            chk[i] ^= check
+        self.size += sign
+
+    def symbols(self, start: int, stop: int) -> list[Symbol]:
+        """Symbols ``[start, stop)`` (clipped to ``max_symbols``)."""
+        stop = min(stop, self.max_symbols)
+        return [
+            Symbol(self._count[i], self._xor[i], self._check[i])
+            for i in range(max(0, start), stop)
+        ]
+
+
+def peel(
+    ours: Sequence[Symbol], theirs: Sequence[Symbol]
+) -> tuple[set[int], set[int]] | None:
+    """Decode the difference from equal-length prefixes of both streams.
+
+    Returns (only ours, only theirs) element sets, or None when this prefix is
+    too short to peel completely (ask for more symbols).
+    """
+    m = min(len(ours), len(theirs))
+    count = [ours[i].count - theirs[i].count for i in range(m)]
+    xor = [ours[i].xor ^ theirs[i].xor for i in range(m)]
+    chk = [ours[i].check ^ theirs[i].check for i in range(m)]
+    mine: set[int] = set()
+    other: set[int] = set()
+    pending = [i for i in range(m) if count[i] in (1, -1)]
+    while pending:
+        i = pending.pop()
+        if count[i] not in (1, -1) or xor[i] == 0 or chk[i] != _checksum(xor[i]):
+            continue
+        element, sign = xor[i], count[i]
+        (mine if sign == 1 else other).add(element)
+        check = _checksum(element)
+        for j in indices(element, m):
+            count[j] -= sign
+            xor[j] ^= element
+            chk[j] ^= check
+            if count[j] in (1, -1):
+                pending.append(j)
+    if any(count) or any(xor) or any(chk):
+        return None
+    return mine, other
+
+
+def summary_equal(ours: Symbol, theirs: Symbol) -> bool:
+    """Symbol 0 holds every element: equal symbol 0 means equal sets (up to a
+    64-bit hash collision)."""
+    return ours == theirs
+
+
+def elements(pairs: Iterable[tuple[str, str]]) -> list[int]:
+    """Elements of (key, version-string) pairs (tests and benchmarks)."""
+    return [element_of(k, v) for k, v in pairs]
