@@ -131,6 +131,11 @@ class Config:
     probe_timeout: float = attrs.field(default=0.5, validator=_positive)
     #: IndirectChecks: members asked to ping-req a target that missed its ack
     indirect_checks: int = attrs.field(default=3, validator=_non_negative)
+    #: a member relaying a ping-req nacks after probe_timeout *
+    #: nack_timeout_fraction without an ack, so the nack reaches the requester
+    #: before its probe interval ends (memberlist waits a full probe_timeout,
+    #: which lands at the requester's deadline and is lost to the race)
+    nack_timeout_fraction: float = attrs.field(default=0.8, validator=_positive)
     #: TCP fallback probe (HTTP ping on the mesh port) run beside the indirect
     #: probes; a refused connection means the process is gone (see below)
     tcp_fallback_probe: bool = True

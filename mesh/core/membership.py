@@ -275,7 +275,10 @@ class Membership:
     def on_suspect(self, msg: Suspect, now: float) -> Suspicion | None:
         """memberlist suspectNode; returns the running suspicion, if any."""
         member = self._members.get(msg.name)
-        if member is None or msg.incarnation < member.incarnation:
+        if member is None:
+            return None
+        if msg.incarnation < member.incarnation:
+            self._stale_accusation(member)
             return None
         suspicion = self.suspicions.get(msg.name)
         if suspicion is not None:
@@ -308,7 +311,10 @@ class Membership:
     def on_dead(self, msg: Dead, now: float) -> None:
         """memberlist deadNode; ``sender == name`` means a graceful leave."""
         member = self._members.get(msg.name)
-        if member is None or msg.incarnation < member.incarnation:
+        if member is None:
+            return
+        if msg.incarnation < member.incarnation:
+            self._stale_accusation(member)
             return
         self.suspicions.pop(msg.name, None)
         if member.status in (MemberStatus.DEAD, MemberStatus.LEFT):
@@ -326,6 +332,16 @@ class Membership:
             self._set_status(member, MemberStatus.DEAD, now)
             self.stats["deaths"] += 1
             self._event(EventKind.DEAD, member)
+
+    def _stale_accusation(self, member: Member) -> None:
+        """An accusation of us at an old incarnation: the accuser missed our
+        refutation (gossip is probabilistic). Queue our alive again, unchanged,
+        so it rides on the ack going back to it; memberlist just ignores it and
+        the accuser may declare us dead anyway."""
+        if member is self.local and not self.leaving:
+            self.stats["stale_accusations"] += 1
+            if not self.broadcasts.pending_for(member.name):
+                self.queue_alive(member)
 
     def refute(self, accused: int, now: float) -> None:
         """memberlist refute: out-incarnate an accusation about ourselves."""

@@ -541,7 +541,11 @@ class NodeCore:
             self.membership.stats["ping_req_dropped"] += 1
             return
         seq = self._next_seq()
-        deadline = now + self.config.probe_timeout
+        # Nack before the requester's own probe ends: it sent this request
+        # probe_timeout into a probe_interval, so a nack sent a full
+        # probe_timeout after receipt lands after its deadline and is counted
+        # as missing (raising its health score for nothing).
+        deadline = now + self.config.probe_timeout * self.config.nack_timeout_fraction
         self._relays[seq] = _Relay(src, msg.seq, msg.nack, deadline)
         self._send(msg.target_addr, [Ping(seq, msg.target, self.name)])
 

@@ -70,9 +70,12 @@ def test_probe_timeline_ping_then_ping_req_then_suspect() -> None:
     assert reqs[0][2] == wire.addr["b"]
     wire.advance_to(11.0)  # end of the interval: suspect
     assert wire.status("a", "c") is MemberStatus.SUSPECT
-    # b nacked (its own ping to c timed out at 10.5 + 0.5 = 11.0) but only at
-    # 11.0, the same instant a gave up, so a counted one missing nack: +2.
-    assert a.health_score >= 1
+    # b's own ping to c timed out after 0.8 * probe_timeout and its nack
+    # reached a at 10.9, before a's deadline at 11.0: counted, so a's health
+    # grew by 1 for the failed probe, not by 2.
+    nacks = [s for s in wire.sent[start:] if s[1] == "b" and isinstance(s[3][0], Nack)]
+    assert [t for t, *_ in nacks] == [pytest.approx(10.9)]
+    assert a.membership.stats["probe_failed"] == 1
 
 
 def test_suspect_is_piggybacked_on_ping_to_suspect_and_refuted_at_once() -> None:
