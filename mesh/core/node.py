@@ -154,6 +154,11 @@ class NodeCore:
         self._join_pending: set[int] = set()
         self._join_attempts = 0
         self._join_retry_at: float | None = None
+        self._next_rejoin_at = now + config.join_backoff_max
+        # the wake-up time we last asked for: a tick much later than it means
+        # this process was stalled (see _stalled)
+        self._planned: float | None = None
+        self._last_now = now
         self.joined = not config.join
         self.started = False
         self.routes = RouteTable(
@@ -222,10 +227,15 @@ class NodeCore:
             t = self._next_reconnect_at
         if self._join_retry_at is not None and self._join_retry_at < t:
             t = self._join_retry_at
+        if self._next_rejoin_at < t and self._alone_with_seeds():
+            t = self._next_rejoin_at
         if self.pushes.held:
             ready = self.pushes.next_ready_at()
             if ready is not None and ready < t:
                 t = ready
+        # Never plan in the past: a conditional timer (gossip, reconnect) may
+        # have been due long ago, and that is not lateness.
+        self._planned = max(t, self._last_now)
         return t
 
     # --- inputs ---
@@ -241,6 +251,7 @@ class NodeCore:
         self, src: Address, messages: Sequence[Message], now: float
     ) -> list[Effect]:
         """One decoded datagram from ``src``."""
+        self._last_now = now
         m = self.membership
         for msg in messages:
             if isinstance(msg, Ping):
@@ -262,6 +273,10 @@ class NodeCore:
     def tick(self, now: float) -> list[Effect]:
         """Run every timer that is due."""
         m = self.membership
+        planned, self._planned = self._planned, None
+        if planned is not None and now - planned > self.config.probe_interval:
+            self._stalled(now)
+        self._last_now = now
         if m.suspicions:
             m.expire_suspicions(now)
         if self._relays:
@@ -284,6 +299,11 @@ class NodeCore:
             self._reconnect(now)
         if self._join_retry_at is not None and now >= self._join_retry_at:
             self._join_retry_at = None
+            self._join(now)
+        if self._alone_with_seeds() and now >= self._next_rejoin_at:
+            # Joined once, but everyone we knew is gone (or we only ever met a
+            # seed that died): knock on the seeds again, as a fresh start would.
+            self._next_rejoin_at = now + self.config.join_backoff_max
             self._join(now)
         if self.pushes.held:
             self._take_pushes(now)
@@ -355,6 +375,29 @@ class NodeCore:
         self._gossip(now)
         self._next_gossip_at = now + self.config.gossip_interval
         return self._drain()
+
+    def _alone_with_seeds(self) -> bool:
+        return (
+            self.joined
+            and bool(self.config.join)
+            and not self._join_pending
+            and self.membership.num_live() == 1
+            and not self.membership.leaving
+        )
+
+    def _stalled(self, now: float) -> None:
+        """Our timers fired more than a probe interval late: this process was
+        stalled (SIGSTOP, a GC pause, CPU starvation). Lifeguard's point is
+        that such a node should distrust itself: datagrams that arrived while
+        it was stalled (refutations among them) are still unread, so give
+        every suspicion one more probe interval before it can expire, and
+        count the stall against our health."""
+        m = self.membership
+        grace = now + self.config.probe_interval
+        for suspicion in m.suspicions.values():
+            suspicion.deadline = max(suspicion.deadline, grace)
+        m.awareness.apply_delta(1)
+        m.stats["stalls"] += 1
 
     # --- routes ---
 
@@ -486,9 +529,10 @@ class NodeCore:
             # memberlist warns here: UDP is broken but the member is alive.
             m.stats["probe_tcp_ack"] += 1
             return
-        delta = 1
-        if probe.expected_nacks and probe.nacks < probe.expected_nacks:
-            delta += probe.expected_nacks - probe.nacks
+        # memberlist probeNode: with nack-capable helpers, only the nacks that
+        # did not come count against us (they prove the helpers could not
+        # reach the target either); without helpers, any failure does.
+        delta = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
         m.awareness.apply_delta(delta)
         m.stats["probe_failed"] += 1
         target = m.get(probe.target)

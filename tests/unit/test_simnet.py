@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.config import Config
-from mesh.core.effects import EventKind
+from mesh.core.effects import EventKind, ExchangePurpose
 from mesh.core.suspicion import suspicion_timeout
 from mesh.messages import MemberStatus
 from mesh.testing.simnet import SimEvent, SimNet, node_address
@@ -49,6 +49,7 @@ def script(sim: SimNet) -> None:
     sim.run_for(4)
     sim.heal()
     sim.restart("n3")
+    sim.leave("n4")
     sim.run_for(5)
 
 
@@ -124,6 +125,56 @@ def test_stale_results_of_a_crashed_process_are_dropped() -> None:
     sim.run_for(sim.node("n0").config.tcp_timeout + 0.1)
     # the old process's failure was not delivered to the new one
     assert new.membership.stats["exchange_sync_failed"] == 0
+
+
+@pytest.mark.parametrize(("pause", "ok"), [(0.5, True), (1.5, False)])
+def test_exchange_with_a_paused_peer_waits_for_resume_or_times_out(
+    pause: float, ok: bool
+) -> None:
+    """The request waits in the paused peer's socket; the sender's tcp_timeout
+    (1 s in the local profile) keeps running."""
+    sim = converged_cluster(3)
+    n0, n1 = sim.node("n0"), sim.node("n1")
+    assert n0.config.tcp_timeout == 1.0
+    sim.pause("n1", pause)
+    n0.core._exchange(n1.addr, ExchangePurpose.SYNC, "n1")
+    sim._after(n0, n0.core._drain())
+    sim.run_for(2.0)
+    stats = n0.core.membership.stats
+    assert (stats["exchange_sync_ok"], stats["exchange_sync_failed"]) == (
+        (1, 0) if ok else (0, 1)
+    )
+    # served on resume either way (the paused process reads it then)
+    assert n1.core.membership.stats["exchange_served"] >= 1
+
+
+def test_pause_buffer_is_bounded() -> None:
+    sim = converged_cluster(4)
+    sim.pause_backlog = 3
+    sim.pause("n1", 5.0)
+    sim.run_for(4.9)
+    node = sim.node("n1")
+    assert node.backlog_datagrams == 3
+    assert sim.stats["dropped_backlog"] > 0
+    sim.run_for(0.2)
+    assert not node.paused
+    assert node.backlog_datagrams == 0
+
+
+def test_route_push_reaches_every_live_node() -> None:
+    """Push effects travel as TCP requests: a write on n0 is applied everywhere
+    (the simulator carries route pushes too, for tests that drive them)."""
+    sim = converged_cluster(4)
+    core = sim.node("n0").core
+    outcome, effects = core.put_route("svc", "10.1.1.1:80", {}, None, sim.now, sim.now)
+    assert outcome.changed
+    sim.execute("n0", effects)
+    sim.run_for(1.0)
+    for name in ("n1", "n2", "n3"):
+        route = sim.node(name).core.routes.get("svc")
+        assert route is not None
+        assert route.target == "10.1.1.1:80"
+    assert sim.stats["pushes"] == 3
 
 
 # --- membership behaviour ---

@@ -308,3 +308,47 @@ def test_broadcast_queue_bounded_and_ordered() -> None:
     everything = q.get(budget=1000, limit=2) + q.get(budget=1000, limit=2)
     assert Alive(4, "m4", ("10.0.0.1", 1)) not in everything
     assert len(q) == 0  # every entry sent `limit` times is gone
+
+
+def test_a_stalled_node_gives_suspicions_one_more_interval() -> None:
+    # The node suspected c, then its process stalled past the suspicion
+    # timeout. On the late tick it must not declare c dead at once: the
+    # refutation may be unread in its socket buffer.
+    core = NodeCore(
+        Config.lan(name="a"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
+    )
+    for i, name in enumerate("bcd"):
+        core.receive(("10.0.0.9", 1), [Alive(1, name, (f"10.0.0.{i + 2}", 1))], 0.0)
+    core.receive(("10.0.0.9", 1), [Suspect(1, "c", "b")], 0.0)
+    deadline = core.membership.suspicions["c"].deadline
+    planned = core.next_deadline()
+    assert planned is not None
+    late = deadline + 5.0  # stalled well past the timer
+    core.tick(late)
+    assert core.member("c").status is MemberStatus.SUSPECT  # type: ignore[union-attr]
+    assert core.membership.stats["stalls"] == 1
+    core.receive(("10.0.0.3", 1), [Alive(2, "c", ("10.0.0.3", 1))], late + 0.01)
+    core.tick(late + 1.0)
+    assert core.member("c").status is MemberStatus.ALIVE  # type: ignore[union-attr]
+
+
+def test_failed_probe_with_all_nacks_does_not_hurt_our_health() -> None:
+    wire = Wire(LAN, ["a", "b", "c", "d"])
+    wire.connect_all()
+    a = wire.cores["a"]
+    wire.advance_to(9.0)
+    wire.down.add("c")
+    a._probe = None
+    a.membership._probe_order = ["c"]
+    a.membership._probe_index = 0
+    a._next_probe_at = 10.0
+    a._planned = None  # we moved its timers by hand: not a stall
+    before = a.health_score
+    wire.advance_to(10.99)
+    assert a.membership.stats["probe_failed"] == 0
+    probe = a._probe
+    assert probe is not None
+    assert probe.nacks == probe.expected_nacks == 2
+    wire.advance_to(11.0)
+    assert a.membership.stats["probe_failed"] == 1
+    assert a.health_score <= before  # both helpers nacked: not our fault
