@@ -274,7 +274,11 @@ class NodeCore:
         """Run every timer that is due."""
         m = self.membership
         planned, self._planned = self._planned, None
-        if planned is not None and now - planned > self.config.probe_interval:
+        if (
+            planned is not None
+            and now - planned > self.config.probe_interval
+            and self.config.awareness_max_multiplier > 1  # Lifeguard on
+        ):
             self._stalled(now)
         self._last_now = now
         if m.suspicions:
@@ -391,7 +395,8 @@ class NodeCore:
         that such a node should distrust itself: datagrams that arrived while
         it was stalled (refutations among them) are still unread, so give
         every suspicion one more probe interval before it can expire, and
-        count the stall against our health."""
+        count the stall against our health. Part of local health awareness:
+        off when awareness_max_multiplier is 1."""
         m = self.membership
         grace = now + self.config.probe_interval
         for suspicion in m.suspicions.values():
