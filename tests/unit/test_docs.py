@@ -34,3 +34,33 @@ def test_public_api_is_curated() -> None:
     )  # fmt: skip
     for name in mesh.__all__:
         assert hasattr(mesh, name)
+
+
+def test_metrics_catalogue_matches_a_scrape() -> None:
+    import re
+
+    import trio
+    from prometheus_client import generate_latest
+
+    from mesh.config import Config
+    from mesh.shell.agent import Agent
+
+    async def scrape() -> str:
+        agent = Agent(Config.local(name="doc"), addr=("127.0.0.1", 1), now=0.0)
+        return generate_latest(agent.metrics.registry).decode()
+
+    types = re.findall(r"^# TYPE (\S+) ", trio.run(scrape), re.MULTILINE)
+    # prometheus_client adds a `<counter>_created` gauge beside each counter
+    exported = {
+        name.removesuffix("_total") for name in types if not name.endswith("_created")
+    }
+    documented = set(
+        re.findall(
+            r"^\| `(mesh_[a-z_]+)` \|",
+            (ROOT / "docs" / "metrics.md").read_text(),
+            re.MULTILINE,
+        )
+    )
+    assert exported == documented, (
+        "run: python scripts/docs_metrics.py > docs/metrics.md"
+    )
