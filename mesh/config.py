@@ -143,7 +143,7 @@ class Config:
     #: port: the process crashed), the suspicion timeout is
     #: ``refused_suspicion_mult * probe_interval`` instead of Lifeguard's
     #: max..min range; the member can still refute within it
-    refused_suspicion_mult: float = attrs.field(default=1.0, validator=_positive)
+    refused_suspicion_mult: float = attrs.field(default=0.5, validator=_positive)
 
     # --- suspicion (Lifeguard, memberlist suspicion.go / util.go) ---
     #: SuspicionMult: min timeout = suspicion_mult * max(1, log10(n)) * probe_interval

@@ -33,20 +33,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mesh.testing.agents import AgentCluster, AgentProcess, wait_until
 
+_EVENTS: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+
 
 def read_events(path: str) -> list[dict[str, Any]]:
-    out = []
+    """Every JSON log event of one agent so far; only new bytes are read, so
+    polling 50 growing logs stays cheap and does not load the agents."""
+    offset, events = _EVENTS.get(path, (0, []))
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("{"):
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        continue
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
     except FileNotFoundError:
-        pass
-    return out
+        return events
+    end = data.rfind(b"\n") + 1  # leave a partly written line for next time
+    for line in data[:end].splitlines():
+        if line.startswith(b"{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    _EVENTS[path] = (offset + end, events)
+    return events
 
 
 def ts(event: dict[str, Any]) -> float:
