@@ -395,6 +395,31 @@ def _malformed(exc: Exception) -> DecodeError:
 # --- datagrams ---
 
 
+def _unpack_bounded(
+    data: bytes, *, what: str, max_size: int, max_str_len: int, max_array_len: int
+) -> object:
+    """One whole msgpack document within the size and unpacker caps, or a
+    DecodeError (``too_large`` or ``malformed``)."""
+    if len(data) > max_size:
+        raise DecodeError(
+            f"{what} must be <= {max_size} bytes, got {len(data)}",
+            reason="too_large",
+        )
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=max_str_len,
+            max_bin_len=_CAP_BIN,
+            max_array_len=max_array_len,
+            max_map_len=_CAP_MAP,
+            max_ext_len=0,
+        )
+    except _MSGPACK_ERRORS as exc:
+        raise _malformed(exc) from exc
+
+
 def encode_packet(messages: Sequence[Message]) -> bytes:
     """Pack messages into one UDP datagram.
 
@@ -438,24 +463,13 @@ def decode_packet(data: bytes, *, max_messages: int = 128) -> tuple[list[Message
         DecodeError: anything else wrong, with ``reason`` one of ``too_large``,
             ``malformed``, ``bad_version``, ``schema``, ``limit``.
     """
-    if len(data) > MAX_PACKET_SIZE:
-        raise DecodeError(
-            f"packet must be <= {MAX_PACKET_SIZE} bytes, got {len(data)}",
-            reason="too_large",
-        )
-    try:
-        document = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=_CAP_STR,
-            max_bin_len=_CAP_BIN,
-            max_array_len=max(_CAP_ARRAY, 4 * max_messages),
-            max_map_len=_CAP_MAP,
-            max_ext_len=0,
-        )
-    except _MSGPACK_ERRORS as exc:
-        raise _malformed(exc) from exc
+    document = _unpack_bounded(
+        data,
+        what="packet",
+        max_size=MAX_PACKET_SIZE,
+        max_str_len=_CAP_STR,
+        max_array_len=max(_CAP_ARRAY, 4 * max_messages),
+    )
     packet = _check_version(document, "packet")
     if len(packet) < 2 or type(packet[1]) is not list:
         raise DecodeError("packet must be [version, [message, ...]]", reason="schema")
@@ -644,24 +658,13 @@ def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
         DecodeError: bad msgpack, version or schema, a route outside the
             contract's limits, or more than ``max_routes`` rows.
     """
-    if len(data) > MAX_ROUTES_BODY:
-        raise DecodeError(
-            f"route batch must be <= {MAX_ROUTES_BODY} bytes, got {len(data)}",
-            reason="too_large",
-        )
-    try:
-        document = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=_ROUTE_CAP_STR,
-            max_bin_len=_CAP_BIN,
-            max_array_len=max(max_routes, _CAP_ARRAY),
-            max_map_len=_CAP_MAP,
-            max_ext_len=0,
-        )
-    except _MSGPACK_ERRORS as exc:
-        raise _malformed(exc) from exc
+    document = _unpack_bounded(
+        data,
+        what="route batch",
+        max_size=MAX_ROUTES_BODY,
+        max_str_len=_ROUTE_CAP_STR,
+        max_array_len=max(max_routes, _CAP_ARRAY),
+    )
     top = _check_version(document, "route batch")
     if len(top) < 3:
         raise DecodeError(
