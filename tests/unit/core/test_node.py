@@ -16,6 +16,15 @@ from .harness import Wire
 LAN = Config.lan(tcp_fallback_probe=False)
 
 
+def probe_next(core: NodeCore, target: str, *, at: float) -> None:
+    """Make ``target`` the next member ``core`` probes, at time ``at``."""
+    core._probe = None
+    core.membership._probe_order = [target]
+    core.membership._probe_index = 0
+    core._next_probe_at = at
+    core._planned = None  # timers moved by hand: not a stall
+
+
 def _events(wire: Wire, kind: EventKind, member: str) -> list[tuple[float, str]]:
     return [
         (t, obs)
@@ -51,10 +60,7 @@ def test_probe_timeline_ping_then_ping_req_then_suspect() -> None:
     # Force a to probe c next, at t = 10.
     wire.advance_to(9.0)
     wire.down.add("c")
-    a._probe = None
-    a.membership._probe_order = ["c"]
-    a.membership._probe_index = 0
-    a._next_probe_at = 10.0
+    probe_next(a, "c", at=10.0)
     start = len(wire.sent)
     wire.advance_to(10.0)
     pings = [s for s in wire.sent[start:] if s[1] == "a" and isinstance(s[3][0], Ping)]
@@ -85,10 +91,7 @@ def test_suspect_is_piggybacked_on_ping_to_suspect_and_refuted_at_once() -> None
     inc = c.incarnation
     a.membership.on_suspect(Suspect(inc, "c", "a"), wire.now)
     a.membership.broadcasts._entries.clear()
-    a._probe = None
-    a.membership._probe_order = ["c"]
-    a.membership._probe_index = 0
-    a._next_probe_at = 1.0
+    probe_next(a, "c", at=1.0)
     start = len(wire.sent)
     wire.advance_to(1.0)
     ping = next(
@@ -263,10 +266,7 @@ def test_tcp_fallback_probe_is_requested_with_indirect_probes() -> None:
     wire = Wire(Config.lan(), ["a", "b", "c"])
     wire.connect_all()
     a = wire.cores["a"]
-    a._probe = None
-    a.membership._probe_order = ["c"]
-    a.membership._probe_index = 0
-    a._next_probe_at = 1.0
+    probe_next(a, "c", at=1.0)
     a.tick(1.0)
     out = a.tick(1.5)
     probes = [e for e in out if isinstance(e, ProbeTcp)]
@@ -338,11 +338,7 @@ def test_failed_probe_with_all_nacks_does_not_hurt_our_health() -> None:
     a = wire.cores["a"]
     wire.advance_to(9.0)
     wire.down.add("c")
-    a._probe = None
-    a.membership._probe_order = ["c"]
-    a.membership._probe_index = 0
-    a._next_probe_at = 10.0
-    a._planned = None  # we moved its timers by hand: not a stall
+    probe_next(a, "c", at=10.0)
     before = a.health_score
     wire.advance_to(10.99)
     assert a.membership.stats["probe_failed"] == 0
