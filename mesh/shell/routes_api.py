@@ -73,11 +73,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
             raise HttpError(400, parsed)
         status, body = _put(agent, key, parsed)
         if timeout is not None and status == 200:
-            # Right after the write, with no checkpoint since the core call.
-            ticket = agent.core.sync_ticket()
-            with trio.move_on_after(timeout):
-                await _wait_acked(agent, ticket)
-            body.update(_sync_report(agent, ticket))
+            body.update(await _sync_all(agent, timeout))
         return json_response(status, body)
 
     async def delete_one(request: Request) -> Response:
@@ -93,10 +89,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
             revision = int(text)
         status, body = _delete(agent, key, revision)
         if timeout is not None and status == 200:
-            ticket = agent.core.sync_ticket()
-            with trio.move_on_after(timeout):
-                await _wait_acked(agent, ticket)
-            body.update(_sync_report(agent, ticket))
+            body.update(await _sync_all(agent, timeout))
         return json_response(status, body)
 
     async def list_all(request: Request) -> Response:
@@ -116,10 +109,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         body: dict[str, Any] = {"results": results}
         if timeout is not None:
             # After the last item, with no checkpoint since: covers them all.
-            ticket = agent.core.sync_ticket()
-            with trio.move_on_after(timeout):
-                await _wait_acked(agent, ticket)
-            body.update(_sync_report(agent, ticket))
+            body.update(await _sync_all(agent, timeout))
         return json_response(200, body)
 
     return [
@@ -174,7 +164,13 @@ async def _wait_acked(agent: Agent, ticket: SyncTicket) -> None:
         await agent.wait_push_progress()
 
 
-def _sync_report(agent: Agent, ticket: SyncTicket) -> dict[str, list[str]]:
+async def _sync_all(agent: Agent, wait: float) -> dict[str, list[str]]:
+    """``sync=all``: wait at most ``wait`` seconds for every peer live at the write
+    to ack it. Call right after the write, with no checkpoint since the core
+    call, so the ticket covers exactly that write."""
+    ticket = agent.core.sync_ticket()
+    with trio.move_on_after(wait):
+        await _wait_acked(agent, ticket)
     acked, pending = agent.core.sync_status(ticket)
     return {"acked": acked, "pending": pending}
 

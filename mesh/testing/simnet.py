@@ -844,13 +844,7 @@ class SimNet:
             return
         net = self._net
         rng = self.rng
-        loss = net.loss
-        delay = net.delay
-        if self._links:
-            extra = self._links.get((src.name, dst.name))
-            if extra is not None:
-                loss = 1.0 - (1.0 - loss) * (1.0 - extra.loss)
-                delay += extra.delay
+        loss, delay = self._link(src, dst)
         if loss and rng.random() < loss:
             self._counts["dropped_loss"] += 1
             return
@@ -867,16 +861,22 @@ class SimNet:
                 self._heap, (t, next(self._seq), _DGRAM, addr, src.addr, messages)
             )
 
-    def _trip(self, src: SimNode, dst: SimNode, rto: float) -> float:
-        """One TCP segment's one-way time, retransmitted through loss."""
+    def _link(self, src: SimNode, dst: SimNode) -> tuple[float, float]:
+        """Loss and base delay from ``src`` to ``dst``: the network's, combined
+        with any per-link extra."""
         net = self._net
-        loss = net.loss
-        delay = net.delay
+        loss, delay = net.loss, net.delay
         if self._links:
             extra = self._links.get((src.name, dst.name))
             if extra is not None:
                 loss = 1.0 - (1.0 - loss) * (1.0 - extra.loss)
                 delay += extra.delay
+        return loss, delay
+
+    def _trip(self, src: SimNode, dst: SimNode, rto: float) -> float:
+        """One TCP segment's one-way time, retransmitted through loss."""
+        net = self._net
+        loss, delay = self._link(src, dst)
         if loss >= 1.0:
             return _INF
         rng = self.rng
