@@ -32,6 +32,8 @@ import math
 import random
 from collections.abc import Sequence
 
+import attrs
+
 from ..codec import PACKET_OVERHEAD, encoded_size
 from ..config import Config
 from ..messages import (
@@ -63,7 +65,7 @@ from .membership import Member, Membership
 from .routes import Outcome, Route, RouteTable
 from .sync import PushScheduler, RetryPolicy, SyncTicket
 
-__all__ = ["NodeCore", "push_pull_scale"]
+__all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
 
 _SEQ_MASK = (1 << 32) - 1
 _GONE = (EventKind.DEAD, EventKind.LEFT, EventKind.REAP)
@@ -118,6 +120,17 @@ class _Relay:
         self.seq = seq
         self.nack = nack
         self.deadline = deadline
+
+
+@attrs.frozen
+class RouteSync:
+    """Readiness of the route table: caught up, or why not and how far behind
+    (``behind``: entries known to differ from the peer we are catching up
+    from, 0 when unknown)."""
+
+    caught_up: bool
+    reason: str
+    behind: int
 
 
 class NodeCore:
@@ -198,6 +211,12 @@ class NodeCore:
     def member(self, name: str) -> MemberView | None:
         m = self.membership.get(name)
         return m.view() if m is not None else None
+
+    def route_sync(self) -> RouteSync:
+        """Whether our route table has caught up with the mesh (readiness)."""
+        if not self.joined:
+            return RouteSync(False, "not joined", 0)
+        return RouteSync(True, "", 0)
 
     def leave_pending(self) -> bool:
         """True while our leave has not been gossiped its full retransmit count
