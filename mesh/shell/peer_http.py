@@ -9,8 +9,9 @@ Server: a raw ASGI app (served by hypercorn on the pre-bound TCP socket, see
   NAME, so a process that took over a dead member's port does not vouch for it;
 * ``POST /mesh/v1/routes``: a batch of route deltas (``codec.encode_routes``)
   pushed by a peer; the answer is a small msgpack ack with counts per outcome
-  (:func:`encode_routes_ack`). One request per batch: a request costs ~1 ms of
-  client CPU whatever its size (field notes), so deltas never travel one by one.
+  (:func:`mesh.codec.encode_routes_ack`). One request per batch: a request
+  costs CPU on both ends whatever its size (field notes), so deltas never
+  travel one by one.
 
 Client: :class:`PeerClient` runs the core's ``Exchange`` and ``ProbeTcp`` effects
 over one shared ``httpx.AsyncClient`` and maps every httpx/OS error to a result
@@ -21,6 +22,7 @@ a peer does can raise into the agent.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -37,20 +39,26 @@ from ..codec import (
     MAX_ROUTES_BODY,
     decode_push_pull,
     decode_routes,
+    decode_routes_ack,
     encode_push_pull,
+    encode_routes_ack,
 )
 from ..config import Config, parse_address
 from ..core.effects import TcpProbeResult
 from ..core.routes import Route as RouteEntry
 from ..errors import ConfigError, DecodeError
 from ..messages import Address, PushPull
+from ..security import AuthError
 from .asgi import HttpError, Request, Response, Route, Router, json_response
+from .auth import client_ssl_context, peer_scheme
 from .metrics import Metrics
 from .net import format_address
+from .sealing import Sealer
 
 __all__ = [
     "ACK_LIMIT",
     "EXCHANGE_PATH",
+    "KEYRING_PATH",
     "MSGPACK",
     "PING_PATH",
     "ROUTES_PATH",
@@ -67,6 +75,8 @@ __all__ = [
 EXCHANGE_PATH = "/mesh/v1/exchange"
 PING_PATH = "/mesh/v1/ping"
 ROUTES_PATH = "/mesh/v1/routes"
+#: a keyring operation distributed by the member that was asked (keyring_api)
+KEYRING_PATH = "/mesh/v1/keyring"
 MSGPACK = "application/msgpack"
 #: most rows accepted in one pushed batch whatever our own ``push_batch_max``:
 #: peers with a larger setting (a rolling config change) are still served
@@ -166,36 +176,6 @@ def make_peer_app(
     return Router(table, on_error=on_error)
 
 
-def encode_routes_ack(received: int, counts: Mapping[str, int]) -> bytes:
-    """The ack of one pushed batch: ``{"received": n, <outcome>: count, ...}``."""
-    return msgpack.packb({"received": received, **counts}, use_bin_type=True)
-
-
-def decode_routes_ack(data: bytes) -> dict[str, int]:
-    """Parse an ack; raises :class:`DecodeError` unless it is a map of
-    non-negative integers holding ``received``."""
-    try:
-        document = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=64,
-            max_bin_len=0,
-            max_array_len=0,
-            max_map_len=32,
-            max_ext_len=0,
-        )
-    except _MSGPACK_ERRORS as exc:
-        raise DecodeError(f"malformed ack: {exc}", reason="malformed") from None
-    if not isinstance(document, dict) or not all(
-        isinstance(k, str) and type(v) is int and v >= 0 for k, v in document.items()
-    ):
-        raise DecodeError("ack must be a map of counts", reason="schema")
-    if "received" not in document:
-        raise DecodeError("ack must hold received", reason="schema")
-    return document
-
-
 def _client(request: Request) -> str:
     return format_address(request.client) if request.client else "?"
 
@@ -237,7 +217,11 @@ def hypercorn_config(
 
 @asynccontextmanager
 async def open_peer_client(
-    config: Config, *, metrics: Metrics, log: structlog.typing.FilteringBoundLogger
+    config: Config,
+    *,
+    metrics: Metrics,
+    log: structlog.typing.FilteringBoundLogger,
+    sealer: Sealer | None = None,
 ) -> AsyncIterator[PeerClient]:
     """A :class:`PeerClient` with one pooled ``httpx.AsyncClient``.
 
@@ -251,20 +235,38 @@ async def open_peer_client(
         keepalive_expiry=CLIENT_KEEP_ALIVE,
     )
     timeout = httpx.Timeout(config.tcp_timeout)
+    tls = client_ssl_context(config)
     async with httpx.AsyncClient(
-        limits=limits, timeout=timeout, trust_env=False, follow_redirects=False
+        limits=limits,
+        timeout=timeout,
+        trust_env=False,
+        follow_redirects=False,
+        verify=tls if tls is not None else True,
     ) as http:
+        # Peers need none of httpx's default headers (user agent, accepted
+        # types and encodings, keep-alive is HTTP/1.1's default): an idle
+        # anti-entropy round is then ~200 bytes on the wire, headers included.
+        for name in ("user-agent", "accept", "accept-encoding", "connection"):
+            http.headers.pop(name, None)
         yield PeerClient(
             http,
             metrics=metrics,
             log=log,
             tcp_timeout=config.tcp_timeout,
             max_members=config.max_members,
+            sealer=sealer,
+            scheme=peer_scheme(config),
         )
 
 
 class PeerClient:
-    """Runs exchanges and TCP probes; never raises for a peer's failure."""
+    """Runs exchanges and TCP probes; never raises for a peer's failure.
+
+    With an enabled ``sealer`` every request body is sealed (bound to its method
+    and path) and every answer must be sealed and bound to that request, or it
+    counts as a failure: a process that is not a key holder cannot answer an
+    exchange nor vouch for a member in a TCP probe.
+    """
 
     def __init__(
         self,
@@ -274,8 +276,13 @@ class PeerClient:
         log: structlog.typing.FilteringBoundLogger,
         tcp_timeout: float,
         max_members: int,
+        sealer: Sealer | None = None,
+        scheme: str = "http",
     ) -> None:
         self._http = http
+        self._sealer = sealer
+        #: https when the mesh port speaks TLS (tls_cert set)
+        self._scheme = scheme
         self._metrics = metrics
         self._log = log
         self._tcp_timeout = tcp_timeout
@@ -318,7 +325,8 @@ class PeerClient:
     async def _exchange_one(
         self, addr: Address, body: bytes, replies: list[PushPull]
     ) -> None:
-        url = f"http://{format_address(addr)}{EXCHANGE_PATH}"
+        url = f"{self._scheme}://{format_address(addr)}{EXCHANGE_PATH}"
+        body, nonce = self.seal("POST", EXCHANGE_PATH, body)
         try:
             async with self._http.stream(
                 "POST", url, content=body, headers={"content-type": MSGPACK}
@@ -334,6 +342,7 @@ class PeerClient:
             self._failed(addr, "too_large")
             return
         try:
+            data = self.open(data, nonce)
             reply = decode_push_pull(data, max_members=self._max_members)
         except DecodeError as exc:
             self._failed(addr, exc.reason, exc)
@@ -357,20 +366,100 @@ class PeerClient:
         tells the core nothing.
         """
         result = TcpProbeResult.FAILED
-        url = f"http://{format_address(addr)}{PING_PATH}"
+        url = f"{self._scheme}://{format_address(addr)}{PING_PATH}"
+        body, nonce = self.seal("GET", PING_PATH, b"")
         with trio.move_on_at(deadline):
             try:
-                response = await self._http.get(url, params={"name": name})
+                response = await self._http.request(
+                    "GET", url, params={"name": name}, content=body or None
+                )
             except httpx.ConnectError as exc:
                 if _is_refused(exc):
                     result = TcpProbeResult.REFUSED
             except httpx.HTTPError:
                 pass
             else:
-                if response.status_code == 200:
+                if response.status_code == 200 and self._answer_ok(response, nonce):
                     result = TcpProbeResult.ACK
         self._metrics.tcp_probes.labels(result.value).inc()
         return result
+
+    async def keyring_op(self, addr: Address, op: str, key: bytes) -> str:
+        """Ask the member at ``addr`` to apply a keyring operation: ``"ok"`` or
+        why not (its error message, or how the request failed)."""
+        url = f"{self._scheme}://{format_address(addr)}{KEYRING_PATH}"
+        plain = msgpack.packb({"op": op, "key": key}, use_bin_type=True)
+        body, nonce = self.seal("POST", KEYRING_PATH, plain)
+        try:
+            with trio.fail_after(self._tcp_timeout):
+                response = await self._http.post(
+                    url, content=body, headers={"content-type": MSGPACK}
+                )
+        except trio.TooSlowError:
+            return "timeout"
+        except httpx.HTTPError as exc:
+            return f"unreachable: {_error_reason(exc)}"
+        if response.status_code == 401:
+            return "unauthorized: the member holds none of our keys"
+        try:
+            data = self.open(response.content, nonce)
+        except DecodeError:
+            return "unauthenticated answer"
+        if response.status_code == 200:
+            return "ok"
+        try:
+            message = str(json.loads(data)["error"])[:200]
+        except (ValueError, TypeError, KeyError):
+            message = data[:200].decode("utf-8", "replace")
+        return f"error {response.status_code}: {message}"
+
+    async def call(
+        self, addr: Address, path: str, body: bytes, *, limit: int
+    ) -> bytes | None:
+        """POST ``body`` to ``path`` at ``addr`` (sealed when we hold keys):
+        the opened answer of a 200, else None (the failure counted by reason,
+        as exchanges are). The caller bounds the time with a cancel scope."""
+        url = f"{self._scheme}://{format_address(addr)}{path}"
+        sealed, nonce = self.seal("POST", path, body)
+        try:
+            async with self._http.stream(
+                "POST", url, content=sealed, headers={"content-type": MSGPACK}
+            ) as response:
+                if response.status_code != 200:
+                    self._failed(addr, f"status_{response.status_code // 100}xx")
+                    return None
+                data = await read_limited(response, limit)
+            return self.open(data, nonce)
+        except httpx.HTTPError as exc:
+            self._failed(addr, _error_reason(exc), exc)
+        except BodyTooLargeError:
+            self._failed(addr, "too_large")
+        except DecodeError as exc:
+            self._failed(addr, exc.reason, exc)
+        return None
+
+    def seal(self, method: str, path: str, body: bytes) -> tuple[bytes, bytes]:
+        """The request body to send, sealed when we hold keys, and its nonce."""
+        if self._sealer is None:
+            return body, b""
+        return self._sealer.seal_request(method, path, body)
+
+    def open(self, data: bytes, nonce: bytes) -> bytes:
+        """A peer's answer opened (when we hold keys).
+
+        Raises:
+            AuthError: not sealed for this request by a key we hold.
+        """
+        if self._sealer is None:
+            return data
+        return self._sealer.open_response(data, nonce)
+
+    def _answer_ok(self, response: httpx.Response, nonce: bytes) -> bool:
+        try:
+            self.open(response.content, nonce)
+        except AuthError:
+            return False
+        return True
 
 
 class BodyTooLargeError(Exception):

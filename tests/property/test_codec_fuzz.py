@@ -1,5 +1,7 @@
 """mesh.codec under Hypothesis: valid values round-trip; hostile bytes only ever
-raise DecodeError (never another exception, never a hang)."""
+raise DecodeError (never another exception, never a hang). Every decoder a
+stranger's bytes reach is here: datagrams, push-pull, route batches and acks,
+the sealed envelope (mesh.security) and the keyring operation."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from mesh.codec import (
@@ -14,12 +17,17 @@ from mesh.codec import (
     PROTOCOL_VERSION,
     decode_packet,
     decode_push_pull,
+    decode_routes,
     encode_packet,
     encode_push_pull,
     encoded_size,
 )
 from mesh.errors import DecodeError
 from mesh.messages import Message, MessageType, PushPull
+from mesh.security import AuthError, Keyring, Kind
+from mesh.shell.asgi import HttpError
+from mesh.shell.keyring_api import _decode_op
+from mesh.shell.peer_http import decode_routes_ack
 from mesh.testing import strategies as ms
 
 REASONS = {"too_large", "malformed", "bad_version", "schema", "limit"}
@@ -200,3 +208,146 @@ def test_mutated_push_pull(
     push_pull: PushPull, ops: list[tuple[str, int, int]]
 ) -> None:
     check(decode_push_pull, mutate(encode_push_pull(push_pull), ops))
+
+
+# --- every other decoder, and structurally hostile msgpack (issue 5) ---
+
+# Hand-made msgpack headers that promise far more than they hold: a decoder
+# must refuse them from the header, before allocating what they announce.
+HUGE_HEADERS = [
+    b"\xdd\xff\xff\xff\xff",  # array32 of 4 G elements
+    b"\xdf\xff\xff\xff\xff",  # map32 of 4 G pairs
+    b"\xdb\xff\xff\xff\xff",  # str32 of 4 GiB
+    b"\xc6\xff\xff\xff\xff",  # bin32 of 4 GiB
+    b"\xc9\xff\xff\xff\xff\x01",  # ext32 of 4 GiB
+    b"\xdc\xff\xff",  # array16 of 65535
+]
+
+
+def _nested(depth: int) -> bytes:
+    return b"\x91" * depth + b"\xc0"
+
+
+def _route_decoder(data: bytes) -> object:
+    return decode_routes(data, max_routes=100)
+
+
+def _envelope_then_packet(data: bytes) -> object:
+    """What the UDP loop does with a key: open, then decode what was sealed."""
+    envelope = RING.open(data, kind=Kind.DATAGRAM)
+    return decode_packet(envelope.payload)
+
+
+RING = Keyring([bytes(range(32))])
+DECODERS: list[Callable[[bytes], object]] = [
+    decode_packet,
+    decode_push_pull,
+    _route_decoder,
+    decode_routes_ack,
+    _envelope_then_packet,
+]
+ENVELOPE_REASONS = {"unsealed", "bad_envelope", "bad_version", "auth_failed"}
+
+
+def check_all(data: bytes) -> None:
+    for decode in DECODERS:
+        reason = None
+        try:
+            decode(data)
+        except DecodeError as exc:
+            reason = exc.reason
+        assert reason is None or reason in REASONS | ENVELOPE_REASONS, (decode, reason)
+
+
+@pytest.mark.parametrize("header", HUGE_HEADERS)
+@pytest.mark.parametrize("wrap", ["bare", "packet", "push_pull", "routes"])
+def test_huge_length_headers(header: bytes, wrap: str) -> None:
+    """A 4 G length header anywhere is refused at once (a hang or a MemoryError
+    would fail the test run)."""
+    v = msgpack.packb(PROTOCOL_VERSION)
+    data = {
+        "bare": header,
+        "packet": b"\x92" + v + header,
+        "push_pull": b"\x93" + v + b"\xc2" + header,
+        "routes": b"\x93" + v + b"\xa1a" + header,
+    }[wrap]
+    check_all(data)
+    check_all(data + bytes(64))
+
+
+@pytest.mark.parametrize("depth", [10, 200, 1100, 100_000])
+def test_deep_nesting(depth: int) -> None:
+    check_all(_nested(depth))
+    v = msgpack.packb(PROTOCOL_VERSION)
+    check_all(b"\x92" + v + _nested(depth))
+    check_all(b"\x93" + v + b"\xa1a" + _nested(depth))
+
+
+@FAST
+@given(st.integers(PROTOCOL_VERSION + 1, 2**64 - 1), st.lists(fields, max_size=3))
+def test_future_versions_are_refused_whole(version: int, rest: list[Any]) -> None:
+    data = msgpack.packb([version, *rest])
+    for decode in (decode_packet, decode_push_pull, _route_decoder):
+        with pytest.raises(DecodeError) as exc:
+            decode(data)
+        assert exc.value.reason in {"bad_version", "schema", "malformed"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_every_decoder(data: bytes) -> None:
+    check_all(data)
+    check_all(b"\xc1" + data)  # the sealed-envelope magic, then anything
+
+
+@FUZZ
+@given(values)
+def test_arbitrary_msgpack_every_decoder(value: Any) -> None:
+    check_all(msgpack.packb(value))
+
+
+@FUZZ
+@given(fields, st.lists(st.lists(fields, max_size=8), max_size=3))
+def test_routes_shaped_msgpack(sender: Any, rows: list[list[Any]]) -> None:
+    check_all(msgpack.packb([PROTOCOL_VERSION, sender, rows]))
+
+
+@FUZZ
+@given(st.dictionaries(st.text(max_size=10), fields, max_size=6))
+def test_ack_shaped_msgpack(document: dict[str, Any]) -> None:
+    check_all(msgpack.packb(document))
+
+
+@FUZZ
+@given(st.lists(ms.messages(), min_size=1, max_size=5), mutations)
+def test_mutated_sealed_packet_never_opens(
+    messages: list[Message], ops: list[tuple[str, int, int]]
+) -> None:
+    """A sealed packet changed in any way is refused by authentication; only
+    the untouched one opens."""
+    sealed = RING.seal(encode_packet(messages), sender="a", kind=Kind.DATAGRAM, now=1.0)
+    mutated = mutate(sealed, ops)
+    if mutated == sealed:
+        return
+    with pytest.raises(AuthError) as exc:
+        RING.open(mutated, kind=Kind.DATAGRAM)
+    assert exc.value.reason in ENVELOPE_REASONS
+
+
+@FUZZ
+@given(values)
+def test_sealed_hostile_payloads_only_raise_decode_error(value: Any) -> None:
+    """A key holder sealing anything at all: the layer under the envelope still
+    refuses it cleanly."""
+    check_all(RING.seal(msgpack.packb(value), sender="a", kind=Kind.DATAGRAM, now=1.0))
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=100), values.map(msgpack.packb)))
+def test_keyring_operation_decoder(data: bytes) -> None:
+    status = 200
+    try:
+        _decode_op(data)
+    except HttpError as exc:
+        status = exc.status
+    assert status in (200, 400)
