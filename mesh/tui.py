@@ -3,9 +3,13 @@
 Starts N real ``mesh agent`` processes on 127.0.0.1 (ports chosen by the OS) and
 redraws, a few times a second, every agent's view of every member: the matrix
 shows at a glance who suspects whom and how fast news of a crash, a pause or a
-leave spreads. Keys act on a member by its number: ``k`` kill (SIGKILL), ``p``
-pause (SIGSTOP), ``c`` continue (SIGCONT), ``r`` restart, ``l`` leave (SIGTERM),
-``a`` add a member, ``q`` quit (every agent leaves gracefully).
+leave spreads. Below it, each agent's route table and replication activity from
+its ``/metrics``: live routes and tombstones, pushes delivered and failed, the
+push queue, and anti-entropy rounds and repairs (when the agent exports
+``mesh_antientropy_*``). Keys act on a member by its number: ``k`` kill
+(SIGKILL), ``p`` pause (SIGSTOP), ``c`` continue (SIGCONT), ``r`` restart, ``l``
+leave (SIGTERM), ``w`` write a route through it, ``a`` add a member, ``q`` quit
+(every agent leaves gracefully).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+
+import httpx
 
 from .testing.agents import AgentCluster, AgentProcess
 
@@ -85,7 +91,7 @@ def _act(cluster: AgentCluster, key: str, keys: _Keys) -> str:
         name = f"node{len(names) + 1}"
         cluster.add(name)
         return f"added {name}"
-    if key not in "kpcrl":
+    if key not in "kpcrlw":
         return f"unknown key {key!r}"
     digit = keys(3.0)
     if digit is None or not digit.isdigit() or not 1 <= int(digit) <= len(names):
@@ -100,11 +106,17 @@ def _act(cluster: AgentCluster, key: str, keys: _Keys) -> str:
             agent.resume()
         elif key == "l":
             agent.terminate()
+        elif key == "w":
+            route = f"up.{int(time.time() * 1000) % 100_000}"
+            agent.request(
+                "PUT", f"/v1/routes/{route}", json={"target": f"http://{agent.name}"}
+            ).raise_for_status()
+            return f"wrote {route} through {agent.name}; watch the routes column"
         elif key == "r":
             agent.kill()
             seeds = [a.mesh_addr for a in cluster.live()][:1]
             cluster.add(agent.name, join=seeds)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, httpx.HTTPError) as exc:
         return f"{key}{digit}: {exc}"
     verbs = {
         "k": "killed",
@@ -139,10 +151,11 @@ def _render(cluster: AgentCluster, message: str, plain: bool) -> None:
             " " + (mark.get(row.get(b.name, ""), "·") if row else " ") for b in agents
         )
         lines.append(f"{i + 1:>2}  {agent.name.ljust(width)} {state.ljust(8)} {cells}")
+    lines += ["", *_activity(agents, width)]
     lines += [
         "",
         "keys: k<n> kill  p<n> pause  c<n> continue  r<n> restart  l<n> leave  "
-        "a add  q quit",
+        "w<n> write a route  a add  q quit",
         message,
     ]
     text = "\n".join(lines)
@@ -154,6 +167,87 @@ def _render(cluster: AgentCluster, message: str, plain: bool) -> None:
             "\x1b[H\x1b[2J" + "\n".join(s[: cols + 40] for s in text.split("\n"))
         )
         sys.stdout.flush()
+
+
+def _activity(agents: list[AgentProcess], width: int) -> list[str]:
+    """One line per agent from its /metrics: routes and replication."""
+    scrapes = {a.name: _scrape(a) if a.alive() else {} for a in agents}
+    with_ae = any(
+        key.startswith("mesh_antientropy_") for m in scrapes.values() for key in m
+    )
+    header = (
+        " #  " + "agent".ljust(width) + "  routes  tombs  pushed  failed  queue"
+        + ("  ae rounds  repaired" if with_ae else "")
+    )  # fmt: skip
+    lines = ["routes and replication (from each agent's /metrics)", header]
+    for i, agent in enumerate(agents):
+        m = scrapes[agent.name]
+        if not m:
+            lines.append(f"{i + 1:>2}  {agent.name.ljust(width)}  -")
+            continue
+        failed = sum(
+            _total(m, "mesh_pushes_total", result=r)
+            for r in ("failed", "deadline", "rejected")
+        )
+        line = (
+            f"{i + 1:>2}  {agent.name.ljust(width)}"
+            f"  {_total(m, 'mesh_routes', state='live'):>6.0f}"
+            f"  {_total(m, 'mesh_routes', state='tombstone'):>5.0f}"
+            f"  {_total(m, 'mesh_pushes_total', result='ok'):>6.0f}"
+            f"  {failed:>6.0f}"
+            f"  {_total(m, 'mesh_push_queue_depth'):>5.0f}"
+        )
+        if with_ae:
+            line += (
+                f"  {_total(m, 'mesh_antientropy_rounds_total'):>9.0f}"
+                f"  {_total(m, 'mesh_antientropy_routes_total', kind='repaired'):>8.0f}"
+            )
+        lines.append(line)
+    return lines
+
+
+def _scrape(agent: AgentProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``/metrics`` as name -> [(labels, value)]; {} if it does not answer."""
+    try:
+        response = agent.get("/metrics")
+    except httpx.HTTPError:
+        return {}
+    if response.status_code != 200:
+        return {}
+    return parse_metrics(response.text)
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The samples of a Prometheus text exposition (enough of the format for
+    our own agents: no escaped quotes or commas in label values)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        labels: dict[str, str] = {}
+        for pair in rest.rstrip("}").split(","):
+            if "=" in pair:
+                key, _, val = pair.partition("=")
+                labels[key] = val.strip('"')
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        out.setdefault(name, []).append((labels, number))
+    return out
+
+
+def _total(
+    metrics: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    """Sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(
+        value
+        for have, value in metrics.get(name, ())
+        if all(have.get(k) == v for k, v in labels.items())
+    )
 
 
 def _process_state(agent: AgentProcess) -> str:

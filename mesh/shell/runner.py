@@ -1,4 +1,8 @@
-"""run_agent: bind, wire the shell around one core, serve until told to leave.
+"""open_agent, run_agent: bind, wire the shell around one core, serve, leave.
+
+:func:`open_agent` is the agent's whole life as an async context manager (the
+embedding API builds on it); :func:`run_agent` adds signals, the ready line and
+waiting for a shutdown request.
 
 Start-up: bind the mesh port (TCP, then UDP on the same number) and the client
 API port ourselves, so port 0 resolves before anything is announced; choose the
@@ -10,7 +14,7 @@ is a graceful leave: ``core.leave`` broadcasts our ``left``, and we keep serving
 (gossiping it on probes and gossip rounds) until the core reports it transmitted
 enough or ``tcp_timeout`` has passed; meanwhile, and at most ``push_deadline``
 (the longest any batch may take), pending route pushes are flushed. Then we stop
-the servers (in-flight requests get hypercorn's graceful timeout) and return. A
+the servers (in-flight requests get the server's graceful timeout) and return. A
 second signal skips both waits.
 """
 
@@ -20,19 +24,23 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
-from typing import TextIO, cast
+from typing import TextIO
 
 import attrs
-import hypercorn.trio
 import trio
-from hypercorn.typing import ASGIFramework
 
 from ..config import Config
 from ..messages import Address
+from ..security import SourceThrottle
+from . import http_server
+from .ae_http import ae_route
 from .agent import Agent
 from .api import make_api_app
+from .auth import load_api_token, require_token, server_ssl_context
+from .http_server import ServerLimits
+from .keyring_api import keyring_endpoints, peer_keyring_route
 from .net import (
     advertise_address,
     bind_mesh_sockets,
@@ -42,15 +50,15 @@ from .net import (
 )
 from .peer_http import (
     SERVER_KEEP_ALIVE,
-    hypercorn_config,
     make_peer_app,
     open_peer_client,
 )
 from .pusher import open_pusher
 from .routes_api import routes_endpoints
 from .udp import UdpEndpoint
+from .watch_api import RouteWatchHub
 
-__all__ = ["AgentAddresses", "ready_line", "run_agent"]
+__all__ = ["AgentAddresses", "RunningAgent", "open_agent", "ready_line", "run_agent"]
 
 
 @attrs.frozen
@@ -80,27 +88,37 @@ def ready_line(addresses: AgentAddresses) -> str:
     )
 
 
-async def run_agent(
-    config: Config,
-    *,
-    shutdown_trigger: trio.Event | None = None,
-    handle_signals: bool = True,
-    announce: TextIO | None = sys.stdout,
-    task_status: trio.TaskStatus[AgentAddresses] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run one mesh agent until it has left the mesh.
+@attrs.frozen
+class RunningAgent:
+    """A started agent, as :func:`open_agent` yields it."""
 
-    Args:
-        config: the node's configuration.
-        shutdown_trigger: set it to leave gracefully and return.
-        handle_signals: leave on SIGTERM/SIGINT (main thread only; pass False
-            when several agents share a process, as in tests).
-        announce: where the ready line is printed (None: nowhere).
-        task_status: receives the :class:`AgentAddresses` once listening.
+    agent: Agent
+    addresses: AgentAddresses
+    #: runs tasks for as long as the agent, through its graceful leave (the
+    #: CLI's signal watcher must still hear a second signal then)
+    nursery: trio.Nursery
+    #: the route change log shared by the API's streams and the embedding API
+    watch: RouteWatchHub
+
+
+@contextlib.asynccontextmanager
+async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
+    """Bind, start and join; on exit, leave gracefully and stop everything.
+
+    The whole life of an agent (sockets, servers, pusher, timers) as one async
+    context manager, so the CLI (:func:`run_agent`) and an embedding trio
+    application (:func:`mesh.open_node`) share the same start-up and the same
+    graceful leave. Leaving the block normally runs the graceful leave (bounded
+    by ``tcp_timeout`` and ``push_deadline``; set ``agent.hurry`` to cut it
+    short); leaving it with an exception stops at once.
 
     Raises:
         OSError: a port could not be bound.
     """
+    # Before binding: a bad token or TLS file fails clean.
+    api_token = load_api_token(config)
+    peer_tls = server_ssl_context(config, require_client_cert=True)
+    api_tls = server_ssl_context(config, require_client_cert=False)
     with _naming("mesh", config.bind):
         family, mesh_addr = await resolve_bind(*config.bind)
         tcp_sock, udp_sock = bind_mesh_sockets(family, mesh_addr)
@@ -129,6 +147,14 @@ async def run_agent(
         metrics=agent.metrics,
         log=agent.log,
         max_messages=config.max_compound_messages,
+        sealer=agent.sealer,
+        recv_batch=config.udp_recv_batch,
+        recv_buffer=config.udp_recv_buffer,
+        throttle=SourceThrottle(
+            config.udp_refused_rate,
+            config.udp_refused_burst,
+            config.udp_throttle_sources,
+        ),
     )
     peer_app = make_peer_app(
         name=config.name,
@@ -139,37 +165,63 @@ async def run_agent(
         handle_routes=agent.receive_routes,
         max_routes=config.push_batch_max,
     )
-    api_app = make_api_app(agent, routes=routes_endpoints(agent))
+    peer_app.routes.append(peer_keyring_route(agent))
+    peer_app.routes.append(ae_route(agent))
+    hub = RouteWatchHub(agent)
+    api_app = make_api_app(
+        agent, routes=[*routes_endpoints(agent), *keyring_endpoints(agent)], hub=hub
+    )
     # Peers pool connections to our mesh port for push_keepalive_expiry; we keep
     # them open longer, so a peer never reuses one we are closing at that moment.
     peer_keep_alive = max(SERVER_KEEP_ALIVE, config.push_keepalive_expiry + 15.0)
     addresses = AgentAddresses(config.name, mesh_bound, advertise, http_bound)
     try:
         async with (
-            open_peer_client(config, metrics=agent.metrics, log=agent.log) as peers,
+            open_peer_client(
+                config, metrics=agent.metrics, log=agent.log, sealer=agent.sealer
+            ) as peers,
             open_pusher(agent),
             trio.open_nursery() as nursery,
         ):
             agent.attach(nursery=nursery, udp=udp, peers=peers)
             nursery.start_soon(udp.serve, agent.receive)
             nursery.start_soon(agent.run_timers)
-            if handle_signals:
-                nursery.start_soon(_watch_signals, agent)
-            if shutdown_trigger is not None:
-                nursery.start_soon(_forward, shutdown_trigger, agent)
             stop_servers = trio.Event()
             async with trio.open_nursery() as servers:
-                for app, sock, keep_alive in (
-                    (peer_app, tcp_sock, peer_keep_alive),
-                    (api_app, api_sock, SERVER_KEEP_ALIVE),
+                for app, sock, keep_alive, tls in (
+                    # Sealing wraps the whole peer app: every endpoint, even
+                    # one added later, is behind authentication and bounds.
+                    (
+                        agent.sealer.wrap_peer_app(peer_app),
+                        tcp_sock,
+                        peer_keep_alive,
+                        peer_tls,
+                    ),
+                    (
+                        api_app
+                        if api_token is None
+                        else require_token(
+                            api_app, api_token, metrics=agent.metrics, log=agent.log
+                        ),
+                        api_sock,
+                        SERVER_KEEP_ALIVE,
+                        api_tls,
+                    ),
                 ):
                     await servers.start(
                         partial(
-                            hypercorn.trio.serve,
-                            cast(ASGIFramework, app),
-                            # hypercorn now owns sock
-                            hypercorn_config(sock, keep_alive_timeout=keep_alive),
+                            http_server.serve,
+                            app,
+                            sock,
                             shutdown_trigger=stop_servers.wait,
+                            limits=ServerLimits(
+                                keep_alive_timeout=keep_alive,
+                                header_timeout=config.http_header_timeout,
+                                io_timeout=config.http_io_timeout,
+                                max_header_bytes=config.http_max_header_bytes,
+                                max_connections=config.http_max_connections,
+                            ),
+                            ssl_context=tls,
                         )
                     )
                 agent.start()
@@ -181,20 +233,58 @@ async def run_agent(
                     incarnation=agent.core.incarnation,
                     profile=config.profile,
                 )
-                if announce is not None:
-                    print(ready_line(addresses), file=announce, flush=True)
-                task_status.started(addresses)
-                await agent.shutdown_requested.wait()
+                try:
+                    yield RunningAgent(agent, addresses, nursery, hub)
+                except BaseException:
+                    # The caller failed (or was cancelled): no graceful leave,
+                    # the nurseries cancel what is left.
+                    stop_servers.set()
+                    nursery.cancel_scope.cancel()
+                    raise
+                agent.request_shutdown()
                 agent.leave()
                 await _wind_down(agent)
                 stop_servers.set()
             nursery.cancel_scope.cancel()
     finally:
         udp.close()
-        # No-ops once detached to hypercorn; closes them if we never got there.
+        # The servers never close the sockets they serve: we do.
         tcp_sock.close()
         api_sock.close()
     agent.log.info("agent stopped")
+
+
+async def run_agent(
+    config: Config,
+    *,
+    shutdown_trigger: trio.Event | None = None,
+    handle_signals: bool = True,
+    announce: TextIO | None = sys.stdout,
+    task_status: trio.TaskStatus[AgentAddresses] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one mesh agent until it has left the mesh.
+
+    Args:
+        config: the node's configuration.
+        shutdown_trigger: set it to leave gracefully and return.
+        handle_signals: leave on SIGTERM/SIGINT (main thread only; pass False
+            when several agents share a process, as in tests).
+        announce: where the ready line is printed (None: nowhere).
+        task_status: receives the :class:`AgentAddresses` once listening.
+
+    Raises:
+        OSError: a port could not be bound.
+    """
+    async with open_agent(config) as running:
+        agent = running.agent
+        if handle_signals:
+            running.nursery.start_soon(_watch_signals, agent)
+        if shutdown_trigger is not None:
+            running.nursery.start_soon(_forward, shutdown_trigger, agent)
+        if announce is not None:
+            print(ready_line(running.addresses), file=announce, flush=True)
+        task_status.started(running.addresses)
+        await agent.shutdown_requested.wait()
 
 
 async def _wind_down(agent: Agent) -> None:

@@ -28,8 +28,8 @@ def test_public_api_is_curated() -> None:
     assert sorted(mesh.__all__) == sorted(
         [
             "Config", "ConfigError", "DecodeError", "LocalProtocolError",
-            "MemberStatus", "MeshError", "ProtocolError", "RemoteProtocolError",
-            "TransportError", "__version__",
+            "MemberStatus", "MeshError", "Node", "ProtocolError",
+            "RemoteProtocolError", "TransportError", "__version__", "open_node",
         ]
     )  # fmt: skip
     for name in mesh.__all__:

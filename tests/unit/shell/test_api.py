@@ -48,6 +48,10 @@ async def test_health_shape(make_agent: MakeAgent) -> None:
         "joined": True,  # no seeds: nothing to join
         "members_alive": 1,
         "health_score": 0,
+        "ready": True,
+        "routes_caught_up": True,
+        "routes_behind": 0,
+        "reasons": [],
     }
 
 

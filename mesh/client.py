@@ -1,0 +1,284 @@
+"""A small synchronous client for one agent's HTTP API (``mesh members`` & co).
+
+Synchronous on purpose: the CLI commands make one call (or follow one stream)
+and exit, and scripts embedding this need no event loop. Every failure a user
+can cause or meet (agent not running, wrong token, unknown key, malformed
+answer) becomes one :class:`ClientError` whose message is a complete sentence
+for the terminal; httpx's exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .errors import MeshError
+
+__all__ = ["DEFAULT_HTTP", "Client", "ClientError", "base_url"]
+
+#: the agent's default client API address (contract.md)
+DEFAULT_HTTP = "127.0.0.1:8946"
+
+
+class ClientError(MeshError):
+    """A call to the agent's API failed: unreachable, refused or malformed.
+
+    ``status`` is the HTTP status when the agent answered (None otherwise);
+    ``document`` its JSON error body, if any (e.g. a 409's ``current``).
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, document: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.document = document
+
+
+def base_url(http: str) -> str:
+    """``HOST:PORT`` or a full ``http(s)://`` URL, as a base URL."""
+    http = http.strip()
+    if "://" in http:
+        return http.rstrip("/")
+    return f"http://{http}"
+
+
+class Client:
+    """Calls to one agent's client API.
+
+    Args:
+        http: the agent's API address, ``HOST:PORT`` or a URL (``https://``
+            when the agent serves TLS).
+        token: the API token, sent as ``Authorization: Bearer``.
+        timeout: seconds for each call (a blocking query adds its wait).
+        transport: an httpx transport (tests); the network by default.
+        verify: TLS verification (a CA bundle path, or False), for https.
+    """
+
+    def __init__(
+        self,
+        http: str = DEFAULT_HTTP,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        verify: str | bool = True,
+    ) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.url = base_url(http)
+        self._timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,  # a proxy from the environment must not see the token
+            verify=verify,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- calls ---
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/health")
+
+    def members(self) -> list[dict[str, Any]]:
+        members: list[dict[str, Any]] = self._call("GET", "/v1/members")["members"]
+        return members
+
+    def routes(
+        self, prefix: str = "", *, index: int | None = None, wait: float | None = None
+    ) -> dict[str, Any]:
+        """``{"routes": [...], "count": n, "index": i}``; with ``index`` (and
+        ``wait`` seconds), a blocking query."""
+        params: dict[str, str] = {}
+        if prefix:
+            params["prefix"] = prefix
+        if index is not None:
+            params["index"] = str(index)
+        timeout = self._timeout
+        if wait is not None:
+            params["wait"] = f"{wait}s"
+            timeout += wait
+        return self._call("GET", "/v1/routes", params=params, timeout=timeout)
+
+    def get_route(self, key: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/routes/{_key(key)}")
+
+    def put_route(
+        self,
+        key: str,
+        target: str,
+        *,
+        meta: Mapping[str, str] | None = None,
+        revision: int | None = None,
+        sync_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Write a route; with ``sync_timeout``, wait that long for every peer."""
+        body: dict[str, Any] = {"target": target}
+        if meta:
+            body["meta"] = dict(meta)
+        if revision is not None:
+            body["revision"] = revision
+        params, timeout = self._sync(sync_timeout)
+        return self._call(
+            "PUT", f"/v1/routes/{_key(key)}", body=body, params=params, timeout=timeout
+        )
+
+    def delete_route(
+        self,
+        key: str,
+        *,
+        revision: int | None = None,
+        sync_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        params, timeout = self._sync(sync_timeout)
+        if revision is not None:
+            params["revision"] = str(revision)
+        return self._call(
+            "DELETE", f"/v1/routes/{_key(key)}", params=params, timeout=timeout
+        )
+
+    def leave(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/leave")
+
+    def keyring(self) -> dict[str, Any]:
+        """``{"keys": [{"fingerprint": ..., "primary": bool}]}``."""
+        return self._call("GET", "/v1/keyring")
+
+    def keyring_op(self, op: str, key: str) -> dict[str, Any]:
+        """``install``, ``use`` or ``remove`` a gossip key across the mesh:
+        ``{"fingerprint": ..., "results": {member: "ok" | error}}``."""
+        if op not in ("install", "use", "remove"):
+            raise ValueError(f"op must be install, use or remove, got {op!r}")
+        return self._call("POST", f"/v1/keyring/{op}", body={"key": key})
+
+    def watch_routes(
+        self, *, index: int | None = None, prefix: str = ""
+    ) -> Iterator[dict[str, Any]]:
+        """Follow the route change stream: ``snapshot``, ``put``, ``delete``
+        and ``heartbeat`` documents, until the agent ends it."""
+        params: dict[str, str] = {}
+        if index is not None:
+            params["index"] = str(index)
+        if prefix:
+            params["prefix"] = prefix
+        # No read timeout: quiet spells are bounded by the server's heartbeat.
+        timeout = httpx.Timeout(self._timeout, read=None)
+        try:
+            with self._http.stream(
+                "GET", "/v1/watch/routes", params=params, timeout=timeout
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise self._error(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield _decode(line)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+
+    # --- plumbing ---
+
+    def _sync(self, sync_timeout: float | None) -> tuple[dict[str, str], float]:
+        if sync_timeout is None:
+            return {}, self._timeout
+        params = {"sync": "all", "timeout": str(sync_timeout)}
+        return params, self._timeout + sync_timeout
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        try:
+            response = self._http.request(
+                method,
+                path,
+                params=params,
+                json=body,
+                timeout=self._timeout if timeout is None else timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self._error(response)
+        document = _decode(response.text)
+        if not isinstance(document, dict):
+            raise ClientError(f"{self.url}{path}: answer is not a JSON object")
+        return document
+
+    def _unreachable(self, exc: httpx.HTTPError) -> ClientError:
+        if isinstance(exc, httpx.TimeoutException):
+            return ClientError(f"the agent at {self.url} did not answer in time")
+        if isinstance(exc, httpx.ConnectError):
+            return ClientError(
+                f"cannot reach the agent at {self.url} ({_reason(exc)}); is "
+                "`mesh agent` running there? set --http or MESH_HTTP_ADDR"
+            )
+        return ClientError(f"request to the agent at {self.url} failed: {exc}")
+
+    def _error(self, response: httpx.Response) -> ClientError:
+        document: Any = None
+        message = response.reason_phrase or "error"
+        with contextlib.suppress(ValueError):
+            document = response.json()
+        if isinstance(document, dict) and isinstance(document.get("error"), str):
+            message = document["error"]
+        status = response.status_code
+        hint = ""
+        if status == 401:
+            hint = " (set --api-token or MESH_API_TOKEN)"
+        return ClientError(
+            f"{response.request.method} {response.request.url.path}: "
+            f"{status} {message}{hint}",
+            status=status,
+            document=document,
+        )
+
+
+def _key(key: str) -> str:
+    # Keys may hold characters a path cannot ("/" is refused by the agent,
+    # but it must get the chance to say so).
+    return quote(key, safe="")
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ClientError(f"the agent sent malformed JSON: {text[:80]!r}") from None
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    text = str(cause or exc) or type(exc).__name__
+    return re.sub(r"^\[Errno -?\d+\] ", "", text).lower()

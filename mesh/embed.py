@@ -1,0 +1,235 @@
+"""The embedding API: a mesh node inside a trio application.
+
+``async with mesh.open_node(config) as node:`` runs exactly what ``mesh agent``
+runs (:func:`mesh.shell.runner.open_agent`: the mesh port, the peer and client
+HTTP servers, the pusher and the timers), in the caller's trio run, and leaves
+the mesh gracefully when the block ends. So the guarantees are the agent's: a
+write returns once committed here and queued for every peer, never waiting on
+one unless asked (``sync_timeout``), deletes are tombstones, and the client API
+stays available on ``node.http_address`` for the CLI, ``curl`` and
+``/metrics``.
+
+Reads are plain method calls on the node's own table (no HTTP, no await);
+writes are ``async`` so the caller yields to the pusher and can wait for peers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from .config import Config
+from .core.routes import Outcome, OutcomeStatus, Route
+from .errors import MeshError
+from .messages import MemberStatus
+from .shell.agent import Agent
+from .shell.net import format_address
+from .shell.runner import RunningAgent, open_agent
+from .shell.watch_api import RouteEvent, RouteWatcher, WatchBatch
+
+__all__ = [
+    "Member",
+    "Node",
+    "RouteEvent",
+    "RouteError",
+    "RouteWatch",
+    "SyncResult",
+    "WatchBatch",
+    "open_node",
+]
+
+
+class RouteError(MeshError):
+    """A write or delete the table refused: ``status`` is ``invalid``,
+    ``conflict`` (``current`` is the stored route) or ``full``; the HTTP API
+    answers the same cases 400, 409 and 507."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reason or outcome.status.value)
+        self.status = outcome.status.value
+        self.current = outcome.route
+
+
+@attrs.frozen
+class Member:
+    """One member as this node sees it (``GET /v1/members`` as a record)."""
+
+    name: str
+    address: str
+    status: MemberStatus
+    incarnation: int
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SyncResult:
+    """Who acknowledged a write within ``sync_timeout`` (``?sync=all``)."""
+
+    acked: list[str]
+    pending: list[str]
+
+
+class Node:
+    """A running mesh node; get one from :func:`open_node`."""
+
+    def __init__(self, running: RunningAgent) -> None:
+        self._running = running
+        self._agent = running.agent
+        addresses = running.addresses
+        self.name = addresses.name
+        #: the mesh address peers use (pass it to another node's ``join``)
+        self.address = format_address(addresses.advertise)
+        #: the client API address (``mesh members --http ...``)
+        self.http_address = format_address(addresses.http)
+        #: who acknowledged the last write made with ``sync_timeout``
+        self.last_sync: SyncResult | None = None
+
+    # --- reads ---
+
+    def members(self) -> list[Member]:
+        """Every member this node knows, sorted by name (itself included)."""
+        return [
+            Member(v.name, format_address(v.addr), v.status, v.incarnation, v.tags)
+            for v in sorted(self._agent.core.members(), key=lambda v: v.name)
+        ]
+
+    def get_route(self, key: str) -> Route | None:
+        """The live route under ``key``, None if absent or deleted."""
+        route = self._agent.core.routes.get(key)
+        return None if route is None or route.deleted else route
+
+    def routes(self, prefix: str = "") -> list[Route]:
+        """Live routes whose key starts with ``prefix``, sorted by key."""
+        return self._agent.core.routes.live(prefix)
+
+    @property
+    def index(self) -> int:
+        """This node's route change index (as ``X-Mesh-Index``)."""
+        return self._agent.core.routes.index
+
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health``'s document, readiness included."""
+        from .shell.api import readiness
+
+        return {**self._agent.health(), **readiness(self._agent)}
+
+    # --- writes ---
+
+    async def put_route(
+        self,
+        key: str,
+        target: str,
+        *,
+        meta: Mapping[str, str] | None = None,
+        revision: int | None = None,
+        sync_timeout: float | None = None,
+    ) -> Route:
+        """Write a route: committed here and queued for every peer on return.
+
+        With ``sync_timeout``, also wait at most that long for every member
+        alive at the write to acknowledge it; :meth:`last_sync` tells who did.
+
+        Raises:
+            RouteError: invalid, an older ``revision`` than stored, or full.
+        """
+        outcome = self._agent.put_route(key, target, dict(meta or {}), revision)
+        return await self._after_write(outcome, sync_timeout)
+
+    async def delete_route(
+        self,
+        key: str,
+        *,
+        revision: int | None = None,
+        sync_timeout: float | None = None,
+    ) -> Route:
+        """Delete a route (a tombstone, replicated like a write); returns it.
+
+        Raises:
+            RouteError: invalid key, or an older ``revision`` than stored.
+        """
+        outcome = self._agent.delete_route(key, revision)
+        return await self._after_write(outcome, sync_timeout)
+
+    async def _after_write(self, outcome: Outcome, sync_timeout: float | None) -> Route:
+        if outcome.status is not OutcomeStatus.APPLIED or outcome.route is None:
+            raise RouteError(outcome)
+        agent = self._agent
+        if sync_timeout is None:
+            self.last_sync = None
+            await trio.lowlevel.checkpoint()  # let the pusher start
+            return outcome.route
+        # No checkpoint since the write: the ticket covers exactly it.
+        ticket = agent.core.sync_ticket()
+        with trio.move_on_after(sync_timeout):
+            while agent.core.sync_status(ticket)[1]:
+                await agent.wait_push_progress()
+        self.last_sync = SyncResult(*agent.core.sync_status(ticket))
+        return outcome.route
+
+    # --- watching ---
+
+    def watch_routes(self, prefix: str = "", *, index: int | None = None) -> RouteWatch:
+        """An async iterator of :class:`WatchBatch`: first a snapshot (every
+        live route under ``prefix``), then the changes, as the stream API
+        sends them (a slow consumer gets larger batches or a fresh snapshot,
+        never an unbounded backlog). Ends when the node leaves."""
+        return RouteWatch(self._running.watch.watcher(index, prefix), self._agent)
+
+
+class RouteWatch:
+    """Async iterator over one watcher (see :meth:`Node.watch_routes`)."""
+
+    def __init__(self, watcher: RouteWatcher, agent: Agent) -> None:
+        self._watcher = watcher
+        self._leaving: trio.Event = agent.shutdown_requested
+
+    def __aiter__(self) -> RouteWatch:
+        return self
+
+    async def __anext__(self) -> WatchBatch:
+        if self._leaving.is_set():
+            raise StopAsyncIteration
+        batch: WatchBatch | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def wait_leaving() -> None:
+                await self._leaving.wait()
+                nursery.cancel_scope.cancel()
+
+            async def wait_batch() -> None:
+                nonlocal batch
+                batch = await self._watcher.next()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait_leaving)
+            nursery.start_soon(wait_batch)
+        if batch is None:
+            raise StopAsyncIteration
+        return batch
+
+
+def open_node(config: Config) -> contextlib.AbstractAsyncContextManager[Node]:
+    """Start a mesh node in the current trio run; leave gracefully on exit.
+
+    Binds ``config.bind`` (UDP and TCP) and ``config.http``, joins
+    ``config.join``, and serves until the ``async with`` block ends: then it
+    announces its leave and flushes pending route pushes (bounded by
+    ``tcp_timeout`` and ``push_deadline``) before returning. An exception out
+    of the block skips the graceful part. ``POST /v1/leave`` on the client API
+    does not stop an embedded node; it only makes :meth:`Node.watch_routes`
+    end and readiness report ``leaving``.
+
+    Raises:
+        OSError: a port could not be bound.
+    """
+    return _open_node(config)
+
+
+@contextlib.asynccontextmanager
+async def _open_node(config: Config) -> AsyncIterator[Node]:
+    async with open_agent(config) as running:
+        yield Node(running)

@@ -1,0 +1,424 @@
+"""Watching the route table: blocking queries and a change stream.
+
+Two forms, for two kinds of client (docs/contract.md, "Watching routes"):
+
+* **Blocking query** (Consul's style): ``GET /v1/routes?index=N&wait=30s``
+  answers at once if the table's change index is past ``N`` (or behind it: the
+  agent restarted and the client's index is from its previous life), otherwise
+  when it moves or ``wait`` ends. Every ``GET /v1/routes`` answer carries the
+  index (``X-Mesh-Index`` header, ``"index"`` field), so a client loops
+  ``index = answer.index``. :func:`wrap_list` adds this around the plain list
+  handler of ``routes_api`` without touching it.
+* **Stream**: ``GET /v1/watch/routes[?index=N&prefix=P]`` answers with
+  newline-delimited JSON for as long as the client reads: a ``snapshot`` line
+  (every live route), then one ``put`` or ``delete`` line per change, each with
+  the index it brings the client to, and a ``heartbeat`` line after
+  ``watch_heartbeat_interval`` of quiet. Given an ``index`` still covered by the
+  change log, the stream starts with the changes since it instead of a snapshot.
+
+Bounds. The core keeps no per-key change index, so :class:`RouteWatchHub`
+derives changes itself: when a stream asks and the table's index has moved,
+it compares the table with the copy it saw last (identity checks, one pass,
+shared by every stream) and appends the differences to one bounded log
+(``watch_log_max``). Streams hold only a position in that log, never a queue
+of their own: a stream that falls off the end gets a fresh ``snapshot``
+(resync) and one whose client does not accept a write within
+``watch_send_timeout`` is dropped. At most ``watch_max_clients`` blocking
+queries and streams are open at once (429 past it). Waiting costs nothing:
+waiters sleep on :meth:`Agent.wait_routes_changed`, set by the agent when the
+index moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import attrs
+import trio
+
+from ..core.routes import Route
+from .agent import Agent
+from .asgi import Handler, HttpError, Receive, Request, Response, Scope, Send
+
+__all__ = [
+    "STREAM_CONTENT_TYPE",
+    "STREAM_PATH",
+    "RouteEvent",
+    "RouteWatchHub",
+    "RouteWatcher",
+    "WatchBatch",
+    "parse_wait",
+    "serve_stream",
+    "wrap_list",
+]
+
+#: path of the change stream (not under /v1/routes/: "watch" is a valid key)
+STREAM_PATH = "/v1/watch/routes"
+STREAM_CONTENT_TYPE = "application/x-ndjson"
+#: lines sent per write to the client, so one write stays a few MB at most
+_LINES_PER_WRITE = 256
+_WAIT_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ms|s|m|h)?")
+_WAIT_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_INDEX_RE = re.compile(r"[0-9]{1,20}")
+
+
+@attrs.frozen
+class RouteEvent:
+    """One change: ``route`` is the new entry (a tombstone for a delete), None
+    when the entry disappeared from the table (a tombstone reaped)."""
+
+    index: int
+    key: str
+    route: Route | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.route is None or self.route.deleted
+
+    def to_json(self) -> dict[str, Any]:
+        """The stream's ``put`` / ``delete`` line (targets only in ``put``)."""
+        if self.route is not None and not self.route.deleted:
+            return {"event": "put", "index": self.index, "route": self.route.to_json()}
+        line: dict[str, Any] = {"event": "delete", "index": self.index, "key": self.key}
+        if self.route is not None:
+            line["version"] = str(self.route.version)
+        return line
+
+
+class RouteWatchHub:
+    """The change log shared by one agent's streams, and the watcher count.
+
+    Args:
+        agent: whose route table is watched.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._table = agent.core.routes
+        self._log_max = agent.config.watch_log_max
+        self._max_clients = agent.config.watch_max_clients
+        self._seen: dict[str, Route] = {r.key: r for r in self._table}
+        #: the table index ``_seen`` reflects
+        self.index = self._table.index
+        #: streams may resume from an index >= base_index (older ones resync)
+        self.base_index = self.index
+        self._log: deque[RouteEvent] = deque()
+        #: blocking queries and streams open now
+        self.clients = 0
+
+    @contextlib.contextmanager
+    def client_slot(self) -> Iterator[None]:
+        """Hold one of ``watch_max_clients`` places, or raise 429."""
+        if self.clients >= self._max_clients:
+            self.agent.metrics.route_watch_dropped.labels("too_many").inc()
+            raise HttpError(
+                429,
+                f"too many route watchers (watch_max_clients={self._max_clients})",
+                headers=[("retry-after", "1")],
+            )
+        self.clients += 1
+        self.agent.metrics.route_watchers.set(self.clients)
+        try:
+            yield
+        finally:
+            self.clients -= 1
+            self.agent.metrics.route_watchers.set(self.clients)
+
+    def catch_up(self) -> None:
+        """Log what changed since the last call: one pass over the table,
+        comparing entries by identity (the table stores a new object per
+        change). Synchronous: nothing else runs meanwhile."""
+        table = self._table
+        if table.index == self.index:
+            return
+        index = table.index
+        seen = self._seen
+        current: dict[str, Route] = {}
+        kept = 0
+        for route in table:
+            current[route.key] = route
+            old = seen.get(route.key)
+            if old is not None:
+                kept += 1
+            if old is not route:
+                self._append(RouteEvent(index, route.key, route))
+        if kept < len(seen):
+            for key in seen.keys() - current.keys():
+                self._append(RouteEvent(index, key, None))
+        self._seen = current
+        self.index = index
+
+    def _append(self, event: RouteEvent) -> None:
+        self._log.append(event)
+        if len(self._log) > self._log_max:
+            evicted = self._log.popleft()
+            self.base_index = max(self.base_index, evicted.index)
+
+    def events_after(self, index: int) -> list[RouteEvent] | None:
+        """Logged changes past ``index``, oldest first; None if the log no
+        longer reaches back that far (or ``index`` is from the future): the
+        caller must resync from a snapshot."""
+        self.catch_up()
+        if index < self.base_index or index > self.index:
+            return None
+        out: list[RouteEvent] = []
+        for event in reversed(self._log):
+            if event.index <= index:
+                break
+            out.append(event)
+        out.reverse()
+        return out
+
+    def snapshot(self, prefix: str = "") -> tuple[int, list[Route]]:
+        """Every live route under ``prefix`` and the index it reflects."""
+        self.catch_up()
+        return self.index, [
+            r for r in self._seen.values() if not r.deleted and r.key.startswith(prefix)
+        ]
+
+    def watcher(self, index: int | None = None, prefix: str = "") -> RouteWatcher:
+        """A cursor over this log for one client (stream or embedding)."""
+        return RouteWatcher(self, index, prefix)
+
+
+@attrs.frozen
+class WatchBatch:
+    """What a :class:`RouteWatcher` hands out: a snapshot (every live route,
+    replacing whatever the client held) or changes, and the index after it."""
+
+    index: int
+    snapshot: bool
+    routes: list[Route] = attrs.field(factory=list, repr=False)
+    events: list[RouteEvent] = attrs.field(factory=list, repr=False)
+
+
+class RouteWatcher:
+    """One client's position in a :class:`RouteWatchHub`'s log.
+
+    Holds no queue: :meth:`next` reads the shared log from its position, so a
+    client that reads slowly just gets larger batches, and one that fell off
+    the log gets a snapshot. Cancelling :meth:`next` loses nothing.
+    """
+
+    def __init__(self, hub: RouteWatchHub, index: int | None, prefix: str) -> None:
+        self._hub = hub
+        self._prefix = prefix
+        #: the index the client is in step with; None until the first batch
+        self.position: int | None = None
+        if index is not None and hub.events_after(index) is not None:
+            self.position = index
+
+    async def next(self) -> WatchBatch:
+        """The next snapshot or non-empty batch of changes (waits for one)."""
+        hub = self._hub
+        while True:
+            if self.position is None:
+                return self._snapshot()
+            events = hub.events_after(self.position)
+            if events is None:
+                hub.agent.metrics.route_watch_dropped.labels("resync").inc()
+                return self._snapshot()
+            if hub.index == self.position:
+                await hub.agent.wait_routes_changed()
+                continue
+            self.position = hub.index
+            mine = [e for e in events if e.key.startswith(self._prefix)]
+            if mine:
+                return WatchBatch(self.position, False, events=mine)
+
+    def _snapshot(self) -> WatchBatch:
+        index, routes = self._hub.snapshot(self._prefix)
+        self.position = index
+        return WatchBatch(index, True, routes=sorted(routes, key=lambda r: r.key))
+
+
+def parse_wait(text: str | None, maximum: float) -> float:
+    """``wait`` as seconds: ``30s``, ``500ms``, ``5m``, ``1h`` or a bare number
+    of seconds; clamped to ``maximum`` (absent: ``maximum``).
+
+    Raises:
+        HttpError: 400 for anything else.
+    """
+    if text is None:
+        return maximum
+    match = _WAIT_RE.fullmatch(text.strip())
+    if match is None:
+        raise HttpError(
+            400, f"wait must be a duration such as 30s, 500ms or 5m, got {text!r}"
+        )
+    seconds = float(match.group(1)) * _WAIT_UNITS[match.group(2)]
+    return min(seconds, maximum)
+
+
+def _parse_index(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not _INDEX_RE.fullmatch(text):
+        raise HttpError(400, f"index must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+async def _wait_for_change(agent: Agent, index: int) -> None:
+    """Return once the table's index differs from ``index`` or the agent is
+    leaving (a leaving agent should not hold clients until their wait ends)."""
+    async with trio.open_nursery() as nursery:
+
+        async def changed() -> None:
+            while agent.core.routes.index == index:
+                await agent.wait_routes_changed()
+            nursery.cancel_scope.cancel()
+
+        async def leaving() -> None:
+            await agent.shutdown_requested.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(changed)
+        nursery.start_soon(leaving)
+
+
+def wrap_list(hub: RouteWatchHub, inner: Handler) -> Handler:
+    """``GET /v1/routes`` with the blocking query around ``inner`` (the plain
+    list handler): every answer gains the index; ``index``/``wait`` block."""
+    agent = hub.agent
+    table = agent.core.routes
+
+    async def handler(request: Request) -> Response:
+        index = _parse_index(request.query_one("index"))
+        wait_text = request.query_one("wait")
+        if index is not None or wait_text is not None:
+            wait = parse_wait(wait_text, agent.config.watch_wait_max)
+            # A client index ahead of ours is from before a restart: answer now,
+            # as Consul does when an index goes backwards.
+            if index is not None and index == table.index:
+                with hub.client_slot(), trio.move_on_after(wait):
+                    await _wait_for_change(agent, index)
+            elif index is None:
+                with hub.client_slot(), trio.move_on_after(wait):
+                    await _wait_for_change(agent, table.index)
+        current = table.index  # no checkpoint until inner has read the table
+        response = await inner(request)
+        if response.status != 200:
+            return response
+        document = json.loads(response.body)
+        document["index"] = current
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return attrs.evolve(
+            response,
+            body=body,
+            headers=(*response.headers, ("x-mesh-index", str(current))),
+        )
+
+    return handler
+
+
+def _line(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+async def serve_stream(
+    hub: RouteWatchHub, scope: Scope, receive: Receive, send: Send
+) -> int:
+    """Answer one ``GET /v1/watch/routes`` as raw ASGI; returns the status for
+    the request metric. Ends when the client is too slow or the agent leaves;
+    a client that went away is noticed by the next write failing (a change or
+    the heartbeat), since the server does not watch the socket while the app
+    runs."""
+    agent = hub.agent
+    try:
+        query = _query(scope)
+        index = _parse_index(query.get("index"))
+        prefix = query.get("prefix") or ""
+        with hub.client_slot():
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", STREAM_CONTENT_TYPE.encode()),
+                        (b"cache-control", b"no-store"),
+                        (b"x-mesh-index", str(agent.core.routes.index).encode()),
+                    ],
+                }
+            )
+            await _stream(hub, index, prefix, send)
+            return 200
+    except HttpError as exc:
+        body = json.dumps({"error": exc.message}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": exc.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *((k.encode(), v.encode()) for k, v in exc.headers),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return exc.status
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    parsed = parse_qs(
+        scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+    )
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+async def _stream(
+    hub: RouteWatchHub, index: int | None, prefix: str, send: Send
+) -> None:
+    agent = hub.agent
+    config = agent.config
+
+    async def write(lines: list[bytes]) -> bool:
+        for start in range(0, len(lines), _LINES_PER_WRITE):
+            chunk = b"".join(lines[start : start + _LINES_PER_WRITE])
+            with trio.move_on_after(config.watch_send_timeout):
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": True}
+                )
+                continue
+            agent.metrics.route_watch_dropped.labels("slow").inc()
+            agent.log.info("route watcher dropped: not reading", reason="slow")
+            return False
+        return True
+
+    async with trio.open_nursery() as nursery:
+
+        async def until_leaving() -> None:
+            await agent.shutdown_requested.wait()
+            nursery.cancel_scope.cancel()
+
+        async def pump() -> None:
+            watcher = hub.watcher(index, prefix)
+            while True:
+                batch: WatchBatch | None = None
+                # Only the wait is under the heartbeat timer, never a write.
+                with trio.move_on_after(config.watch_heartbeat_interval):
+                    batch = await watcher.next()
+                if batch is None:
+                    lines = [_line({"event": "heartbeat", "index": hub.index})]
+                elif batch.snapshot:
+                    routes = [r.to_json() for r in batch.routes]
+                    snapshot = {"event": "snapshot", "index": batch.index}
+                    lines = [_line({**snapshot, "routes": routes})]
+                else:
+                    lines = [_line(e.to_json()) for e in batch.events]
+                if not await write(lines):
+                    break
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until_leaving)
+        nursery.start_soon(pump)
+    with trio.move_on_after(config.watch_send_timeout) as cleanup:
+        cleanup.shield = True
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

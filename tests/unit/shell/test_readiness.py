@@ -1,0 +1,54 @@
+"""The readiness view of ``/v1/health`` and its ``?ready`` probe form
+(Kubernetes: readinessProbe gets 503 until ready; liveness stays 200)."""
+
+from __future__ import annotations
+
+import httpx
+
+from mesh.core.node import RouteSync
+from mesh.shell.api import make_api_app
+
+from .conftest import MakeAgent
+
+
+def client_for(agent_app: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=agent_app),  # type: ignore[arg-type]
+        base_url="http://mesh.test",
+    )
+
+
+async def test_ready_when_joined_and_caught_up(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    async with client_for(make_api_app(agent)) as client:
+        health = await client.get("/v1/health")
+        probe = await client.get("/v1/health?ready")
+    assert health.status_code == probe.status_code == 200
+    document = probe.json()
+    assert document["ready"] is True
+    assert document["routes_caught_up"] is True
+    assert document["reasons"] == []
+    assert document["status"] == "ok"  # the contract's fields stay
+
+
+async def test_not_joined_is_503_on_the_probe_only(make_agent: MakeAgent) -> None:
+    agent = make_agent(join=("127.0.0.1:1",))
+    agent.start()  # the join fails at once: no I/O attached
+    async with client_for(make_api_app(agent)) as client:
+        live = await client.get("/v1/health")
+        ready = await client.get("/v1/health?ready")
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["ready"] is False
+    assert ready.json()["reasons"][0] == "not joined"
+
+
+async def test_route_sync_reason_and_leaving(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    agent.core.route_sync = lambda: RouteSync(False, "catching up from b", 7)  # type: ignore[method-assign]
+    agent.request_shutdown()
+    async with client_for(make_api_app(agent)) as client:
+        document = (await client.get("/v1/health?ready")).json()
+    assert document["routes_caught_up"] is False
+    assert document["routes_behind"] == 7
+    assert document["reasons"] == ["catching up from b", "leaving"]

@@ -1,0 +1,350 @@
+"""Route watching: blocking queries and the NDJSON stream, against a real agent
+(open_agent on 127.0.0.1, port 0), plus the change log's bounds in isolation.
+Waits are on conditions under ``trio.fail_after``, never fixed sleeps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import h11
+import httpx
+import pytest
+import trio
+
+from mesh.shell.asgi import Message
+from mesh.shell.net import format_address
+from mesh.shell.runner import RunningAgent, open_agent
+from mesh.shell.watch_api import STREAM_PATH, RouteWatchHub, parse_wait, serve_stream
+
+from .conftest import MakeAgent, local_config
+
+DEADLINE = 10.0
+
+
+async def wait_for(check: Callable[[], bool]) -> None:
+    """Until ``check`` holds: state another task (the server's handler)
+    changes, with no event of its own to await."""
+    with trio.fail_after(DEADLINE):
+        while not check():  # noqa: ASYNC110 - no event to await, see docstring
+            await trio.sleep(0.01)
+
+
+Open = Callable[..., Awaitable[tuple[RunningAgent, httpx.AsyncClient]]]
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Open]:
+    async with trio.open_nursery() as nursery:
+        stops: list[trio.Event] = []
+
+        async def start(**overrides: Any) -> tuple[RunningAgent, httpx.AsyncClient]:
+            config = local_config("w", **overrides)
+
+            async def run(task_status: trio.TaskStatus[RunningAgent]) -> None:
+                stop = trio.Event()
+                stops.append(stop)
+                async with open_agent(config) as running:
+                    running.agent.hurry.set()
+                    task_status.started(running)
+                    await stop.wait()
+
+            running: RunningAgent = await nursery.start(run)
+            base = f"http://{format_address(running.addresses.http)}"
+            client = httpx.AsyncClient(base_url=base, trust_env=False, timeout=10)
+            return running, client
+
+        yield start
+        for stop in stops:
+            stop.set()
+
+
+async def test_list_carries_index(node: Open) -> None:
+    running, client = await node()
+    async with client:
+        first = await client.get("/v1/routes")
+        assert first.json()["index"] == 0
+        assert first.headers["x-mesh-index"] == "0"
+        await client.put("/v1/routes/a", json={"target": "t"})
+        second = await client.get("/v1/routes")
+    assert second.json()["index"] == 1 == running.agent.core.routes.index
+    assert second.headers["x-mesh-index"] == "1"
+    assert [r["key"] for r in second.json()["routes"]] == ["a"]
+
+
+async def test_blocking_query_returns_on_change(node: Open) -> None:
+    running, client = await node()
+    async with client, trio.open_nursery() as nursery:
+        answer: list[httpx.Response] = []
+
+        async def query() -> None:
+            answer.append(await client.get("/v1/routes?index=0&wait=30s"))
+
+        nursery.start_soon(query)
+        hub = running.watch
+        await wait_for(lambda: hub.clients == 1)  # the query is parked
+        assert not answer
+        await client.put("/v1/routes/k", json={"target": "t"})
+        await wait_for(lambda: bool(answer))
+    document = answer[0].json()
+    assert document["index"] == 1
+    assert [r["key"] for r in document["routes"]] == ["k"]
+    assert hub.clients == 0
+
+
+async def test_blocking_query_times_out_unchanged(node: Open) -> None:
+    _, client = await node()
+    async with client:
+        start = trio.current_time()
+        response = await client.get("/v1/routes?index=0&wait=300ms")
+        elapsed = trio.current_time() - start
+    assert response.status_code == 200
+    assert response.json()["index"] == 0
+    assert 0.25 <= elapsed < DEADLINE
+
+
+async def test_blocking_query_answers_at_once_when_behind_or_ahead(
+    node: Open,
+) -> None:
+    _, client = await node()
+    async with client:
+        await client.put("/v1/routes/k", json={"target": "t"})
+        with trio.fail_after(5):  # wait=30s would exceed this if it blocked
+            behind = await client.get("/v1/routes?index=0&wait=30s")
+            ahead = await client.get("/v1/routes?index=99&wait=30s")
+    assert behind.json()["index"] == 1
+    assert ahead.json()["index"] == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("index=-1", "index must be a non-negative integer"),
+        ("index=x", "index must be a non-negative integer"),
+        ("index=0&wait=soon", "wait must be a duration"),
+        ("wait=10d", "wait must be a duration"),
+    ],
+)
+async def test_bad_watch_parameters_are_400(
+    node: Open, query: str, message: str
+) -> None:
+    running, client = await node()
+    async with client:
+        response = await client.get(f"/v1/routes?{query}")
+        assert response.status_code == 400
+        assert message in response.json()["error"]
+        if "wait" not in query:  # the stream takes no wait
+            stream = await client.get(f"{STREAM_PATH}?{query}")
+            assert stream.status_code == 400
+            assert message in stream.json()["error"]
+    counted = 'mesh_api_requests_total{code="400",method="GET",path="/v1/routes"}'
+    await wait_for(lambda: counted in running.agent.metrics.render().decode())
+
+
+async def test_watchers_are_bounded(node: Open) -> None:
+    running, client = await node(watch_max_clients=1)
+    async with client, trio.open_nursery() as nursery:
+        nursery.start_soon(client.get, "/v1/routes?index=0&wait=30s")
+        await wait_for(lambda: running.watch.clients == 1)
+        refused = await client.get("/v1/routes?index=0&wait=30s")
+        refused_stream = await client.get(STREAM_PATH)
+        assert refused.status_code == 429
+        assert refused_stream.status_code == 429
+        assert "watch_max_clients=1" in refused.json()["error"]
+        await client.put("/v1/routes/k", json={"target": "t"})  # frees the slot
+    scrape = running.agent.metrics.render().decode()
+    assert 'mesh_route_watch_dropped_total{reason="too_many"} 2.0' in scrape
+
+
+class NdjsonStream:
+    """A raw HTTP/1.1 client for one stream, on h11: httpx's nested async
+    generators cannot all be closed, and trio warns (an error here) when one
+    is collected unfinished."""
+
+    def __init__(self, sock: trio.SocketStream) -> None:
+        self.sock = sock
+        self.conn = h11.Connection(h11.CLIENT)
+        self.buffer = b""
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def open(cls, running: RunningAgent, target: str) -> NdjsonStream:
+        host, port = running.addresses.http
+        stream = cls(await trio.open_tcp_stream(host, port))
+        request = h11.Request(
+            method="GET", target=target, headers=[("host", f"{host}:{port}")]
+        )
+        data = stream.conn.send(request) or b""
+        data += stream.conn.send(h11.EndOfMessage()) or b""
+        await stream.sock.send_all(data)
+        while True:
+            event = await stream._event()
+            if isinstance(event, h11.Response):
+                stream.status = event.status_code
+                stream.headers = {k.decode(): v.decode() for k, v in event.headers}
+                return stream
+
+    async def _event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.sock.receive_some(65536))
+                continue
+            return event
+
+    async def next_event(self) -> dict[str, Any]:
+        """The next NDJSON document, within the test's deadline."""
+        with trio.fail_after(DEADLINE):
+            while b"\n" not in self.buffer:
+                event = await self._event()
+                assert isinstance(event, h11.Data), event
+                self.buffer += bytes(event.data)
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        document: dict[str, Any] = json.loads(line)
+        return document
+
+    async def aclose(self) -> None:
+        await self.sock.aclose()
+
+
+async def test_stream_snapshot_then_changes(node: Open) -> None:
+    running, client = await node()
+    async with client:
+        await client.put("/v1/routes/a", json={"target": "ta"})
+        stream = await NdjsonStream.open(running, STREAM_PATH)
+        try:
+            assert stream.status == 200
+            assert stream.headers["content-type"] == "application/x-ndjson"
+            snapshot = await stream.next_event()
+            assert snapshot["event"] == "snapshot"
+            assert snapshot["index"] == 1
+            assert [r["key"] for r in snapshot["routes"]] == ["a"]
+            await client.put("/v1/routes/b", json={"target": "tb"})
+            put = await stream.next_event()
+            await client.delete("/v1/routes/a")
+            delete = await stream.next_event()
+        finally:
+            await stream.aclose()
+    assert put["event"] == "put"
+    assert put["index"] == 2
+    assert put["route"]["key"] == "b"
+    assert put["route"]["target"] == "tb"
+    assert delete["event"] == "delete"
+    assert delete["key"] == "a"
+    assert delete["index"] == 3
+
+
+async def test_stream_resumes_from_index(node: Open) -> None:
+    running, client = await node()
+    async with client:
+        for key in ("a", "b", "c"):
+            await client.put(f"/v1/routes/{key}", json={"target": "t"})
+    stream = await NdjsonStream.open(running, f"{STREAM_PATH}?index=1")
+    try:
+        first = await stream.next_event()
+    finally:
+        await stream.aclose()
+    # Changes (no snapshot); the log is built lazily, so all three writes
+    # share index 3 and a re-sent put of "a" is harmless (puts are idempotent).
+    assert first["event"] == "put"
+    assert first["index"] == 3
+
+
+async def test_stream_prefix_and_heartbeat(node: Open) -> None:
+    running, client = await node(watch_heartbeat_interval=0.2)
+    async with client:
+        stream = await NdjsonStream.open(running, f"{STREAM_PATH}?prefix=svc.")
+        try:
+            assert (await stream.next_event())["event"] == "snapshot"
+            await client.put("/v1/routes/other", json={"target": "t"})
+            await client.put("/v1/routes/svc.a", json={"target": "t"})
+            event = await stream.next_event()
+            while event["event"] == "heartbeat":
+                event = await stream.next_event()
+            assert event["route"]["key"] == "svc.a"
+            heartbeat = await stream.next_event()
+        finally:
+            await stream.aclose()
+    assert heartbeat == {"event": "heartbeat", "index": 2}
+
+
+async def test_stream_ends_when_agent_leaves(node: Open) -> None:
+    running, _ = await node()
+    stream = await NdjsonStream.open(running, STREAM_PATH)
+    try:
+        assert (await stream.next_event())["event"] == "snapshot"
+        running.agent.request_shutdown()
+        with trio.fail_after(DEADLINE):
+            event = await stream._event()
+            while isinstance(event, h11.Data):
+                event = await stream._event()
+        assert isinstance(event, h11.EndOfMessage)
+    finally:
+        await stream.aclose()
+
+
+# --- the change log in isolation ---
+
+
+def test_parse_wait() -> None:
+    assert parse_wait("30s", 300) == 30
+    assert parse_wait("500ms", 300) == 0.5
+    assert parse_wait("2m", 300) == 120
+    assert parse_wait("1h", 300) == 300  # clamped
+    assert parse_wait("1.5", 300) == 1.5
+    assert parse_wait(None, 300) == 300
+
+
+async def test_log_overflow_forces_resync(make_agent: MakeAgent) -> None:
+    agent = make_agent(watch_log_max=2)
+    hub = RouteWatchHub(agent)
+    watcher = hub.watcher()
+    assert (await watcher.next()).snapshot
+    for key in ("a", "b", "c"):
+        agent.put_route(key, "t", {}, None)
+    hub.catch_up()
+    assert hub.events_after(0) is None  # three changes past a log of two
+    batch = await watcher.next()
+    assert batch.snapshot
+    assert [r.key for r in batch.routes] == ["a", "b", "c"]
+    assert batch.index == 3
+    scrape = agent.metrics.render().decode()
+    assert 'mesh_route_watch_dropped_total{reason="resync"} 1.0' in scrape
+
+
+async def test_tombstone_reaped_is_a_delete(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    hub = RouteWatchHub(agent)
+    agent.put_route("a", "t", {}, None)
+    hub.catch_up()
+    # A reaped entry disappears from the table: the log reports it deleted.
+    agent.core.routes._routes.pop("a")
+    agent.core.routes.index += 1
+    events = hub.events_after(1)
+    assert events is not None
+    assert [(e.key, e.deleted, e.route) for e in events] == [("a", True, None)]
+
+
+async def test_slow_stream_is_dropped(make_agent: MakeAgent) -> None:
+    agent = make_agent(watch_send_timeout=0.2)
+    hub = RouteWatchHub(agent)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and message["body"]:
+            await trio.sleep_forever()  # a client that never reads
+
+    async def receive() -> Message:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    scope = {"type": "http", "method": "GET", "path": STREAM_PATH, "query_string": b""}
+    with trio.fail_after(DEADLINE):
+        status = await serve_stream(hub, scope, receive, send)
+    assert status == 200
+    assert hub.clients == 0
+    scrape = agent.metrics.render().decode()
+    assert 'mesh_route_watch_dropped_total{reason="slow"} 1.0' in scrape

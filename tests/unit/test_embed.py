@@ -1,0 +1,111 @@
+"""The embedding API (``mesh.open_node``) on real sockets (127.0.0.1, port 0),
+and the documented example, executed as a user would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+import mesh
+from mesh.embed import RouteError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE = 15.0
+
+
+def config(name: str, **overrides: Any) -> mesh.Config:
+    return mesh.Config.local(
+        name=name, bind=("127.0.0.1", 0), http=("127.0.0.1", 0), **overrides
+    )
+
+
+async def wait_for(check: Callable[[], bool]) -> None:
+    """Until ``check`` holds: gossip reaches the other node with no event we
+    could await from here."""
+    with trio.fail_after(DEADLINE):
+        while not check():  # noqa: ASYNC110 - no event to await, see docstring
+            await trio.sleep(0.02)
+
+
+async def test_two_nodes_replicate_and_watch() -> None:
+    async with mesh.open_node(config("a")) as a:
+        async with mesh.open_node(config("b", join=(a.address,))) as b:
+            await wait_for(lambda: [m.name for m in a.members()] == ["a", "b"])
+            assert {m.status for m in b.members()} == {mesh.MemberStatus.ALIVE}
+            watch = b.watch_routes(prefix="svc.")
+            first = await anext(watch)
+            assert first.snapshot
+            assert first.routes == []
+            route = await a.put_route("svc.x", "http://t", meta={"az": "1"})
+            assert a.get_route("svc.x") == route
+            with trio.fail_after(DEADLINE):
+                batch = await anext(watch)
+            assert [e.key for e in batch.events] == ["svc.x"]
+            assert b.get_route("svc.x") == route
+            await a.delete_route("svc.x", sync_timeout=5)
+            assert a.last_sync is not None
+            assert a.last_sync.acked == ["b"]
+            assert a.get_route("svc.x") is None
+            with trio.fail_after(DEADLINE):
+                batch = await anext(watch)
+            assert batch.events[0].deleted
+            assert b.get_route("svc.x") is None
+        # b left gracefully: a saw it leave, not die
+        await wait_for(
+            lambda: (
+                [m.status for m in a.members() if m.name == "b"]
+                == [mesh.MemberStatus.LEFT]
+            )
+        )
+
+
+async def test_rejected_writes_raise() -> None:
+    async with mesh.open_node(config("a")) as a:
+        await a.put_route("k", "t", revision=5)
+        with pytest.raises(RouteError) as info:
+            await a.put_route("k", "t", revision=4)
+        assert info.value.status == "conflict"
+        assert info.value.current is not None
+        with pytest.raises(RouteError) as info:
+            await a.put_route("bad key!", "t")
+        assert info.value.status == "invalid"
+
+
+async def test_client_api_is_served_and_leave_ends_watches() -> None:
+    async with mesh.open_node(config("a")) as a:
+        await a.put_route("k", "t")
+        async with httpx.AsyncClient(trust_env=False) as client:
+            response = await client.get(f"http://{a.http_address}/v1/routes/k")
+            assert response.json()["target"] == "t"
+            assert a.health()["ready"] is True
+            watch = a.watch_routes()
+            assert (await anext(watch)).snapshot
+            await client.post(f"http://{a.http_address}/v1/leave")
+        with trio.fail_after(DEADLINE):
+            with pytest.raises(StopAsyncIteration):
+                await anext(watch)
+        assert a.health()["reasons"] == ["leaving"]
+
+
+def test_documented_example_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "embed.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("a listening: mesh=127.0.0.1:")
+    assert "a wrote svc.api; acked by ['b']" in lines
+    assert "b sees svc.api -> http://10.0.0.7:8080" in lines
+    assert lines[-1] == "both nodes left the mesh"
