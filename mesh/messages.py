@@ -145,6 +145,10 @@ class PushPull:
     members: tuple[MemberState, ...]
     #: name of the node that sent it (counts as the accuser for dead/suspect rows)
     sender: str = ""
+    #: the sender's member-table digest (see ``membership.table_digest``)
+    digest: int = 0
+    #: rows omitted: compare ``digest`` first, send the table only if it differs
+    summary: bool = False
 
 
 #: Everything that travels in a UDP datagram.

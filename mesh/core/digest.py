@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-__all__ = ["Digest", "Symbol", "element_of", "peel"]
+__all__ = ["Digest", "Symbol", "element_of", "estimate_difference", "peel"]
 
 _MASK = (1 << 64) - 1
 _INV_2_32 = 1.0 / float(1 << 32)
@@ -60,7 +60,9 @@ def element_of(key: str, version: str) -> int:
 
 
 def _checksum(element: int) -> int:
-    return _mix((element + _GAMMA) & _MASK)
+    # 32 bits: a false "pure" symbol needs a 2**-32 coincidence, and the wire
+    # form of a symbol stays 16 bytes (8 XOR + 4 checksum + 4 count)
+    return _mix((element + _GAMMA) & _MASK) & 0xFFFFFFFF
 
 
 _UNIFORMS = struct.Struct("<16I")
@@ -175,3 +177,37 @@ def summary_equal(ours: Symbol, theirs: Symbol) -> bool:
 def elements(pairs: Iterable[tuple[str, str]]) -> list[int]:
     """Elements of (key, version-string) pairs (tests and benchmarks)."""
     return [element_of(k, v) for k, v in pairs]
+
+
+def estimate_difference(ours: Sequence[Symbol], theirs: Sequence[Symbol]) -> int | None:
+    """How many elements differ, estimated from a prefix that did not peel.
+
+    A differing element lands in symbol ``i`` with probability ~1/(1 + i/2), so
+    with ``d`` differing elements symbol ``i`` of the difference is empty with
+    probability (1 - p_i)**d. Solve sum_i (1 - p_i)**d = observed empties for
+    ``d`` (bisection: the sum falls as d grows). None when no symbol is empty:
+    the difference is too large to say, beyond ~2 * len(prefix).
+    """
+    m = min(len(ours), len(theirs))
+    empty = sum(
+        1
+        for i in range(1, m)
+        if ours[i].count == theirs[i].count
+        and ours[i].xor == theirs[i].xor
+        and ours[i].check == theirs[i].check
+    )
+    if empty == 0:
+        return None
+    keep = [1.0 - 1.0 / (1.0 + i / 2.0) for i in range(1, m)]
+
+    def expected_empty(d: float) -> float:
+        return float(sum(q**d for q in keep))
+
+    lo, hi = 0.0, float(4 * m)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if expected_empty(mid) > empty:
+            lo = mid
+        else:
+            hi = mid
+    return max(1, round(hi))

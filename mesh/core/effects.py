@@ -12,6 +12,7 @@ import enum
 import attrs
 
 from ..messages import Address, MemberStatus, Message, PushPull
+from .antientropy import Reconcile
 from .sync import Batch
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "MemberView",
     "ProbeTcp",
     "Push",
+    "Reconcile",
     "Send",
     "TcpProbeResult",
 ]
@@ -128,4 +130,4 @@ class Push:
     batch: Batch
 
 
-Effect = Send | Exchange | ProbeTcp | MemberEvent | Push
+Effect = Send | Exchange | ProbeTcp | MemberEvent | Push | Reconcile

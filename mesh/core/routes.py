@@ -21,17 +21,31 @@ more than ``hlc_max_skew`` ahead of our wall clock: a peer with a clock far in t
 future cannot drag ours (and every later write) with it. Its write is still stored
 with its own version: changing a version would break convergence.
 
+Anti-entropy support (docs/antientropy.md). The table keeps a :class:`Digest`
+of its entries (tombstones included) up to date lazily: each change records
+an element toggle, folded into the digest only when symbols are read, so a key
+rewritten many times between rounds costs nothing extra. ``element -> key``
+maps recovered elements back to entries. Tombstones older than the
+*horizon* (wall clock minus the tombstone lifetime) are garbage-collected; an
+entry older than the horizon for a key we do not hold is refused as
+``EXPIRED``, because it may be a write whose delete we have already
+forgotten (see :meth:`RouteTable.apply`).
+
 What it does not know: who the peers are, how routes travel, or what time it is;
 wall-clock milliseconds come in with each call.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
+import heapq
 import re
 from collections.abc import Iterator, Mapping
 
 import attrs
+
+from .digest import Digest, Symbol, element_of
 
 __all__ = [
     "MAX_META_ENTRIES",
@@ -43,6 +57,7 @@ __all__ = [
     "Route",
     "RouteTable",
     "Version",
+    "version_ms",
     "validate_route_fields",
 ]
 
@@ -106,6 +121,7 @@ class OutcomeStatus(enum.Enum):
     CONFLICT = "conflict"  # a client's revision older than ours (HTTP 409)
     INVALID = "invalid"  # fails the contract's limits (HTTP 400)
     FULL = "full"  # table at max_routes (HTTP 507)
+    EXPIRED = "expired"  # older than the GC horizon for a key we lack: refused
 
 
 @attrs.frozen
@@ -143,6 +159,11 @@ def validate_route_fields(
     return None
 
 
+def version_ms(version: Version) -> int:
+    """Wall-clock milliseconds of the write (the HLC's physical part)."""
+    return version.hlc >> _HLC_LOGICAL_BITS
+
+
 class HybridClock:
     """Hybrid logical clock: ``(wall_ms << 16) | counter`` (Kulkarni et al.)."""
 
@@ -174,13 +195,32 @@ class RouteTable:
     node (watchers, push low-water marks), never across nodes.
     """
 
-    def __init__(self, *, origin: str, max_routes: int, hlc_max_skew_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        origin: str,
+        max_routes: int,
+        hlc_max_skew_ms: int,
+        max_symbols: int = 4096,
+    ) -> None:
         self.origin = origin
         self.max_routes = max_routes
         self.clock = HybridClock(hlc_max_skew_ms)
         self._routes: dict[str, Route] = {}
         self.index = 0
         self.tombstones = 0
+        self.digest = Digest(max_symbols)
+        # element toggles not yet folded into the digest (element -> +1/-1)
+        self._pending: dict[int, int] = {}
+        self._element: dict[str, int] = {}  # key -> element of its entry
+        self._keys: dict[int, str] = {}  # element -> key
+        # (ms, key) of tombstones, oldest first; entries whose key has since
+        # been rewritten are skipped when popped (and compacted when many)
+        self._graves: list[tuple[int, str]] = []
+        # sorted keys for chunked transfer, built on first use, then kept
+        self._sorted: list[str] | None = None
+        #: tombstones garbage-collected (a metric)
+        self.collected = 0
 
     def __len__(self) -> int:
         """Live routes (tombstones excluded)."""
@@ -250,15 +290,30 @@ class RouteTable:
         )
         return self._store(route, current)
 
-    def apply(self, route: Route, *, wall_ms: int) -> Outcome:
-        """A write from a peer (push or repair): keep the larger version."""
+    def apply(
+        self, route: Route, *, wall_ms: int, horizon_ms: int | None = None
+    ) -> Outcome:
+        """A write from a peer (push or repair): keep the larger version.
+
+        With ``horizon_ms`` (a caught-up node), an entry written before the
+        horizon for a key we do not hold is refused as ``EXPIRED``: we may
+        have held its delete and collected the tombstone, so accepting it
+        could resurrect a deleted route. A node still bootstrapping passes
+        None and takes everything.
+        """
         error = validate_route_fields(
             route.key, "x" if route.deleted else route.target, route.meta
         )
         if error is not None:
             return Outcome(OutcomeStatus.INVALID, None, error)
-        self.clock.witness(route.version.hlc, wall_ms)
         current = self._routes.get(route.key)
+        if (
+            current is None
+            and horizon_ms is not None
+            and version_ms(route.version) < horizon_ms
+        ):
+            return Outcome(OutcomeStatus.EXPIRED, None, "older than the horizon")
+        self.clock.witness(route.version.hlc, wall_ms)
         if current is not None:
             if route.version == current.version:
                 return Outcome(OutcomeStatus.DUPLICATE, current)
@@ -271,10 +326,113 @@ class RouteTable:
             return Outcome(
                 OutcomeStatus.FULL, None, f"table holds max_routes={self.max_routes}"
             )
-        self._routes[route.key] = route
-        if current is not None and current.deleted:
-            self.tombstones -= 1
+        key = route.key
+        self._routes[key] = route
+        if current is not None:
+            self._unindex(key)
+            if current.deleted:
+                self.tombstones -= 1
+        elif self._sorted is not None:
+            bisect.insort(self._sorted, key)
         if route.deleted:
             self.tombstones += 1
+            heapq.heappush(self._graves, (version_ms(route.version), key))
+        element = element_of(key, str(route.version))
+        self._element[key] = element
+        self._keys[element] = key
+        self._toggle(element, 1)
         self.index += 1
         return Outcome(OutcomeStatus.APPLIED, route)
+
+    def _unindex(self, key: str) -> None:
+        old = self._element.pop(key)
+        del self._keys[old]
+        self._toggle(old, -1)
+
+    def _toggle(self, element: int, sign: int) -> None:
+        pending = self._pending
+        net = pending.get(element, 0) + sign
+        if net:
+            pending[element] = net
+        else:
+            del pending[element]
+
+    # --- anti-entropy ---
+
+    def symbols(self, start: int, stop: int) -> list[Symbol]:
+        """Coded symbols ``[start, stop)`` of the table's digest."""
+        if self._pending:
+            digest = self.digest
+            for element, sign in self._pending.items():
+                if sign > 0:
+                    digest.add(element)
+                else:
+                    digest.remove(element)
+            self._pending.clear()
+        return self.digest.symbols(start, stop)
+
+    def summary(self) -> Symbol:
+        """Symbol 0: equal summaries mean equal tables."""
+        return self.symbols(0, 1)[0]
+
+    def by_element(self, element: int) -> Route | None:
+        """The entry whose current element is ``element``, if any."""
+        key = self._keys.get(element)
+        return None if key is None else self._routes[key]
+
+    def chunk(self, after: str, limit: int) -> tuple[list[Route], bool]:
+        """Up to ``limit`` entries with keys after ``after`` in key order, and
+        whether more follow: a bounded page of a full transfer (bootstrap)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._routes)
+        keys = self._sorted
+        start = bisect.bisect_right(keys, after) if after else 0
+        page = keys[start : start + limit]
+        routes = self._routes
+        return [routes[k] for k in page], start + limit < len(keys)
+
+    def collect(self, horizon_ms: int) -> int:
+        """Forget tombstones written before ``horizon_ms``; returns how many."""
+        graves = self._graves
+        routes = self._routes
+        removed = 0
+        while graves and graves[0][0] < horizon_ms:
+            ms, key = heapq.heappop(graves)
+            route = routes.get(key)
+            if route is None or not route.deleted or version_ms(route.version) != ms:
+                continue  # rewritten (or already collected) since
+            self._forget(key)
+            self.tombstones -= 1
+            removed += 1
+        if len(graves) > 2 * self.tombstones + 1024:
+            self._graves = [
+                (version_ms(r.version), r.key) for r in routes.values() if r.deleted
+            ]
+            heapq.heapify(self._graves)
+        self.collected += removed
+        return removed
+
+    def drop(self, key: str, version: Version, horizon_ms: int) -> bool:
+        """A peer refused our entry as older than its horizon (it may hold the
+        delete, long collected): forget it too if it is exactly that entry and
+        below our own horizon as well. Never touches anything newer."""
+        route = self._routes.get(key)
+        if (
+            route is None
+            or route.version != version
+            or version_ms(version) >= horizon_ms
+        ):
+            return False
+        self._forget(key)
+        if route.deleted:
+            self.tombstones -= 1
+        return True
+
+    def _forget(self, key: str) -> None:
+        del self._routes[key]
+        self._unindex(key)
+        if self._sorted is not None:
+            i = bisect.bisect_left(self._sorted, key)
+            if i < len(self._sorted) and self._sorted[i] == key:
+                del self._sorted[i]
+        self.index += 1

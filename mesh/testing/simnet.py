@@ -79,6 +79,7 @@ from ..core.effects import (
     MemberEvent,
     ProbeTcp,
     Push,
+    Reconcile,
     Send,
     TcpProbeResult,
 )
@@ -100,6 +101,8 @@ _LEAVE_CHECK = 7
 _CALL = 8
 _PREQ = 9
 _PDONE = 10
+_AREQ = 11
+_ADONE = 12
 
 _KIND_NAMES = (
     "wake",
@@ -113,6 +116,8 @@ _KIND_NAMES = (
     "call",
     "preq",
     "pdone",
+    "areq",
+    "adone",
 )
 
 # TCP retransmission timeouts (Linux: initial SYN RTO 1 s, minimum data RTO 0.2 s).
@@ -180,6 +185,7 @@ class SimNode:
         "pause_gen",
         "paused",
         "pushes",
+        "reconciles",
         "refuse",
         "resume_at",
         "rng",
@@ -208,6 +214,7 @@ class SimNode:
         self.exchanges: set[int] = set()
         self.tcp_probes: set[int] = set()
         self.pushes: set[int] = set()
+        self.reconciles: set[int] = set()
         self.leave_deadline: float | None = None
 
     def __repr__(self) -> str:
@@ -443,6 +450,7 @@ class SimNet:
         node.exchanges.clear()
         node.tcp_probes.clear()
         node.pushes.clear()
+        node.reconciles.clear()
         node.leave_deadline = None
 
     def pause(self, name: str, duration: float) -> None:
@@ -673,7 +681,7 @@ class SimNet:
                 node.wake_at = None
                 if trace is not None:
                     trace.append((t, "tick", node.name))
-                self._after(node, node.core.tick(t))
+                self._after(node, node.core.tick(t, t))
             elif kind == _DGRAM:
                 node = self._by_addr[a]
                 if not node.up:
@@ -750,6 +758,18 @@ class SimNet:
             node.pushes.discard(batch.id)
             reason = "" if ok else "deadline"
             self._after(node, node.core.push_done(batch.peer, batch.id, ok, reason, t))
+        elif kind == _AREQ:
+            self._serve_reconcile(a, b, c)
+        elif kind == _ADONE:
+            node = a
+            token, reply = c
+            if node.gen != b or token not in node.reconciles:
+                return
+            if node.paused:
+                self._buffer(node, kind, b, c)
+                return
+            node.reconciles.discard(token)
+            self._after(node, node.core.reconcile_done(token, reply, t, t))
 
     def _resume(self, node: SimNode) -> None:
         node.paused = False
@@ -757,7 +777,7 @@ class SimNet:
         now = self.now
         # Timers first: they expired during the stop (see the module docstring).
         node.wake_at = None
-        self._after(node, node.core.tick(now))
+        self._after(node, node.core.tick(now, now))
         backlog = node.backlog
         node.backlog = deque()
         node.backlog_datagrams = 0
@@ -772,6 +792,8 @@ class SimNet:
                 self._serve_exchange(node, a, b)
             elif kind == _PREQ:
                 self._serve_push(node, a)
+            elif kind == _AREQ:
+                self._serve_reconcile(node, a, b)
             else:
                 self._dispatch(now, kind, node, a, b)
 
@@ -802,6 +824,8 @@ class SimNet:
                 self._tcp_probe(node, effect)
             elif isinstance(effect, Push):
                 self._start_push(node, effect)
+            elif isinstance(effect, Reconcile):
+                self._start_reconcile(node, effect)
             else:  # pragma: no cover - a new effect type must be taught here
                 raise TypeError(f"unknown effect {effect!r}")
         if not node.up:
@@ -1029,3 +1053,42 @@ class SimNet:
             self._push(deadline, _PDONE, *fail)
         else:
             self._push(t, _PDONE, src, gen, (batch, True))
+
+    def _start_reconcile(self, node: SimNode, effect: Reconcile) -> None:
+        """One anti-entropy request over a pooled connection: a data trip
+        each way, failing at ``antientropy_timeout``."""
+        self._counts["reconciles"] += 1
+        token = effect.token
+        node.reconciles.add(token)
+        dst = self._by_addr.get(effect.addr)
+        now = self.now
+        deadline = now + node.config.antientropy_timeout
+        fail = (node, node.gen, (token, None))
+        if dst is None or not dst.up or not self._reachable(node, dst):
+            self._push(deadline, _ADONE, *fail)
+            return
+        t = now + self._trip(node, dst, _DATA_RTO)
+        if t > deadline:
+            self._push(deadline, _ADONE, *fail)
+            return
+        self._push(t, _AREQ, dst, (node, node.gen, token, deadline), effect.request)
+
+    def _serve_reconcile(
+        self, dst: SimNode, origin: tuple[SimNode, int, int, float], request: Any
+    ) -> None:
+        src, gen, token, deadline = origin
+        fail = (src, gen, (token, None))
+        if not dst.up or not self._reachable(src, dst):
+            self._push(max(deadline, self.now), _ADONE, *fail)
+            return
+        if dst.paused:
+            self._buffer(dst, _AREQ, origin, request)
+            self._push(max(deadline, self.now), _ADONE, *fail)
+            return
+        reply, effects = dst.core.handle_reconcile(request, self.now, self.now)
+        self._after(dst, effects)
+        t = self.now + self._trip(dst, src, _DATA_RTO)
+        if t > deadline:
+            self._push(max(deadline, self.now), _ADONE, *fail)
+        else:
+            self._push(t, _ADONE, src, gen, (token, reply))

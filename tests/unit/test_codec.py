@@ -279,7 +279,7 @@ def test_push_pull_round_trip(push_pull: PushPull) -> None:
 
 
 def test_push_pull_layout() -> None:
-    data = encode_push_pull(PushPull(True, MEMBERS[:2], "me"))
+    data = encode_push_pull(PushPull(True, MEMBERS[:2], "me", 77, False))
     assert msgpack.unpackb(data) == [
         1,
         True,
@@ -288,13 +288,21 @@ def test_push_pull_layout() -> None:
             ["b", ["::1", 0], 2**64 - 1, "suspect", {}],
         ],
         "me",
+        77,
+        False,
     ]
 
 
+def test_push_pull_summary_carries_the_digest_alone() -> None:
+    data = encode_push_pull(PushPull(False, (), "me", 2**64 - 1, summary=True))
+    assert decode_push_pull(data) == PushPull(False, (), "me", 2**64 - 1, True)
+    assert len(data) < 24
+
+
 def test_push_pull_trailing_fields_are_ignored() -> None:
-    data = msgpack.packb([1, True, [[*ROW, "new"]], "s", {"future": 1}, [2]])
+    data = msgpack.packb([1, True, [[*ROW, "new"]], "s", 5, True, {"future": 1}, [2]])
     assert decode_push_pull(data) == PushPull(
-        True, (MemberState("a", ADDR, 1, MemberStatus.ALIVE),), "s"
+        True, (MemberState("a", ADDR, 1, MemberStatus.ALIVE),), "s", 5, True
     )
 
 

@@ -3,12 +3,14 @@ core driven through it, with timing bounds derived from the config formulas."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from mesh.config import Config
 from mesh.core.effects import EventKind, ExchangePurpose
 from mesh.core.suspicion import suspicion_timeout
-from mesh.messages import MemberStatus
+from mesh.messages import MemberState, MemberStatus
 from mesh.testing.simnet import SimEvent, SimNet, node_address
 
 # One-way delay is delay + jitter * U(0, 1) (SimNet defaults): 1..2 ms.
@@ -361,3 +363,47 @@ def test_config_for_added_node_comes_from_profile_and_overrides() -> None:
     assert node.config == Config.local(
         name="x", bind=node.addr, advertise=node.addr, probe_interval=0.3
     )
+
+
+def test_periodic_member_sync_sends_digests_not_tables_when_idle() -> None:
+    """An idle, converged mesh's periodic syncs are digest-only (issue 4, item
+    4); a difference is followed by one full exchange each way."""
+    sim = converged_cluster(8)
+    sim.run_for(30.0)  # let join-time differences settle
+    before = Counter[str]()
+    for node in sim.nodes.values():
+        before.update(node.core.membership.stats)
+    sim.run_for(60.0)
+    after = Counter[str]()
+    for node in sim.nodes.values():
+        after.update(node.core.membership.stats)
+    syncs = after["exchange_sync_ok"] - before["exchange_sync_ok"]
+    same = after["exchange_sync_same"] - before["exchange_sync_same"]
+    assert syncs >= 8 * 60 / sim.node("n0").config.push_pull_interval - 8
+    assert same == syncs
+
+
+def test_a_member_table_difference_is_merged_both_ways_by_a_sync() -> None:
+    sim = converged_cluster(3)
+    n0, n1 = sim.node("n0").core, sim.node("n1").core
+    # Each alone learns of a member; n1's summary sync with n0 must carry
+    # both: n0's in the reply, n1's in the full exchange that follows.
+    n0.membership.merge(
+        [MemberState("ghost0", ("10.9.9.9", 7946), 1, MemberStatus.ALIVE)],
+        "n0",
+        sim.now,
+    )
+    n1.membership.merge(
+        [MemberState("ghost1", ("10.9.9.8", 7946), 1, MemberStatus.ALIVE)],
+        "n1",
+        sim.now,
+    )
+    before = n1.membership.stats["exchange_sync_ok"]
+    token = n1._exchange(sim.node("n0").addr, ExchangePurpose.SYNC, "n0", summary=True)
+    n1._summary_syncs.add(token)
+    sim._after(sim.node("n1"), n1._drain())
+    sim.run_for(0.1)
+    # the summary, then one full exchange (gossip may carry the rows too)
+    assert n1.membership.stats["exchange_sync_ok"] - before == 2
+    assert n1.membership.get("ghost0") is not None
+    assert n0.membership.get("ghost1") is not None

@@ -24,7 +24,7 @@ class FakeDeadlines:
     def next_deadline(self) -> float | None:
         return self.deadline
 
-    def tick(self, now: float) -> list[Effect]:
+    def tick(self, now: float, wall: float | None = None) -> list[Effect]:
         self.ticks.append(now)
         self.deadline = None  # nothing more unless the test says so
         return []
@@ -73,12 +73,12 @@ async def test_real_core_ticks_only_when_due(
     real_tick, real_deadline = agent.core.tick, agent.core.next_deadline
     late: list[float] = []
 
-    def tick(now: float) -> list[Effect]:
+    def tick(now: float, wall: float | None = None) -> list[Effect]:
         deadline = real_deadline()
         assert deadline is not None
         assert now >= deadline
         late.append(now - deadline)
-        return real_tick(now)
+        return real_tick(now, wall)
 
     agent.core.tick = tick  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:

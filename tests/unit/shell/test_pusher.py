@@ -9,6 +9,7 @@ so the timing asserts are exact; ``httpx.MockTransport`` (or an
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -497,7 +498,9 @@ async def test_peer_app_refuses_a_bad_batch_and_counts_it() -> None:
         max_members=100,
         handle_routes=peer.receive_routes,
     )
-    good = Route("k", "http://t", {}, Version(0, 1, "other"))
+    good = Route(
+        "k", "http://t", {}, Version(0, int(time.time() * 1000) << 16, "other")
+    )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://peer"
     ) as client:

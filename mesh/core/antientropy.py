@@ -1,0 +1,546 @@
+"""Anti-entropy: reconcile the route table with one peer at a time, sans-IO.
+
+Theory of operation (docs/antientropy.md has the full design). Every
+``antientropy_interval`` a node opens a *round* with one live member (members
+the pusher marked needs-repair first):
+
+1. ``AeOpen``: our digest's symbol 0 (count, XOR, checksum of every entry) and
+   table size. Equal summaries mean equal tables: the peer answers ``same`` and
+   the round is over (one small round trip: the idle cost).
+2. Otherwise the peer answers with the first ``m`` coded symbols of its digest
+   (``m`` grows with the size difference). We subtract them from ours and peel
+   the difference; a prefix too short to peel is extended with ``AeMore``
+   (rateless: the symbols already received still count). Past
+   ``antientropy_max_symbols`` we fall back to pulling the peer's whole table
+   in chunks.
+3. ``AeRepair``: the entries only we hold (the peer keeps whichever version is
+   newer) and the elements only it holds; it answers with those entries. Both
+   sides end with the newer version of every differing key: push-pull.
+
+A joining (or restarted) node first pulls the whole table from a live member in
+bounded ``AeChunk`` pages and reports itself caught up only then.
+
+Tombstones are collected ``route_tombstone_ttl`` after their delete. A caught-up
+node refuses entries older than that horizon for keys it lacks (they may be
+writes whose delete it has forgotten) and tells the sender, who forgets the
+entry too if it is below its own horizon: a delete is never undone, by a stale
+push, a peer that missed it, or one away longer than the tombstone lifetime.
+
+Rounds run one at a time; the peer side is stateless. Every request and reply
+is bounded (symbols, routes per repair, routes per chunk), so a round costs
+what differs, and a hostile peer can ask for no more than those bounds.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
+
+import attrs
+
+from ..config import Config
+from ..messages import Address
+from .digest import Symbol, estimate_difference, peel
+from .routes import OutcomeStatus, Route, RouteTable, Version
+
+__all__ = [
+    "AeChunk",
+    "AeChunkReply",
+    "AeMore",
+    "AeOpen",
+    "AeRepair",
+    "AeRepaired",
+    "AeReply",
+    "AeRequest",
+    "AeSymbols",
+    "AntiEntropy",
+    "Reconcile",
+    "SymbolsStatus",
+]
+
+
+@attrs.frozen
+class AeOpen:
+    """Round trip 1: our summary (symbol 0) and table size."""
+
+    sender: str
+    summary: Symbol
+    size: int
+
+
+@attrs.frozen
+class AeMore:
+    """More symbols ``[start, stop)``, of the digest at table ``index``."""
+
+    sender: str
+    index: int
+    start: int
+    stop: int
+
+
+class SymbolsStatus(enum.Enum):
+    SAME = 0  # summaries equal: nothing to do
+    SYMBOLS = 1  # here are symbols
+    BUSY = 2  # the peer is still bootstrapping: ask someone else
+
+
+@attrs.frozen
+class AeSymbols:
+    """Reply to :class:`AeOpen` / :class:`AeMore`. ``start`` is 0 when the
+    peer's table changed since ``index`` the initiator held (start over)."""
+
+    status: SymbolsStatus
+    index: int = 0
+    start: int = 0
+    size: int = 0
+    symbols: tuple[Symbol, ...] = ()
+
+
+#: an entry a peer refused as older than its horizon: (key, version)
+Drop = tuple[str, Version]
+
+
+@attrs.frozen
+class AeRepair:
+    """Entries only we hold, elements only the peer holds, and entries of the
+    peer's we refused (``drops``)."""
+
+    sender: str
+    routes: tuple[Route, ...] = ()
+    want: tuple[int, ...] = ()
+    drops: tuple[Drop, ...] = ()
+
+
+@attrs.frozen
+class AeRepaired:
+    """The wanted entries, and those of the request the peer refused."""
+
+    routes: tuple[Route, ...] = ()
+    drops: tuple[Drop, ...] = ()
+
+
+@attrs.frozen
+class AeChunk:
+    """A page of the peer's whole table: keys after ``after``, in key order."""
+
+    sender: str
+    after: str
+    limit: int
+
+
+@attrs.frozen
+class AeChunkReply:
+    routes: tuple[Route, ...]
+    more: bool
+    size: int  # the peer's entries, tombstones included (how far behind we are)
+
+
+AeRequest = AeOpen | AeMore | AeRepair | AeChunk
+AeReply = AeSymbols | AeRepaired | AeChunkReply
+
+
+@attrs.frozen
+class Reconcile:
+    """Send ``request`` to ``peer`` (HTTP POST on the mesh port, within
+    ``antientropy_timeout``) and report the reply, or None on any failure, with
+    ``NodeCore.reconcile_done(token, reply, now, wall)``."""
+
+    token: int
+    peer: str
+    addr: Address
+    request: AeRequest
+
+
+class _Kind(enum.Enum):
+    ROUND = "round"
+    BOOTSTRAP = "bootstrap"
+    MERGE = "merge"  # a node that was alone meets members: take their table
+    FALLBACK = "fallback"
+
+
+class _Stage(enum.Enum):
+    OPEN = 1
+    MORE = 2
+    REPAIR = 3
+    DROPS = 4
+    CHUNK = 5
+
+
+@attrs.define
+class _Round:
+    kind: _Kind
+    peer: str
+    addr: Address
+    token: int = 0
+    stage: _Stage = _Stage.OPEN
+    index: int = 0
+    theirs: list[Symbol] = attrs.Factory(list)
+    received: int = 0
+    size: int = 0
+
+
+class AntiEntropy:
+    """One node's anti-entropy: its rounds as initiator, and the peer side.
+
+    Args:
+        config: the node's configuration.
+        table: the node's route table.
+        name: our node name.
+        repair: peers marked needs-repair (the push scheduler's set); one is
+            chosen first, and unmarked once reconciled.
+        caught_up: False for a node that must bootstrap before serving rounds.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        table: RouteTable,
+        *,
+        name: str,
+        repair: set[str],
+        rng: random.Random,
+        now: float,
+        caught_up: bool,
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.name = name
+        self.repair = repair
+        self.rng = rng
+        self.caught_up = caught_up
+        #: entries we know we lack (bootstrap: the source's size minus what we
+        #: received; rounds: the last difference found, until repaired)
+        self.behind = 0
+        self.source = ""  # the peer we bootstrap from (readiness reasons)
+        # Caught up only because nobody else was alive (a first node, or one
+        # cut off): its table is not the mesh's, so the first member it meets
+        # is merged in whole, taking everything, before it may refuse old
+        # entries. Without this a first node restarted empty would be
+        # "caught up" and refuse (and have peers drop) every route older than
+        # the tombstone lifetime.
+        self.alone = caught_up
+        self.stats: Counter[str] = Counter()
+        self._round: _Round | None = None
+        self._tokens = 0
+        self._next_at = now + config.antientropy_interval * rng.random()
+        self._out: list[Reconcile] = []
+
+    # --- timers ---
+
+    def next_deadline(self) -> float | None:
+        return None if self._round is not None else self._next_at
+
+    def kick(self, now: float) -> None:
+        """Start soon (we just joined: bootstrap without waiting an interval)."""
+        self._next_at = min(self._next_at, now)
+
+    def horizon(self, wall: float) -> int | None:
+        """Entries written before this (ms) are refused for unknown keys; None
+        while bootstrapping or merging (take everything)."""
+        r = self._round
+        if not self.caught_up or (r is not None and r.kind is _Kind.MERGE):
+            return None
+        return int((wall - self.config.route_tombstone_ttl) * 1000)
+
+    def due(self, now: float) -> bool:
+        return self._round is None and now >= self._next_at
+
+    def tick(
+        self,
+        now: float,
+        wall: float | None,
+        pick: Callable[[Collection[str]], tuple[str, Address] | None],
+        *,
+        joined: bool,
+    ) -> list[Reconcile]:
+        """Collect old tombstones and open a round when one is due.
+
+        ``pick(marked)`` names an alive member, one of ``marked`` (the peers
+        marked needs-repair) when any is alive, or None when nobody is: the
+        caller samples its table rather than listing every member, so a tick
+        costs O(1) in a 1,000-member mesh."""
+        if not self.due(now):
+            return []
+        self._next_at = now + self.config.antientropy_interval
+        if wall is not None and self.caught_up:
+            self.stats["collected"] += self.table.collect(
+                int((wall - self.config.route_tombstone_ttl) * 1000)
+            )
+        if not joined:
+            return []
+        peer = pick(self.repair)
+        if peer is None:
+            if not self.caught_up:
+                # Joined, and nobody alive to catch up from: we are the mesh.
+                self._caught_up("alone")
+            self.alone = True
+            return []
+        name, addr = peer
+        if not self.caught_up:
+            self.source = name
+            self._start(_Round(_Kind.BOOTSTRAP, name, addr), self._chunk(""))
+        elif self.alone:
+            self.alone = False
+            self._start(_Round(_Kind.MERGE, name, addr), self._chunk(""))
+        else:
+            table = self.table
+            self._start(
+                _Round(_Kind.ROUND, name, addr),
+                AeOpen(self.name, table.summary(), len_all(table)),
+            )
+        return self._take()
+
+    # --- initiator ---
+
+    def done(
+        self, token: int, reply: AeReply | None, now: float, wall: float
+    ) -> list[Reconcile]:
+        """The reply to our last request (None: it failed)."""
+        r = self._round
+        if r is None or r.token != token:
+            return []
+        if reply is None:
+            self._end(r, "failed")
+            if r.kind is _Kind.MERGE:
+                self.alone = True  # merge with the next member we meet
+            if r.kind is not _Kind.ROUND:
+                self._next_at = now + min(1.0, self.config.antientropy_interval)
+            return []
+        try:
+            self._advance(r, reply, wall)
+        except _UnexpectedReplyError as exc:
+            self.stats["reply_unexpected"] += 1
+            self._end(r, "failed")
+            del exc
+        return self._take()
+
+    def _advance(self, r: _Round, reply: AeReply, wall: float) -> None:
+        if r.stage in (_Stage.OPEN, _Stage.MORE):
+            if not isinstance(reply, AeSymbols):
+                raise _UnexpectedReplyError
+            self._on_symbols(r, reply)
+        elif r.stage is _Stage.REPAIR:
+            if not isinstance(reply, AeRepaired):
+                raise _UnexpectedReplyError
+            self._on_repaired(r, reply, wall)
+        elif r.stage is _Stage.DROPS:
+            self._end(r, "repaired")
+        else:
+            if not isinstance(reply, AeChunkReply):
+                raise _UnexpectedReplyError
+            self._on_chunk(r, reply, wall)
+
+    def _on_symbols(self, r: _Round, reply: AeSymbols) -> None:
+        if reply.status is SymbolsStatus.SAME:
+            self.behind = 0
+            self.repair.discard(r.peer)
+            self._end(r, "same")
+            return
+        if reply.status is SymbolsStatus.BUSY:
+            self._end(r, "busy")
+            return
+        if reply.start == 0:
+            r.theirs = list(reply.symbols)
+        elif reply.start == len(r.theirs) and reply.index == r.index:
+            r.theirs.extend(reply.symbols)
+        else:
+            raise _UnexpectedReplyError
+        r.index = reply.index
+        self.stats["symbols_received"] += len(reply.symbols)
+        m = len(r.theirs)
+        if m == 0:
+            raise _UnexpectedReplyError
+        ours = self.table.symbols(0, m)
+        result = peel(ours, r.theirs)
+        limit = self.config.antientropy_max_symbols
+        if result is None:
+            if m >= limit:
+                self.stats["fallbacks"] += 1
+                r.kind = _Kind.FALLBACK
+                r.received = 0
+                self._send(r, _Stage.CHUNK, self._chunk(""))
+                return
+            # Ask for enough to peel the estimated difference (1.6 symbols per
+            # element, with slack) rather than doubling blindly: a large
+            # difference then costs two or three round trips, not log2 of it.
+            estimate = estimate_difference(ours, r.theirs)
+            needed = 8 * m if estimate is None else math.ceil(1.6 * estimate) + 16
+            stop = min(limit, max(2 * m, needed))
+            self._send(r, _Stage.MORE, AeMore(self.name, r.index, m, stop))
+            return
+        mine, other = result
+        self.behind = len(other)
+        cap = self.config.antientropy_repair_max
+        routes = []
+        for element in mine:
+            route = self.table.by_element(element)
+            if route is not None:  # else rewritten since: goes by push
+                routes.append(route)
+                if len(routes) >= cap:
+                    break
+        want = tuple(sorted(other)[:cap])
+        if not routes and not want:
+            self.repair.discard(r.peer)
+            self._end(r, "same")
+            return
+        self.stats["routes_sent"] += len(routes)
+        self.stats["routes_wanted"] += len(want)
+        self._send(r, _Stage.REPAIR, AeRepair(self.name, tuple(routes), want))
+
+    def _on_repaired(self, r: _Round, reply: AeRepaired, wall: float) -> None:
+        refused = self._apply(reply.routes, self.horizon(wall), wall)
+        self._honour(reply.drops, wall)
+        self.behind = 0
+        self.repair.discard(r.peer)
+        if refused:
+            # Rare: the peer holds entries we know to be gone. Tell it.
+            self._send(r, _Stage.DROPS, AeRepair(self.name, drops=tuple(refused)))
+        else:
+            self._end(r, "repaired")
+
+    def _on_chunk(self, r: _Round, reply: AeChunkReply, wall: float) -> None:
+        cap = self.config.antientropy_chunk_routes
+        if len(reply.routes) > cap:
+            raise _UnexpectedReplyError
+        bootstrap = r.kind is _Kind.BOOTSTRAP
+        horizon = None if bootstrap else self.horizon(wall)  # merge: None too
+        refused = self._apply(reply.routes, horizon, wall)
+        self.stats["chunks"] += 1
+        r.received += len(reply.routes)
+        r.size = reply.size
+        if bootstrap:
+            self.behind = max(0, reply.size - r.received)
+        if reply.more and reply.routes:
+            self._send(r, _Stage.CHUNK, self._chunk(reply.routes[-1].key))
+            return
+        if bootstrap:
+            self._caught_up(r.peer)
+            self._end(r, "bootstrapped")
+        elif r.kind is _Kind.MERGE:
+            self._end(r, "merged")
+        elif refused:
+            self._send(r, _Stage.DROPS, AeRepair(self.name, drops=tuple(refused)))
+        else:
+            self.repair.discard(r.peer)
+            self._end(r, "repaired")
+
+    def _caught_up(self, source: str) -> None:
+        self.caught_up = True
+        self.behind = 0
+        self.stats["caught_up"] += 1
+        self.source = source
+
+    def _chunk(self, after: str) -> AeChunk:
+        return AeChunk(self.name, after, self.config.antientropy_chunk_routes)
+
+    def _start(self, r: _Round, request: AeRequest) -> None:
+        self._round = r
+        self.stats[f"started_{r.kind.value}"] += 1
+        self._send(
+            r, _Stage.CHUNK if isinstance(request, AeChunk) else r.stage, request
+        )
+
+    def _send(self, r: _Round, stage: _Stage, request: AeRequest) -> None:
+        self._tokens += 1
+        r.token = self._tokens
+        r.stage = stage
+        self._out.append(Reconcile(r.token, r.peer, r.addr, request))
+
+    def _end(self, r: _Round, outcome: str) -> None:
+        self._round = None
+        self.stats[f"rounds_{outcome}"] += 1
+
+    def _take(self) -> list[Reconcile]:
+        out, self._out = self._out, []
+        return out
+
+    # --- both sides ---
+
+    def _apply(
+        self, routes: Sequence[Route], horizon: int | None, wall: float
+    ) -> list[Drop]:
+        """Apply entries from a peer; returns those refused as expired."""
+        wall_ms = int(wall * 1000)
+        refused: list[Drop] = []
+        apply = self.table.apply
+        for route in routes:
+            status = apply(route, wall_ms=wall_ms, horizon_ms=horizon).status
+            if status is OutcomeStatus.APPLIED:
+                self.stats["routes_repaired"] += 1
+            elif status is OutcomeStatus.EXPIRED:
+                self.stats["routes_expired"] += 1
+                if not route.deleted:
+                    refused.append((route.key, route.version))
+        return refused
+
+    def _honour(self, drops: Sequence[Drop], wall: float) -> None:
+        """Forget our entries a peer refused, if below our horizon too."""
+        horizon = self.horizon(wall)
+        if horizon is None:
+            return
+        for key, version in drops[: self.config.antientropy_repair_max]:
+            if self.table.drop(key, version, horizon):
+                self.stats["routes_dropped"] += 1
+
+    # --- peer side (stateless) ---
+
+    def handle(self, request: AeRequest, wall: float) -> AeReply:
+        """Answer a peer's request; bounded whatever it asks."""
+        cfg = self.config
+        table = self.table
+        self.stats[f"served_{type(request).__name__}"] += 1
+        if isinstance(request, AeOpen):
+            if not self.caught_up:
+                return AeSymbols(SymbolsStatus.BUSY)
+            if table.summary() == request.summary:
+                return AeSymbols(SymbolsStatus.SAME)
+            gap = abs(len_all(table) - request.size)
+            m = min(
+                cfg.antientropy_max_symbols,
+                cfg.antientropy_min_symbols + math.ceil(1.5 * gap),
+            )
+            return self._symbols(0, m)
+        if isinstance(request, AeMore):
+            if not self.caught_up:
+                return AeSymbols(SymbolsStatus.BUSY)
+            start = request.start if request.index == table.index else 0
+            stop = min(request.stop, cfg.antientropy_max_symbols)
+            return self._symbols(min(start, stop), stop)
+        if isinstance(request, AeRepair):
+            cap = cfg.antientropy_repair_max
+            refused = self._apply(request.routes[:cap], self.horizon(wall), wall)
+            self._honour(request.drops, wall)
+            routes = []
+            for element in request.want[:cap]:
+                route = table.by_element(element)
+                if route is not None:
+                    routes.append(route)
+            self.stats["routes_served"] += len(routes)
+            return AeRepaired(tuple(routes), tuple(refused))
+        limit = max(1, min(request.limit, cfg.antientropy_chunk_routes))
+        routes, more = table.chunk(request.after, limit)
+        self.stats["routes_served"] += len(routes)
+        return AeChunkReply(tuple(routes), more, len_all(table))
+
+    def _symbols(self, start: int, stop: int) -> AeSymbols:
+        symbols = self.table.symbols(start, stop)
+        self.stats["symbols_sent"] += len(symbols)
+        return AeSymbols(
+            SymbolsStatus.SYMBOLS,
+            self.table.index,
+            start,
+            len_all(self.table),
+            tuple(symbols),
+        )
+
+
+class _UnexpectedReplyError(Exception):
+    """A reply that does not fit the request: the round fails (counted)."""
+
+
+def len_all(table: RouteTable) -> int:
+    """Entries including tombstones (what the digest covers)."""
+    return len(table) + table.tombstones

@@ -1,0 +1,138 @@
+"""Anti-entropy with real agent processes: a paused peer whose pushes were
+given up is repaired after it resumes, a late joiner receives the whole table
+before it reports caught up, and a delete it missed is never undone.
+
+The `local` profile: antientropy_interval 1 s, push_deadline 1.5 s. Every wait
+is a condition polled under a deadline; the repair deadline is the issue's
+"two anti-entropy intervals of resuming" plus the time a resumed process needs
+to be seen alive again (it may have been declared dead while stopped).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from mesh.config import Config
+from mesh.testing.agents import AgentCluster, AgentProcess, wait_until
+
+from .test_routes import route_of, routes_of
+
+LOCAL = Config.local(name="x")
+#: two anti-entropy intervals, plus a refutation round and process wake-up
+REPAIR_DEADLINE = 2 * LOCAL.antientropy_interval + 3.0
+
+
+def metric(agent: AgentProcess, name: str) -> float:
+    """Sum of a metric's samples (all label sets) from /metrics."""
+    text = agent.get("/metrics").text
+    total = 0.0
+    for match in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE):
+        total += float(match.group(1))
+    return total
+
+
+def put(agent: AgentProcess, key: str, target: str) -> None:
+    response = agent.request("PUT", f"/v1/routes/{key}", json={"target": target})
+    assert response.status_code == 200, response.text
+
+
+def delete(agent: AgentProcess, key: str) -> None:
+    response = agent.request("DELETE", f"/v1/routes/{key}")
+    assert response.status_code == 200, response.text
+
+
+def alive_everywhere(cluster: AgentCluster, name: str) -> bool:
+    return all(
+        a.statuses().get(name) == "alive" for a in cluster.live() if a.name != name
+    )
+
+
+def test_a_paused_peer_gets_every_missed_write_and_delete(
+    cluster: AgentCluster,
+) -> None:
+    cluster.start(3)
+    wait_until(cluster.converged, 10.0, what="convergence")
+    n1, n2, n3 = (cluster.agents[f"node{i}"] for i in (1, 2, 3))
+    for i in range(20):
+        put(n1, f"old{i}", "http://before")
+    wait_until(lambda: len(routes_of(n3)) == 20, 10.0, what="first writes")
+    n3.pause()
+    try:
+        for i in range(50):
+            put(n1, f"new{i}", "http://during")
+        for i in range(10):
+            delete(n2, f"old{i}")
+        # every push to n3 given up: its deltas dropped, n3 marked for repair
+        wait_until(
+            lambda: (
+                metric(n1, "mesh_push_dropped_total") >= 50
+                and metric(n2, "mesh_push_dropped_total") >= 10
+            ),
+            15.0,
+            what="pushes to the paused peer given up",
+        )
+    finally:
+        n3.resume()
+    wait_until(lambda: alive_everywhere(cluster, "node3"), 15.0, what="n3 alive")
+    alive_at = time.monotonic()
+    want = routes_of(n1)
+    assert len(want) == 60
+    wait_until(lambda: routes_of(n3) == want, REPAIR_DEADLINE, what="n3 repaired")
+    repaired = time.monotonic()
+    assert repaired - alive_at <= REPAIR_DEADLINE
+    assert metric(n3, "mesh_antientropy_routes_total") > 0
+
+
+def test_a_late_joiner_gets_the_whole_table_before_it_is_caught_up(
+    cluster: AgentCluster,
+) -> None:
+    cluster.start(3)
+    wait_until(cluster.converged, 10.0, what="convergence")
+    n1 = cluster.agents["node1"]
+    batch = {
+        "put": [{"key": f"k{i:04d}", "target": f"http://t{i}"} for i in range(900)]
+    }
+    assert n1.request("POST", "/v1/routes", json=batch).status_code == 200
+    for i in range(100):
+        delete(n1, f"k{i:04d}")
+    wait_until(
+        lambda: all(len(routes_of(a)) == 800 for a in cluster.live()),
+        15.0,
+        what="table everywhere",
+    )
+    late = cluster.add("late")
+    wait_until(
+        lambda: metric(late, "mesh_routes_caught_up") == 1, 15.0, what="caught up"
+    )
+    assert routes_of(late) == routes_of(n1)
+    # tombstones came too: the deleted keys are known deleted, not unknown
+    assert metric(late, 'mesh_routes{state="tombstone"}') == 100
+
+
+def test_a_delete_missed_by_a_paused_peer_stays_deleted(cluster: AgentCluster) -> None:
+    cluster.start(3)
+    wait_until(cluster.converged, 10.0, what="convergence")
+    n1, n2, n3 = (cluster.agents[f"node{i}"] for i in (1, 2, 3))
+    put(n1, "victim", "http://old")
+    wait_until(lambda: route_of(n3, "victim") is not None, 10.0, what="replicated")
+    n3.pause()
+    try:
+        delete(n1, "victim")
+        wait_until(
+            lambda: metric(n1, "mesh_push_dropped_total") >= 1,
+            15.0,
+            what="delete push to n3 given up",
+        )
+    finally:
+        n3.resume()
+    wait_until(lambda: alive_everywhere(cluster, "node3"), 15.0, what="n3 alive")
+    wait_until(
+        lambda: route_of(n3, "victim") is None, REPAIR_DEADLINE, what="delete repaired"
+    )
+    # Several more rounds: n3's old live copy must not come back anywhere.
+    deadline = time.monotonic() + 4 * LOCAL.antientropy_interval
+    while time.monotonic() < deadline:
+        assert all(route_of(a, "victim") is None for a in (n1, n2, n3))
+        time.sleep(0.2)
+    assert n1.get("/v1/routes/victim").status_code == 404

@@ -1,0 +1,351 @@
+"""Anti-entropy rounds between two cores' route tables, driven by hand: what a
+round sends, how many round trips it takes, and that no delete is undone."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mesh.codec_ae import AeLimits, encode_ae_reply, encode_ae_request
+from mesh.config import Config
+from mesh.core.antientropy import (
+    AeChunk,
+    AeChunkReply,
+    AeMore,
+    AeOpen,
+    AeRepair,
+    AeRepaired,
+    AeSymbols,
+    AntiEntropy,
+    Reconcile,
+    SymbolsStatus,
+)
+from mesh.core.routes import OutcomeStatus, Route, RouteTable, Version
+
+TTL = 100.0
+WALL = 1_000_000.0  # seconds: any fixed "now" for the wall clock
+
+
+class Side:
+    """One node's table and anti-entropy, without the rest of the core."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        caught_up: bool = True,
+        alone: bool = False,
+        **overrides: object,
+    ) -> None:
+        self.config = Config.local(name=name, route_tombstone_ttl=TTL, **overrides)
+        self.table = RouteTable(
+            origin=name,
+            max_routes=100_000,
+            hlc_max_skew_ms=60_000,
+            max_symbols=self.config.antientropy_max_symbols,
+        )
+        self.repair: set[str] = set()
+        self.ae = AntiEntropy(
+            self.config,
+            self.table,
+            name=name,
+            repair=self.repair,
+            rng=random.Random(name),
+            now=0.0,
+            caught_up=caught_up,
+        )
+        # a member of a mesh (not a lone first node) unless the test says so
+        self.ae.alone = alone
+        # a member of a mesh (not a lone first node) unless the test says so
+        self.ae.alone = alone
+
+    def put(self, key: str, target: str = "http://t", *, wall: float = WALL) -> Route:
+        outcome = self.table.write(
+            key, target, {}, revision=None, wall_ms=int(wall * 1000)
+        )
+        assert outcome.route is not None
+        return outcome.route
+
+    def delete(self, key: str, *, wall: float = WALL) -> Route:
+        outcome = self.table.write(
+            key, "", {}, revision=None, wall_ms=int(wall * 1000), deleted=True
+        )
+        assert outcome.route is not None
+        return outcome.route
+
+    def view(self) -> dict[str, Version]:
+        return {r.key: r.version for r in self.table}
+
+
+def picker(peers: list[tuple[str, tuple[str, int]]]):  # type: ignore[no-untyped-def]
+    """What NodeCore passes: a marked alive peer first, else any (here: the
+    first), None when there are none."""
+
+    def pick(marked: object) -> tuple[str, tuple[str, int]] | None:
+        for peer in peers:
+            if peer[0] in marked:  # type: ignore[operator]
+                return peer
+        return peers[0] if peers else None
+
+    return pick
+
+
+def round_between(
+    a: Side, b: Side, *, wall: float = WALL
+) -> list[tuple[object, object]]:
+    """One round opened by ``a`` with ``b``; the (request, reply) pairs."""
+    a.ae._next_at = 0.0
+    effects = a.ae.tick(1.0, wall, picker([(b.ae.name, ("127.0.0.1", 1))]), joined=True)
+    trips = []
+    while effects:
+        (effect,) = effects
+        assert isinstance(effect, Reconcile)
+        reply = b.ae.handle(effect.request, wall)
+        trips.append((effect.request, reply))
+        effects = a.ae.done(effect.token, reply, 2.0, wall)
+    return trips
+
+
+def wire_bytes(trips: list[tuple[object, object]]) -> int:
+    return sum(
+        len(encode_ae_request(q)) + len(encode_ae_reply(r))  # type: ignore[arg-type]
+        for q, r in trips
+    )
+
+
+def test_equal_tables_cost_one_small_round_trip() -> None:
+    a, b = Side("a"), Side("b")
+    for i in range(500):
+        route = a.put(f"k{i}")
+        b.table.apply(route, wall_ms=int(WALL * 1000))
+    trips = round_between(a, b)
+    assert len(trips) == 1
+    assert trips[0][1] == AeSymbols(SymbolsStatus.SAME)
+    assert wire_bytes(trips) < 64
+    assert a.ae.stats["rounds_same"] == 1
+
+
+@pytest.mark.parametrize("missing", [1, 10, 100, 1000])
+@pytest.mark.parametrize("side", ["initiator", "peer"])
+def test_missed_writes_are_repaired_in_two_round_trips(missing: int, side: str) -> None:
+    a, b = Side("a"), Side("b")
+    for i in range(300):
+        b.table.apply(a.put(f"k{i}"), wall_ms=int(WALL * 1000))
+    behind, ahead = (a, b) if side == "initiator" else (b, a)
+    for i in range(missing):
+        ahead.put(f"only-{i}")
+    trips = round_between(a, b)
+    assert a.view() == b.view()
+    assert [type(q) for q, _ in trips] == [AeOpen, AeRepair]
+    assert behind.ae.stats["routes_repaired"] == missing
+
+
+@pytest.mark.parametrize(("missing", "trips_max"), [(1, 2), (10, 3), (100, 4)])
+def test_differences_on_both_sides_are_repaired_both_ways(
+    missing: int, trips_max: int
+) -> None:
+    a, b = Side("a"), Side("b")
+    for i in range(300):
+        b.table.apply(a.put(f"k{i}"), wall_ms=int(WALL * 1000))
+    for i in range(missing):
+        a.put(f"only-a-{i}")
+        b.put(f"only-b-{i}")
+    trips = round_between(a, b)
+    assert a.view() == b.view()
+    assert len(trips) <= trips_max
+    assert a.ae.stats["routes_repaired"] == missing
+    assert b.ae.stats["routes_repaired"] == missing
+
+
+def test_a_difference_past_the_first_reply_asks_for_more_symbols() -> None:
+    a, b = Side("a"), Side("b")
+    for i in range(40):  # same size both sides: the first reply is the minimum
+        a.put(f"a{i}")
+        b.put(f"b{i}")
+    trips = round_between(a, b)
+    assert a.view() == b.view()
+    kinds = [type(q) for q, _ in trips]
+    assert AeMore in kinds
+    assert kinds[-1] is AeRepair
+
+
+def test_a_difference_too_large_to_decode_falls_back_to_chunks() -> None:
+    a = Side("a", antientropy_max_symbols=64, antientropy_chunk_routes=50)
+    b = Side("b", antientropy_max_symbols=64, antientropy_chunk_routes=50)
+    for i in range(400):
+        b.put(f"k{i:04d}")
+    trips = round_between(a, b)
+    assert a.ae.stats["fallbacks"] == 1
+    assert sum(isinstance(q, AeChunk) for q, _ in trips) == 8
+    assert a.view() == b.view()
+
+
+def test_bootstrap_pulls_the_whole_table_in_chunks_before_caught_up() -> None:
+    source = Side("s", antientropy_chunk_routes=100)
+    joiner = Side("j", caught_up=False, antientropy_chunk_routes=100)
+    for i in range(250):
+        source.put(f"k{i:03d}")
+    source.delete("k000")
+    assert joiner.ae.handle(AeOpen("x", source.table.summary(), 1), WALL) == AeSymbols(
+        SymbolsStatus.BUSY
+    )
+    joiner.ae._next_at = 0.0
+    (effect,) = joiner.ae.tick(
+        1.0, WALL, picker([("s", ("127.0.0.1", 1))]), joined=True
+    )
+    chunks = 0
+    while True:
+        reply = source.ae.handle(effect.request, WALL)
+        chunks += 1
+        effects = joiner.ae.done(effect.token, reply, 2.0, WALL)
+        if not effects:
+            break
+        assert not joiner.ae.caught_up
+        assert joiner.ae.behind == 250 - 100 * chunks
+        (effect,) = effects
+    assert chunks == 3
+    assert joiner.ae.caught_up
+    assert joiner.ae.behind == 0
+    assert joiner.view() == source.view()
+
+
+def test_a_stale_push_after_the_tombstone_is_collected_changes_nothing() -> None:
+    a = Side("a")
+    old = a.put("k", wall=WALL)
+    a.delete("k", wall=WALL + 1)
+    later = WALL + TTL + 10
+    assert a.table.collect(int((later - TTL) * 1000)) == 1
+    assert a.table.get("k") is None
+    outcome = a.table.apply(
+        old, wall_ms=int(later * 1000), horizon_ms=a.ae.horizon(later)
+    )
+    assert outcome.status is OutcomeStatus.EXPIRED
+    assert a.table.get("k") is None
+
+
+def test_a_peer_away_longer_than_the_tombstone_lifetime_cannot_resurrect() -> None:
+    a, b = Side("a"), Side("b")
+    b.table.apply(a.put("k", wall=WALL), wall_ms=int(WALL * 1000))
+    a.put("keep", wall=WALL)
+    b.table.apply(a.table.get("keep"), wall_ms=int(WALL * 1000))  # type: ignore[arg-type]
+    a.delete("k", wall=WALL + 1)  # b is away: it never hears of it
+    later = WALL + TTL + 10
+    a.table.collect(int((later - TTL) * 1000))
+    # b comes back holding the old live "k"; rounds both ways
+    round_between(b, a, wall=later)
+    round_between(a, b, wall=later)
+    assert a.table.get("k") is None
+    assert b.table.get("k") is None  # b forgot it when a refused it
+    assert a.view() == b.view()
+    assert "keep" in b.view()
+    assert b.ae.stats["routes_dropped"] + a.ae.stats["routes_dropped"] >= 1
+
+
+def test_a_drop_never_removes_a_newer_entry() -> None:
+    a = Side("a")
+    old = a.put("k", wall=WALL)
+    new = a.put("k", wall=WALL + 5)
+    later = WALL + TTL + 10
+    assert not a.table.drop("k", old.version, int((later - TTL) * 1000))
+    assert a.table.get("k") == new
+    # and nothing above the horizon is ever dropped
+    assert not a.table.drop("k", new.version, int(WALL * 1000))
+
+
+def test_hostile_requests_are_answered_within_bounds() -> None:
+    b = Side("b", antientropy_max_symbols=128, antientropy_repair_max=5)
+    for i in range(50):
+        b.put(f"k{i}")
+    more = b.ae.handle(AeMore("x", b.table.index, 0, 10**9), WALL)
+    assert isinstance(more, AeSymbols)
+    assert len(more.symbols) == 128
+    want = tuple(range(1, 10_000))
+    repaired = b.ae.handle(AeRepair("x", want=want), WALL)
+    assert isinstance(repaired, AeRepaired)
+    assert repaired.routes == ()
+    chunk = b.ae.handle(AeChunk("x", "", 10**9), WALL)
+    assert isinstance(chunk, AeChunkReply)
+    assert len(chunk.routes) == b.config.antientropy_chunk_routes or not chunk.more
+
+
+def test_a_reply_that_does_not_fit_ends_the_round_as_failed() -> None:
+    a, b = Side("a"), Side("b")
+    b.put("x")
+    a.ae._next_at = 0.0
+    (effect,) = a.ae.tick(1.0, WALL, picker([("b", ("127.0.0.1", 1))]), joined=True)
+    assert a.ae.done(effect.token, AeRepaired(), 2.0, WALL) == []
+    assert a.ae.stats["reply_unexpected"] == 1
+    assert a.ae.stats["rounds_failed"] == 1
+    assert a.ae.next_deadline() is not None  # a new round will come
+
+
+def test_needs_repair_peers_are_chosen_first_and_unmarked_when_done() -> None:
+    a = Side("a")
+    peers = [(f"p{i}", ("127.0.0.1", i)) for i in range(10)]
+    a.repair.add("p7")
+    a.ae._next_at = 0.0
+    (effect,) = a.ae.tick(1.0, WALL, picker(peers), joined=True)
+    assert effect.peer == "p7"
+    a.ae.done(effect.token, AeSymbols(SymbolsStatus.SAME), 2.0, WALL)
+    assert "p7" not in a.repair
+
+
+def test_pending_digest_toggles_cancel() -> None:
+    a = Side("a")
+    for i in range(100):
+        a.put("same-key", target=f"http://t{i}")
+    assert len(a.table._pending) == 1
+    fresh = Side("b")
+    fresh.table.apply(a.table.get("same-key"), wall_ms=int(WALL * 1000))  # type: ignore[arg-type]
+    assert a.table.summary() == fresh.table.summary()
+
+
+def test_limits_come_from_the_config() -> None:
+    config = Config.local(
+        name="x", antientropy_repair_max=7, antientropy_chunk_routes=9
+    )
+    assert AeLimits.from_config(config).max_routes == 9
+
+
+def test_a_first_node_restarted_empty_merges_instead_of_erasing_old_routes() -> None:
+    """A node without seeds starts caught up (it may be the first of its mesh),
+    but alone: the first member it meets is merged in whole, old entries
+    included, and nothing is refused or dropped meanwhile."""
+    veteran = Side("veteran")
+    for i in range(30):
+        veteran.put(f"k{i}", wall=WALL)  # far older than the TTL by now
+    restarted = Side("first", alone=True)  # seedless: caught up, alone, empty
+    later = WALL + 10 * TTL
+    restarted.ae._next_at = 0.0
+    (effect,) = restarted.ae.tick(
+        1.0, later, picker([("veteran", ("127.0.0.1", 1))]), joined=True
+    )
+    assert effect.request == AeChunk(
+        "first", "", restarted.config.antientropy_chunk_routes
+    )
+    assert restarted.ae.horizon(later) is None  # merging: refuses nothing
+    effects = restarted.ae.done(
+        effect.token, veteran.ae.handle(effect.request, later), 2.0, later
+    )
+    assert effects == []
+    assert restarted.ae.stats["rounds_merged"] == 1
+    assert restarted.view() == veteran.view()
+    # and the next round is an ordinary one, finding nothing to do
+    assert [type(q) for q, _ in round_between(restarted, veteran, wall=later)] == [
+        AeOpen
+    ]
+
+
+def test_a_node_alone_for_a_while_merges_when_members_come_back() -> None:
+    a, b = Side("a"), Side("b")
+    a.ae._next_at = 0.0
+    assert a.ae.tick(1.0, WALL, picker([]), joined=True) == []  # nobody alive: alone
+    assert a.ae.alone
+    b.put("written-meanwhile")
+    a.ae._next_at = 0.0
+    (effect,) = a.ae.tick(2.0, WALL, picker([("b", ("127.0.0.1", 1))]), joined=True)
+    assert isinstance(effect.request, AeChunk)
+    a.ae.done(effect.token, b.ae.handle(effect.request, WALL), 3.0, WALL)
+    assert "written-meanwhile" in a.view()
+    assert not a.ae.alone
