@@ -225,6 +225,9 @@ class AntiEntropy:
         self.stats: Counter[str] = Counter()
         self._round: _Round | None = None
         self._tokens = 0
+        # bootstrap progress kept across sources: last key and entries pulled
+        self._pulled_after = ""
+        self._pulled = 0
         self._next_at = now + config.antientropy_interval * rng.random()
         self._out: list[Reconcile] = []
 
@@ -281,10 +284,16 @@ class AntiEntropy:
         name, addr = peer
         if not self.caught_up:
             self.source = name
-            self._start(_Round(_Kind.BOOTSTRAP, name, addr), self._chunk(""))
+            # Resume after the last key received (pages are in key order, so
+            # any member can continue another's): a source lost at 67% does
+            # not cost the first 67% again.
+            r = _Round(_Kind.BOOTSTRAP, name, addr, received=self._pulled)
+            self._start(r, self._chunk(self._pulled_after))
         elif self.alone:
             self.alone = False
             self._start(_Round(_Kind.MERGE, name, addr), self._chunk(""))
+        elif self.table.pending_folds() > self.config.antientropy_fold_batch:
+            self.stats["rounds_deferred"] += 1  # our digest is still folding
         else:
             table = self.table
             self._start(
@@ -410,6 +419,9 @@ class AntiEntropy:
         refused = self._apply(reply.routes, horizon, wall)
         self.stats["chunks"] += 1
         r.received += len(reply.routes)
+        if bootstrap and reply.routes:
+            self._pulled_after = reply.routes[-1].key
+            self._pulled = r.received
         r.size = reply.size
         if bootstrap:
             self.behind = max(0, reply.size - r.received)
@@ -492,8 +504,9 @@ class AntiEntropy:
         cfg = self.config
         table = self.table
         self.stats[f"served_{type(request).__name__}"] += 1
+        folding = table.pending_folds() > cfg.antientropy_fold_batch
         if isinstance(request, AeOpen):
-            if not self.caught_up:
+            if not self.caught_up or folding:
                 return AeSymbols(SymbolsStatus.BUSY)
             if table.summary() == request.summary:
                 return AeSymbols(SymbolsStatus.SAME)
@@ -504,7 +517,7 @@ class AntiEntropy:
             )
             return self._symbols(0, m)
         if isinstance(request, AeMore):
-            if not self.caught_up:
+            if not self.caught_up or folding:
                 return AeSymbols(SymbolsStatus.BUSY)
             start = request.start if request.index == table.index else 0
             stop = min(request.stop, cfg.antientropy_max_symbols)

@@ -359,16 +359,28 @@ class RouteTable:
 
     # --- anti-entropy ---
 
+    def pending_folds(self) -> int:
+        """Changes not yet folded into the digest."""
+        return len(self._pending)
+
+    def fold(self, limit: int) -> int:
+        """Fold up to ``limit`` pending changes into the digest (~20 µs each);
+        returns how many remain. The node calls this a batch per timer tick,
+        so a bulk load of 100,000 routes never stalls its loop for seconds."""
+        pending = self._pending
+        digest = self.digest
+        for _ in range(min(limit, len(pending))):
+            element, sign = pending.popitem()
+            if sign > 0:
+                digest.add(element)
+            else:
+                digest.remove(element)
+        return len(pending)
+
     def symbols(self, start: int, stop: int) -> list[Symbol]:
-        """Coded symbols ``[start, stop)`` of the table's digest."""
-        if self._pending:
-            digest = self.digest
-            for element, sign in self._pending.items():
-                if sign > 0:
-                    digest.add(element)
-                else:
-                    digest.remove(element)
-            self._pending.clear()
+        """Coded symbols ``[start, stop)`` of the table's digest (folding
+        what is pending first: callers check ``pending_folds`` is small)."""
+        self.fold(len(self._pending))
         return self.digest.symbols(start, stop)
 
     def summary(self) -> Symbol:

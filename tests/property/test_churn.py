@@ -18,7 +18,6 @@ import sys
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -29,7 +28,9 @@ from mesh.config import Config, parse_address
 from mesh.core.effects import EventKind, MemberEvent
 from mesh.core.suspicion import suspicion_timeout
 from mesh.messages import MemberStatus
-from mesh.testing.simnet import SimNet, SimNode
+from mesh.testing.simnet import SimNet
+
+from .machine import SimMachine
 
 MAX_NODES = 8
 MIN_UP = 2
@@ -63,10 +64,9 @@ def settle_bound(cfg: Config, n: int) -> float:
     )
 
 
-class Churn(RuleBasedStateMachine):
+class Churn(SimMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sim: SimNet | None = None
         self.next_name = 0
         # (observer, process generation, member) -> highest incarnation seen
         self.seen: dict[tuple[str, int, str], int] = {}
@@ -75,21 +75,6 @@ class Churn(RuleBasedStateMachine):
         self.violations: list[str] = []
 
     # --- helpers ---
-
-    @property
-    def net(self) -> SimNet:
-        assert self.sim is not None
-        return self.sim
-
-    def up(self) -> list[SimNode]:
-        return [n for n in self.net.nodes.values() if n.up]
-
-    def runnable(self) -> list[SimNode]:
-        """Up, not paused, not leaving: may be paused, crashed or leave."""
-        return [n for n in self.up() if not n.paused and not n.core.membership.leaving]
-
-    def seeds(self) -> list[tuple[str, int]]:
-        return [n.addr for n in self.up()]
 
     def on_event(self, now: float, observer: str, event: MemberEvent) -> None:
         """Transitions as they happen: a member seen left must not come back

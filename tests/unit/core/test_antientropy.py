@@ -94,7 +94,10 @@ def picker(peers: list[tuple[str, tuple[str, int]]]):  # type: ignore[no-untyped
 def round_between(
     a: Side, b: Side, *, wall: float = WALL
 ) -> list[tuple[object, object]]:
-    """One round opened by ``a`` with ``b``; the (request, reply) pairs."""
+    """One round opened by ``a`` with ``b``; the (request, reply) pairs.
+    Both digests are folded first, as the nodes' timer ticks would have."""
+    for side in (a, b):
+        side.table.fold(side.table.pending_folds())
     a.ae._next_at = 0.0
     effects = a.ae.tick(1.0, wall, picker([(b.ae.name, ("127.0.0.1", 1))]), joined=True)
     trips = []
@@ -349,3 +352,74 @@ def test_a_node_alone_for_a_while_merges_when_members_come_back() -> None:
     a.ae.done(effect.token, b.ae.handle(effect.request, WALL), 3.0, WALL)
     assert "written-meanwhile" in a.view()
     assert not a.ae.alone
+
+
+def test_a_digest_still_folding_defers_rounds_both_ways() -> None:
+    """A burst of writes is folded a slice per tick; meanwhile the node opens
+    no round and answers others busy, instead of folding it all at once."""
+    a, b = Side("a"), Side("b", antientropy_fold_batch=10)
+    for i in range(100):
+        b.put(f"k{i}")
+    assert b.ae.handle(AeOpen("a", a.table.summary(), 0), WALL) == AeSymbols(
+        SymbolsStatus.BUSY
+    )
+    b.ae._next_at = 0.0
+    assert b.ae.tick(1.0, WALL, picker([("a", ("127.0.0.1", 1))]), joined=True) == []
+    assert b.ae.stats["rounds_deferred"] == 1
+    while b.table.fold(10):
+        pass
+    trips = round_between(a, b)
+    assert a.view() == b.view()
+    assert len(trips) == 2
+
+
+def test_a_node_folds_a_burst_a_slice_per_tick_without_a_stall() -> None:
+    from mesh.testing.simnet import SimNet
+
+    sim = SimNet.cluster(3, seed=7, profile="local")
+    sim.run_for(2.0)
+    node = sim.node("n0")
+    core = node.core
+    effects = []
+    for i in range(5000):
+        _, out = core.put_route(f"k{i}", "http://t", {}, None, sim.now, sim.now)
+        effects.extend(out)
+    sim.execute("n0", effects)
+    assert core.routes.pending_folds() > core.config.antientropy_fold_batch
+    deadline = core.next_deadline()
+    assert deadline is not None
+    assert deadline <= sim.now  # the next slice is due at once
+    stalls = core.membership.stats["stalls"]
+    sim.run_for(0.001)
+    assert core.routes.pending_folds() <= core.config.antientropy_fold_batch
+    assert core.membership.stats["stalls"] == stalls
+
+
+def test_a_bootstrap_whose_source_fails_resumes_where_it_stopped() -> None:
+    first = Side("s1", antientropy_chunk_routes=100)
+    second = Side("s2", antientropy_chunk_routes=100)
+    joiner = Side("j", caught_up=False, antientropy_chunk_routes=100)
+    for i in range(300):
+        route = first.put(f"k{i:03d}")
+        second.table.apply(route, wall_ms=int(WALL * 1000))
+    joiner.ae._next_at = 0.0
+    (effect,) = joiner.ae.tick(
+        1.0, WALL, picker([("s1", ("127.0.0.1", 1))]), joined=True
+    )
+    (effect,) = joiner.ae.done(
+        effect.token, first.ae.handle(effect.request, WALL), 2.0, WALL
+    )
+    assert joiner.ae.done(effect.token, None, 3.0, WALL) == []  # s1 is gone
+    joiner.ae._next_at = 0.0
+    (effect,) = joiner.ae.tick(
+        4.0, WALL, picker([("s2", ("127.0.0.1", 2))]), joined=True
+    )
+    assert effect.request == AeChunk("j", "k099", 100)
+    while effect is not None:
+        out = joiner.ae.done(
+            effect.token, second.ae.handle(effect.request, WALL), 5.0, WALL
+        )
+        effect = out[0] if out else None
+    assert joiner.ae.caught_up
+    assert joiner.view() == first.view()
+    assert joiner.ae.stats["chunks"] == 3  # 1 from s1, then 2 from s2
