@@ -8,6 +8,13 @@ everything pending goes out as the next batch (up to ``push_batch_max``). So a
 quiet mesh pushes each write at once, and a busy one sends a few large batches
 instead of many small requests, with at most one request in flight per peer.
 
+Request rate: a peer's batches draw on a token bucket of ``burst`` tokens
+refilled one per ``min_interval``. A write after a quiet spell (or a few in a
+row) goes out at once, with no added latency; a sustained stream of writes is
+gathered into at most one batch per ``min_interval`` per peer. That bounds the
+HTTP requests (each costs CPU on both ends whatever its size) whatever the write
+rate: under load the batches grow instead of the request count.
+
 A batch has a deadline (``push_deadline`` after it was handed out). The shell
 retries it only on transient failures, sleeping per :class:`RetryPolicy`, whose
 total sleep is strictly below the per-request timeout. When a batch fails for
@@ -34,6 +41,7 @@ from ..messages import Address
 from .routes import Route
 
 __all__ = [
+    "DROP_REASONS",
     "Batch",
     "Failure",
     "PushScheduler",
@@ -41,6 +49,22 @@ __all__ = [
     "SyncTicket",
     "is_transient",
 ]
+
+
+#: why deltas for a peer can be dropped (``stats["dropped_<reason>"]``): its
+#: queue overflowed; the shell gave its batch up (past the deadline, refused
+#: with a permanent status, transient failures outlasted the retries); the
+#: peer moved to another address, died, left or was reaped
+DROP_REASONS = (
+    "overflow",
+    "deadline",
+    "rejected",
+    "failed",
+    "peer_moved",
+    "peer_dead",
+    "peer_left",
+    "peer_reap",
+)
 
 
 class Failure(enum.Enum):
@@ -111,10 +135,11 @@ class _Peer:
         "addr",
         "batch",
         "drops",
-        "last_batch_at",
         "name",
         "pending",
         "serial",
+        "tokens",
+        "tokens_at",
     )
 
     def __init__(self, name: str, addr: Address, serial: int) -> None:
@@ -125,7 +150,17 @@ class _Peer:
         self.pending: dict[str, tuple[int, Route]] = {}
         self.batch: Batch | None = None
         self.drops = 0
-        self.last_batch_at = -float("inf")
+        # token bucket of the request rate: tokens at time tokens_at (None:
+        # full, a new peer's first batches go out at once); an expedited batch
+        # may take it below zero, down to -burst
+        self.tokens: float | None = None
+        self.tokens_at = 0.0
+
+    def refill(self, now: float, burst: int, interval: float) -> float:
+        """Tokens available at ``now``."""
+        if self.tokens is None or interval <= 0:
+            return float(burst)
+        return min(float(burst), self.tokens + (now - self.tokens_at) / interval)
 
 
 def _route_size(route: Route) -> int:
@@ -155,11 +190,13 @@ class PushScheduler:
         deadline: float,
         min_interval: float = 0.0,
         batch_max_bytes: int = 4 * 1024 * 1024,
+        burst: int = 1,
     ) -> None:
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._deadline = deadline
         self._min_interval = min_interval
+        self._burst = max(1, burst)
         self._batch_max_bytes = batch_max_bytes
         self._peers: dict[str, _Peer] = {}
         self._ready: set[str] = set()
@@ -201,22 +238,30 @@ class PushScheduler:
             if peer.batch is None:
                 self._ready.add(name)
 
-    def take_ready(self, now: float) -> list[Batch]:
-        """A batch for every peer with work, nothing in flight, and at least
-        ``min_interval`` since its last batch began.
+    def take_ready(self, now: float, *, expedite: bool = False) -> list[Batch]:
+        """A batch for every peer with work, nothing in flight, and a token in
+        its bucket (``burst`` tokens, one more per ``min_interval``).
 
-        The interval only bites under load: a write after a quiet spell goes
-        out at once, while a stream of writes is gathered into one batch per
-        interval per peer, which bounds the request rate (and the CPU that
-        HTTP costs per request) whatever the write rate.
+        The bucket only bites under load: writes after a quiet spell go out at
+        once, while a stream of writes is gathered into one batch per interval
+        per peer, which bounds the request rate (and the CPU that HTTP costs
+        per request) whatever the write rate.
+
+        ``expedite``: a caller waits for what is pending (``sync=all``), so
+        peers with an empty bucket get their batch now too; it still draws a
+        token (the bucket may go below zero), so the rate stays bounded.
         """
+        if not self._ready:
+            return []
         out: list[Batch] = []
         later: set[str] = set()
         for name in self._ready:
             peer = self._peers.get(name)
             if peer is None or peer.batch is not None or not peer.pending:
                 continue
-            if now < peer.last_batch_at + self._min_interval:
+            tokens = peer.refill(now, self._burst, self._min_interval)
+            # (a tick at exactly next_ready_at must pass: allow rounding)
+            if tokens < 1.0 - 1e-9 and not expedite:
                 later.add(name)
                 continue
             items: list[tuple[int, Route]] = []
@@ -237,7 +282,8 @@ class PushScheduler:
                 now + self._deadline,
             )
             peer.batch = batch
-            peer.last_batch_at = now
+            peer.tokens = max(tokens - 1.0, -float(self._burst))
+            peer.tokens_at = now
             self.stats["batches"] += 1
             out.append(batch)
         self._ready = later
@@ -245,15 +291,17 @@ class PushScheduler:
 
     @property
     def held(self) -> bool:
-        """True while some peer waits for ``min_interval`` to pass."""
+        """True while some peer waits for a token (``min_interval``)."""
         return bool(self._ready)
 
     def next_ready_at(self) -> float | None:
-        """When a peer held back by ``min_interval`` may get its next batch."""
+        """When a peer held back by its token bucket may get its next batch."""
         times = [
-            p.last_batch_at + self._min_interval
+            p.tokens_at + (1.0 - p.tokens) * self._min_interval
             for name in self._ready
-            if (p := self._peers.get(name)) is not None and p.batch is None
+            if (p := self._peers.get(name)) is not None
+            and p.batch is None
+            and p.tokens is not None
         ]
         return min(times) if times else None
 

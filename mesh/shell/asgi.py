@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import attrs
 
@@ -151,21 +151,63 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @attrs.frozen
 class Route:
-    """``pattern`` is a path template: ``/v1/routes/{key}`` matches one segment."""
+    """``pattern`` is a path template: ``/v1/routes/{key}`` matches one segment.
+
+    Matching is by segment on the *raw* (still percent-encoded) path, each
+    segment decoded on its own: ``/v1/routes/a%2Fb`` is the key ``a/b`` (which
+    the handler then refuses as invalid), not the path ``/v1/routes/a/b``.
+    """
 
     method: str
     pattern: str
     handler: Handler
-    regex: re.Pattern[str] = attrs.field(init=False)
+    #: literal segments, None where a parameter goes
+    segments: tuple[str | None, ...] = attrs.field(init=False)
+    #: parameter names, in segment order
+    names: tuple[str, ...] = attrs.field(init=False)
 
-    @regex.default
-    def _compile(self) -> re.Pattern[str]:
-        parts = re.split(r"\{(\w+)\}", self.pattern)
-        regex = "".join(
-            re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)"
-            for i, part in enumerate(parts)
+    @segments.default
+    def _split(self) -> tuple[str | None, ...]:
+        return tuple(
+            None if _PARAM_RE.fullmatch(part) else part
+            for part in self.pattern.split("/")
         )
-        return re.compile(regex)
+
+    @names.default
+    def _names(self) -> tuple[str, ...]:
+        return tuple(
+            m.group(1)
+            for part in self.pattern.split("/")
+            if (m := _PARAM_RE.fullmatch(part))
+        )
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The parameters when the decoded ``segments`` fit the template."""
+        if len(segments) != len(self.segments):
+            return None
+        values: list[str] = []
+        for want, got in zip(self.segments, segments, strict=True):
+            if want is None:
+                if not got:
+                    return None
+                values.append(got)
+            elif want != got:
+                return None
+        return dict(zip(self.names, values, strict=True))
+
+
+_PARAM_RE = re.compile(r"\{(\w+)\}")
+
+
+def _segments(scope: Scope) -> list[str]:
+    """The request path split on ``/``, each segment percent-decoded."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return str(scope["path"]).split("/")
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    if "%" not in text:
+        return text.split("/")
+    return [unquote(part) for part in text.split("/")]
 
 
 #: called after each response with (method label, route pattern or "unmatched",
@@ -206,13 +248,15 @@ class Router:
         method: str = scope["method"]
         path: str = scope["path"]
         label = "unmatched"
+        query = scope.get("query_string", b"")
         request = Request(
             method=method,
             path=path,
             # Blank values kept: "?revision=" is a bad revision, not none.
-            query=parse_qs(
-                scope.get("query_string", b"").decode("latin-1"),
-                keep_blank_values=True,
+            query=(
+                parse_qs(query.decode("latin-1"), keep_blank_values=True)
+                if query
+                else {}
             ),
             params={},
             headers={
@@ -223,7 +267,7 @@ class Router:
             client=scope.get("client"),
         )
         try:
-            route, label = self._match(request)
+            route, label = self._match(request, _segments(scope))
             response = await route.handler(request)
         except HttpError as exc:
             response = json_response(
@@ -239,14 +283,14 @@ class Router:
         if response.after is not None:
             response.after()
 
-    def _match(self, request: Request) -> tuple[Route, str]:
+    def _match(self, request: Request, segments: list[str]) -> tuple[Route, str]:
         allowed: list[str] = []
         for route in self.routes:
-            match = route.regex.fullmatch(request.path)
-            if match is None:
+            params = route.match(segments)
+            if params is None:
                 continue
             if route.method == request.method:
-                request.params = match.groupdict()
+                request.params = params
                 return route, route.pattern
             allowed.append(route.method)
         if allowed:

@@ -169,6 +169,9 @@ async def _sync_all(agent: Agent, wait: float) -> dict[str, list[str]]:
     to ack it. Call right after the write, with no checkpoint since the core
     call, so the ticket covers exactly that write."""
     ticket = agent.core.sync_ticket()
+    # The caller waits: its write goes out now, not at the push rate limit's
+    # next token (plain writes are gathered under load; this one is not).
+    agent.expedite_pushes()
     with trio.move_on_after(wait):
         await _wait_acked(agent, ticket)
     acked, pending = agent.core.sync_status(ticket)

@@ -37,7 +37,7 @@ Per step we report
 * drain: after wrk stops, time until every node's push queue is empty and
   nothing is in flight; converged: every node then holds the same route count.
 
-``push_min_interval`` (0.02 is the default) is swept with ``--intervals``, one
+``push_min_interval`` (0.05 is the default) is swept with ``--intervals``, one
 fresh mesh per value and run (TOML ``--config``). Run each at least 3 times
 (``--runs``): the machine is shared and noisy, and the foreign CPU load seen
 during each step is printed.

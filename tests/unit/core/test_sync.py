@@ -132,6 +132,90 @@ def test_min_interval_gathers_a_stream_of_writes_per_peer() -> None:
     assert len(second.routes) == 5
 
 
+def test_token_bucket_sends_a_burst_at_once_then_one_batch_per_interval() -> None:
+    s = PushScheduler(
+        queue_max=100, batch_max=100, deadline=3.0, min_interval=0.1, burst=3
+    )
+    sent: list[tuple[float, list[str]]] = []
+
+    def write_and_deliver(key: str, now: float) -> None:
+        s.enqueue(route(key, int(now * 1000)), int(now * 1000), PEERS[:1])
+        for batch in s.take_ready(now):
+            sent.append((now, [r.key for r in batch.routes]))
+            s.done(batch.peer, batch.id, True)
+
+    # Three writes in a row after a quiet spell: each goes out at once.
+    for i, now in enumerate((1.0, 1.001, 1.002)):
+        write_and_deliver(f"k{i}", now)
+    assert [t for t, _ in sent] == [1.0, 1.001, 1.002]
+    # The bucket is empty: the next writes wait for a token and go together.
+    write_and_deliver("k3", 1.003)
+    write_and_deliver("k4", 1.004)
+    assert len(sent) == 3
+    assert s.held
+    ready_at = s.next_ready_at()
+    assert ready_at is not None
+    assert ready_at == pytest.approx(1.002 + 0.1 - 2 * 0.001, abs=1e-9)
+    assert s.take_ready(ready_at - 0.001) == []
+    (batch,) = s.take_ready(ready_at)
+    assert [r.key for r in batch.routes] == ["k3", "k4"]
+    s.done(batch.peer, batch.id, True)
+    # After a quiet spell the bucket is full again (but never above burst).
+    sent.clear()
+    for i, now in enumerate((5.0, 5.001, 5.002, 5.003)):
+        write_and_deliver(f"q{i}", now)
+    assert [t for t, _ in sent] == [5.0, 5.001, 5.002]
+
+
+def test_expedite_hands_out_held_batches_and_still_draws_tokens() -> None:
+    s = PushScheduler(
+        queue_max=100, batch_max=100, deadline=3.0, min_interval=0.1, burst=1
+    )
+    s.enqueue(route("k0", 0), 0, PEERS[:1])
+    (first,) = s.take_ready(1.0)
+    s.done("b", first.id, ok=True)
+    s.enqueue(route("k1", 1), 1, PEERS[:1])
+    assert s.take_ready(1.01) == []  # no token: held
+    (urgent,) = s.take_ready(1.01, expedite=True)  # a sync=all caller waits
+    assert [r.key for r in urgent.routes] == ["k1"]
+    # expedite never breaks "one batch in flight per peer"
+    s.enqueue(route("k2", 2), 2, PEERS[:1])
+    assert s.take_ready(1.02, expedite=True) == []
+    s.done("b", urgent.id, ok=True)
+    # the expedited batch was paid for: the bucket is in debt, so the next
+    # plain batch waits longer than one interval after the first
+    ready_at = s.next_ready_at()
+    assert ready_at is not None
+    assert ready_at == pytest.approx(1.01 + 2 * 0.1 - 0.01, abs=1e-9)
+    (later,) = s.take_ready(ready_at)
+    assert [r.key for r in later.routes] == ["k2"]
+
+
+def test_node_core_expedites_pushes_for_a_waiting_caller() -> None:
+    from mesh.config import Config
+    from mesh.core.effects import Push
+    from mesh.core.node import NodeCore
+    from mesh.messages import Alive
+
+    core = NodeCore(
+        Config.lan(name="a", push_min_interval=0.5, push_burst=1),
+        addr=("10.0.0.1", 1),
+        rng=random.Random(1),
+        now=0.0,
+    )
+    core.receive(("10.0.0.2", 1), [Alive(1, "b", ("10.0.0.2", 1))], 0.0)
+    _, out = core.put_route("k", "http://x", {}, None, 1.0, 1000.0)
+    (push,) = [e for e in out if isinstance(e, Push)]
+    core.push_done("b", push.batch.id, True, "", 1.001)
+    _, out = core.put_route("k2", "http://y", {}, None, 1.002, 1000.0)
+    assert not [e for e in out if isinstance(e, Push)]  # held by the bucket
+    ticket = core.sync_ticket()
+    pushes = [e for e in core.expedite_pushes(1.002) if isinstance(e, Push)]
+    assert [r.key for r in pushes[0].batch.routes] == ["k2"]
+    core.push_done("b", pushes[0].batch.id, True, "", 1.003)
+    assert core.sync_status(ticket) == (["b"], [])
+
+
 def test_batches_are_split_by_encoded_size() -> None:
     s = PushScheduler(queue_max=100, batch_max=100, deadline=3.0, batch_max_bytes=5000)
     for i in range(10):
@@ -147,7 +231,7 @@ def test_node_core_releases_held_batches_on_tick() -> None:
     from mesh.messages import Alive
 
     core = NodeCore(
-        Config.lan(name="a", push_min_interval=0.05),
+        Config.lan(name="a", push_min_interval=0.05, push_burst=1),
         addr=("10.0.0.1", 1),
         rng=random.Random(1),
         now=0.0,

@@ -1,0 +1,160 @@
+"""The pooled h11 transport under httpx (mesh/shell/http_client.py): reuse,
+bounds, expiry, and httpx's exception types for every failure."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from mesh.shell.http_client import H11Transport
+from mesh.shell.http_server import serve
+
+
+@asynccontextmanager
+async def server(ports: list[int]) -> AsyncIterator[str]:
+    """A server that records each request's client port; ``/hang`` never
+    answers, ``/close`` answers with ``connection: close``, ``/big`` sends
+    100 kB."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ports.append(scope["client"][1])
+        while (await receive()).get("more_body"):
+            pass
+        path = scope["path"]
+        if path == "/hang":
+            await trio.sleep_forever()
+        headers = [(b"connection", b"close")] if path == "/close" else []
+        body = b"x" * 100_000 if path == "/big" else b"ok:" + path.encode()
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    stop = trio.Event()
+    with sock:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: serve(
+                    app, sock, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            try:
+                yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+            finally:
+                stop.set()
+
+
+def client(transport: H11Transport, timeout: float = 5.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=transport, timeout=timeout)
+
+
+async def test_requests_reuse_one_keep_alive_connection() -> None:
+    ports: list[int] = []
+    transport = H11Transport(max_connections=4, keepalive_expiry=60)
+    async with server(ports) as url, client(transport) as http:
+        for i in range(5):
+            response = await http.post(f"{url}/p{i}", content=b"body")
+            assert response.text == f"ok:/p{i}"
+        assert len(set(ports)) == 1
+        assert transport.open_connections == 1
+        assert transport.idle_connections == 1
+    assert transport.open_connections == 0
+
+
+async def test_expired_and_closed_connections_are_not_reused() -> None:
+    ports: list[int] = []
+    async with server(ports) as url:
+        expiring = H11Transport(max_connections=4, keepalive_expiry=0)
+        async with client(expiring) as http:
+            for _ in range(3):
+                assert (await http.get(f"{url}/a")).status_code == 200
+        assert len(set(ports)) == 3
+        ports.clear()
+        closing = H11Transport(max_connections=4, keepalive_expiry=60)
+        async with client(closing) as http:
+            for _ in range(3):
+                assert (await http.get(f"{url}/close")).status_code == 200
+            assert closing.open_connections == 0
+        assert len(set(ports)) == 3
+
+
+async def test_a_body_not_read_to_the_end_closes_its_connection() -> None:
+    ports: list[int] = []
+    transport = H11Transport(max_connections=4, keepalive_expiry=60)
+    async with server(ports) as url, client(transport) as http:
+        async with http.stream("GET", f"{url}/big") as response:
+            # the caller gives up on the body (its size limit), unread
+            assert response.headers["content-length"] == "100000"
+        assert transport.open_connections == 0
+        assert (await http.get(f"{url}/a")).text == "ok:/a"
+        assert len(set(ports)) == 2
+
+
+async def test_the_pool_bound_evicts_idle_connections_of_other_origins() -> None:
+    ports_a: list[int] = []
+    ports_b: list[int] = []
+    transport = H11Transport(max_connections=1, keepalive_expiry=60)
+    async with (
+        server(ports_a) as url_a,
+        server(ports_b) as url_b,
+        client(transport) as http,
+    ):
+        for url in (url_a, url_b, url_a):
+            assert (await http.get(f"{url}/x")).status_code == 200
+            assert transport.open_connections == 1
+        assert len(set(ports_a)) == 2  # a's connection was closed to reach b
+
+
+async def test_failures_are_httpx_exceptions() -> None:
+    # refused: nothing listens on a port we bound and closed
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead = probe.getsockname()[1]
+    probe.close()
+    transport = H11Transport(max_connections=2, keepalive_expiry=60)
+    async with client(transport, timeout=0.3) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://127.0.0.1:{dead}/")
+        ports: list[int] = []
+        async with server(ports) as url:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get(f"{url}/hang")
+            assert transport.open_connections == 0
+            # the transport goes on working after a failure
+            assert (await http.get(f"{url}/a")).text == "ok:/a"
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await http.get("ftp://127.0.0.1/")
+        with pytest.raises(httpx.ConnectError, match="ssl_context"):
+            await http.get(f"https://127.0.0.1:{dead}/")
+
+
+async def test_a_server_closing_a_pooled_connection_is_a_transient_error() -> None:
+    # A raw server: answers one request on each connection, then closes it
+    # without saying so (what an expired keep-alive looks like to a client).
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await stream.aclose()
+
+    transport = H11Transport(max_connections=2, keepalive_expiry=60)
+    async with trio.open_nursery() as nursery, client(transport) as http:
+        nursery.start_soon(trio.serve_listeners, handle, [listener])
+        assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"
+        # EOF or a reset, depending on how far the close got: both say the
+        # request may be resent (the pusher retries them as connect errors).
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await http.get(f"http://127.0.0.1:{port}/")
+        assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,510 @@
+"""The h11 server (mesh/shell/http_server.py) at the byte level: framing, limits,
+keep-alive, pipelining, slow and vanishing clients, graceful shutdown, TLS."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+
+from mesh.shell.asgi import HttpError, Request, Response, Route, Router
+from mesh.shell.http_server import ServerLimits, serve
+
+App = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def _bound() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@asynccontextmanager
+async def running(
+    app: App,
+    limits: ServerLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[tuple[int, trio.Event]]:
+    """Serve ``app`` on a free port: yields (port, shutdown trigger)."""
+    sock = _bound()
+    port = sock.getsockname()[1]
+    stop = trio.Event()
+    with sock:
+        async with trio.open_nursery() as nursery:
+
+            async def run(task_status: trio.TaskStatus[None]) -> None:
+                await serve(
+                    app,
+                    sock,
+                    shutdown_trigger=stop.wait,
+                    limits=limits or ServerLimits(),
+                    ssl_context=ssl_context,
+                    task_status=task_status,
+                )
+
+            await nursery.start(run)
+            try:
+                yield port, stop
+            finally:
+                stop.set()
+
+
+async def echo_handler(request: Request) -> Response:
+    body = await request.body(1000)
+    text = f"{request.method} {request.params.get('key', '')} {len(body)}"
+    return Response(200, text.encode(), content_type="text/plain")
+
+
+async def ignore_body(request: Request) -> Response:
+    return Response(200, b"ignored", content_type="text/plain")
+
+
+def router() -> Router:
+    return Router(
+        [
+            Route("POST", "/echo/{key}", echo_handler),
+            Route("GET", "/echo/{key}", echo_handler),
+            Route("POST", "/ignore", ignore_body),
+        ]
+    )
+
+
+async def read_until_closed(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes; then closes our end."""
+    chunks = []
+    try:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        await stream.aclose()
+    return b"".join(chunks)
+
+
+async def read_responses(stream: trio.SocketStream, count: int) -> list[bytes]:
+    """``count`` whole responses (each framed by content-length)."""
+    buf = b""
+    out: list[bytes] = []
+    while len(out) < count:
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buf[:head_end].decode()
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            end = head_end + 4 + length
+            if len(buf) >= end:
+                out.append(buf[:end])
+                buf = buf[end:]
+                continue
+        data = await stream.receive_some(65536)
+        assert data, f"closed after {len(out)} responses"
+        buf += data
+    return out
+
+
+async def test_keep_alive_serves_many_requests_on_one_connection() -> None:
+    async with (
+        running(router()) as (port, _),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        for i in range(5):
+            response = await client.post(f"/echo/k{i}", content=b"x" * i)
+            assert response.status_code == 200
+            assert response.text == f"POST k{i} {i}"
+        # one pooled connection did it all
+        assert response.headers.get("connection") != "close"
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with running(router()) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /echo/a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+            b"GET /echo/b HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"POST /echo/c HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nz"
+        )
+        responses = await read_responses(stream, 3)
+        assert [r.rsplit(b"\r\n\r\n", 1)[1] for r in responses] == [
+            b"POST a 3",
+            b"GET b 0",
+            b"POST c 1",
+        ]
+        await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("garbage", "status"),
+    [
+        (b"NOT-HTTP\r\n\r\n", b"400"),
+        (b"GET / HTTP/9.9\r\n\r\n", b"505"),
+        (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # no host
+        (b"GET /\x00 HTTP/1.1\r\nhost: x\r\n\r\n", b"400"),
+        (b"POST /echo/a HTTP/1.1\r\nhost: x\r\ncontent-length: no\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", b"400"),
+    ],
+)
+async def test_a_bad_request_is_refused_and_the_connection_closes(
+    garbage: bytes, status: bytes
+) -> None:
+    async with running(router()) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(garbage)
+        answer = await read_until_closed(stream)
+        assert answer.startswith(b"HTTP/1.1 " + status + b" ")
+        assert answer.endswith(b"}")  # a JSON error body
+
+
+async def test_oversized_request_head_is_431() -> None:
+    limits = ServerLimits(max_header_bytes=1024)
+    async with running(router(), limits) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"GET /echo/a HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 4000 + b"\r\n\r\n"
+        )
+        answer = await read_until_closed(stream)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        # a long request line is refused the same way
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /" + b"a" * 4000 + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await read_until_closed(stream)).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_body_limit_is_the_apps_and_unread_bodies_are_drained() -> None:
+    limits = ServerLimits(max_drain_bytes=100)
+    async with (
+        running(router(), limits) as (port, _),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        too_big = await client.post("/echo/a", content=b"x" * 5000)
+        assert too_big.status_code == 413
+        # An app that ignores a small body: the server drains it, and the
+        # connection serves the next request.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /ignore HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789"
+            b"GET /echo/b HTTP/1.1\r\nhost: x\r\n\r\n"
+        )
+        first, second = await read_responses(stream, 2)
+        assert first.endswith(b"ignored")
+        assert second.endswith(b"GET b 0")
+        await stream.aclose()
+        # Past max_drain_bytes the connection is closed instead.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /ignore HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n"
+            + b"y" * 1000
+        )
+        answer = await read_until_closed(stream)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b"ignored")
+
+
+async def test_chunked_request_body_is_read() -> None:
+    async with running(router()) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /echo/a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
+        (response,) = await read_responses(stream, 1)
+        assert response.endswith(b"POST a 5")
+        await stream.aclose()
+
+
+async def test_a_slow_client_is_dropped_after_the_header_timeout() -> None:
+    limits = ServerLimits(header_timeout=0.2, keep_alive_timeout=30)
+    async with running(router(), limits) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        # Starts a request, never finishes its head.
+        await stream.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n")
+        with trio.fail_after(10):
+            assert await read_until_closed(stream) == b""
+
+
+async def test_an_idle_keep_alive_connection_is_closed() -> None:
+    limits = ServerLimits(keep_alive_timeout=0.2)
+    async with running(router(), limits) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n\r\n")
+        (response,) = await read_responses(stream, 1)
+        assert response.endswith(b"GET a 0")
+        with trio.fail_after(10):
+            assert await read_until_closed(stream) == b""
+
+
+async def test_client_disconnect_mid_body_reaches_the_app_and_server_goes_on() -> None:
+    seen: list[str] = []
+    got_disconnect = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "http.disconnect":
+                got_disconnect.set()
+                return
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with running(app) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly-part"
+        )
+        await stream.aclose()
+        with trio.fail_after(10):
+            await got_disconnect.wait()
+        assert seen == ["http.request", "http.disconnect"]
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"http://127.0.0.1:{port}/x", content=b"ok")
+            assert response.status_code == 200
+
+
+async def test_app_error_is_500_and_missing_response_is_500() -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/raise":
+            raise RuntimeError("bug")
+
+    async with (
+        running(broken) as (port, _),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        assert (await client.get("/raise")).status_code == 500
+        assert (await client.get("/silent")).status_code == 500
+
+
+async def test_path_is_decoded_and_raw_path_kept() -> None:
+    scopes: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with running(app) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /a%2Fb%20c?x=1&y HTTP/1.1\r\nhost: h\r\n\r\n")
+        head = await stream.receive_some(65536)
+        assert head.startswith(b"HTTP/1.1 204 ")
+        await stream.aclose()
+    (scope,) = scopes
+    assert scope["path"] == "/a/b c"
+    assert scope["raw_path"] == b"/a%2Fb%20c"
+    assert scope["query_string"] == b"x=1&y"
+    assert scope["method"] == "GET"
+    assert (b"host", b"h") in scope["headers"]
+    assert scope["client"][0] == "127.0.0.1"
+
+
+async def test_connections_beyond_the_bound_wait_in_the_backlog() -> None:
+    limits = ServerLimits(max_connections=1)
+    async with running(router(), limits) as (port, _):
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        await first.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await read_responses(first, 1))[0].endswith(b"GET a 0")
+        # The kernel completes the second handshake, but the server does not
+        # accept it while the first connection is open.
+        second = await trio.open_tcp_stream("127.0.0.1", port)
+        await second.send_all(b"GET /echo/b HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.move_on_after(0.3) as waited:
+            await second.receive_some(65536)
+        assert waited.cancelled_caught
+        await first.aclose()
+        with trio.fail_after(10):
+            assert (await read_responses(second, 1))[0].endswith(b"GET b 0")
+        await second.aclose()
+
+
+async def test_graceful_shutdown_finishes_in_flight_and_closes_idle() -> None:
+    release = trio.Event()
+    started = trio.Event()
+
+    async def slow(request: Request) -> Response:
+        started.set()
+        await release.wait()
+        return Response(200, b"done", content_type="text/plain")
+
+    app = Router(
+        [Route("GET", "/slow", slow), Route("GET", "/echo/{key}", echo_handler)]
+    )
+    sock = _bound()
+    port = sock.getsockname()[1]
+    stop = trio.Event()
+    served = trio.Event()
+    results: dict[str, Any] = {}
+
+    async with trio.open_nursery() as nursery:
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            await serve(app, sock, shutdown_trigger=stop.wait, task_status=task_status)
+            served.set()
+
+        await nursery.start(run)
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
+        await idle.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n\r\n")
+        await read_responses(idle, 1)
+
+        async def in_flight() -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            results["slow"] = await read_until_closed(stream)
+
+        nursery.start_soon(in_flight)
+        await started.wait()
+        stop.set()
+        # The idle connection is closed at once...
+        with trio.fail_after(10):
+            assert await read_until_closed(idle) == b""
+        # ...new connections are refused...
+        with pytest.raises(OSError, match="connect"):
+            await trio.open_tcp_stream("127.0.0.1", port)
+        assert not served.is_set()
+        # ...and the request in progress completes, then its connection closes.
+        release.set()
+    answer = results["slow"]
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in answer.lower()
+    assert answer.endswith(b"done")
+    sock.close()
+
+
+async def test_graceful_shutdown_cuts_requests_past_the_graceful_timeout() -> None:
+    async def hang(request: Request) -> Response:
+        await trio.sleep_forever()
+        raise HttpError(500, "unreachable")
+
+    limits = ServerLimits(graceful_timeout=0.1)
+    async with running(Router([Route("GET", "/hang", hang)]), limits) as (port, stop):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        stop.set()
+        with trio.fail_after(10):
+            assert await read_until_closed(stream) == b""
+
+
+def _self_signed() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for a throwaway certificate of 127.0.0.1."""
+    import ipaddress
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mesh-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = f"{tmp}/cert.pem", f"{tmp}/key.pem"
+        with open(cert_path, "wb") as f:
+            f.write(cert_pem)
+        with open(key_path, "wb") as f:
+            f.write(key_pem)
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cert_path, key_path)
+        client = ssl.create_default_context(cafile=cert_path)
+    return server, client
+
+
+async def test_tls_serves_https_with_an_ssl_context() -> None:
+    server_ctx, client_ctx = _self_signed()
+    scopes: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append(scope["scheme"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"secure"})
+
+    async with (
+        running(app, ssl_context=server_ctx) as (port, _),
+        httpx.AsyncClient(verify=client_ctx) as client,
+    ):
+        for _ in range(2):
+            response = await client.get(f"https://127.0.0.1:{port}/")
+            assert response.text == "secure"
+        # a plaintext client gets no answer, and the server goes on
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(10):
+            answer = await read_until_closed(stream)
+        assert not answer.startswith(b"HTTP/1.1 200")
+        assert (await client.get(f"https://127.0.0.1:{port}/")).text == "secure"
+    assert scopes == ["https"] * 3
+
+
+async def test_streamed_response_to_a_vanished_client_ends_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ended: list[BaseException] = []
+    done = trio.Event()
+
+    async def stream_forever(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"x" * 4096,
+                        "more_body": True,
+                    }
+                )
+                await trio.lowlevel.checkpoint()
+        except OSError as exc:  # ASGI: send to a closed connection
+            ended.append(exc)
+            raise
+        finally:
+            done.set()
+
+    async with running(stream_forever) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /watch HTTP/1.1\r\nhost: x\r\n\r\n")
+        head = await stream.receive_some(65536)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"transfer-encoding: chunked" in head.lower()
+        await stream.aclose()
+        with trio.fail_after(10):
+            await done.wait()
+    assert len(ended) == 1
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
