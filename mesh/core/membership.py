@@ -28,6 +28,8 @@ What it does not know: how messages travel, the probe schedule, or time beyond t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -57,6 +59,7 @@ class Member:
     """One row of the table (mutable; handed out only as :class:`MemberView`)."""
 
     __slots__ = (
+        "_hash",
         "_state",
         "addr",
         "incarnation",
@@ -82,6 +85,19 @@ class Member:
         self.tags = tags
         self.state_change_at = now
         self._state: MemberState | None = None
+        self._hash: tuple[int, MemberStatus, int] | None = None
+
+    def row_hash(self) -> int:
+        """This row's share of the table digest, cached per (incarnation,
+        status): digests are taken every sync, rows change rarely."""
+        h = self._hash
+        if h is None or h[0] != self.incarnation or h[1] is not self.status:
+            h = self._hash = (
+                self.incarnation,
+                self.status,
+                row_hash(self.name, self.incarnation, self.status),
+            )
+        return h[2]
 
     def view(self) -> MemberView:
         return MemberView(
@@ -103,6 +119,23 @@ class Member:
                 self.name, self.addr, self.incarnation, self.status, dict(self.tags)
             )
         return s
+
+
+@functools.lru_cache(maxsize=65_536)
+def row_hash(name: str, incarnation: int, status: MemberStatus) -> int:
+    """One member row's 64-bit hash: name, incarnation and status (address and
+    tags change only with a new incarnation, so they are covered)."""
+    row = f"{name}\x00{incarnation}\x00{status.value}".encode()
+    return int.from_bytes(hashlib.blake2b(row, digest_size=8).digest(), "little")
+
+
+def table_digest(states: Iterable[MemberState]) -> int:
+    """XOR of every row's hash: equal tables have equal digests, so a
+    periodic sync sends rows only when they differ."""
+    digest = 0
+    for s in states:
+        digest ^= row_hash(s.name, s.incarnation, s.status)
+    return digest
 
 
 class Membership:
@@ -164,6 +197,14 @@ class Membership:
     def states(self) -> tuple[MemberState, ...]:
         return tuple(m.state() for m in self._members.values())
 
+    def digest(self) -> int:
+        """A 64-bit digest of the table (:func:`table_digest` of ``states()``),
+        from cached row hashes: ~1,000 XORs for a 1,000-member table."""
+        digest = 0
+        for member in self._members.values():
+            digest ^= member.row_hash()
+        return digest
+
     def random_members(
         self, k: int, *, exclude: Iterable[str] = (), now: float, gossip: bool = False
     ) -> list[Member]:
@@ -200,6 +241,22 @@ class Membership:
             member = members[name]
             if member.status in _LIVE:
                 yield name, member.addr
+
+    def random_alive(self) -> Member | None:
+        """A random other member that is alive (not suspect: a round with a
+        member that may be gone would only time out), by sampling: O(1) when
+        most are alive; None when no other member is alive."""
+        others = self._others
+        alive_others = self._count[MemberStatus.ALIVE] - (
+            self.local.status is MemberStatus.ALIVE
+        )
+        if not others or alive_others <= 0:
+            return None
+        for _ in range(3 * len(others)):
+            member = self._members[others[self.rng.randrange(len(others))]]
+            if member.status is MemberStatus.ALIVE:
+                return member
+        return None
 
     def random_dead(self) -> Member | None:
         """A random dead (not left) member, for reconnect attempts."""
@@ -431,15 +488,32 @@ class Membership:
         self._index[msg.name] = len(self._others)
         self._others.append(msg.name)
         self._count[MemberStatus.ALIVE] += 1
-        # Insert at a random position of the remaining probe order, so a new
-        # member is probed within one round but not predictably (memberlist).
-        order = self._probe_order
-        remaining = len(order) - self._probe_index
-        pos = self._probe_index + self.rng.randrange(remaining + 1)
-        order.append(msg.name)
-        order[pos], order[-1] = order[-1], order[pos]
+        self._insert_probe_target(msg.name)
         self._queue(msg.name, msg)
         self._event(EventKind.JOIN, member)
+
+    def _insert_probe_target(self, name: str) -> None:
+        """Put a new member at a random offset of the *whole* probe order,
+        the member there moving to the end (memberlist aliveNode). If the
+        offset falls in the part already probed this round, the new member
+        waits for the next round and the one it displaced is probed again at
+        the end of this one; no member still due this round is pushed back
+        by more than one slot.
+
+        Inserting only into the part still to come (probed within this round
+        for sure) looks kinder to newcomers, but a node's probes are one per
+        interval either way: after a wave of joins (a fresh mesh, a restart)
+        every newcomer jumps ahead of the old members in every round, so the
+        old ones are probed late, and a crash of one of them is found late
+        (the first suspicion comes from the first node to probe it; the
+        spread of that time is smallest when every member is equally likely
+        to be next).
+        """
+        order = self._probe_order
+        n = len(order)
+        offset = self.rng.randrange(n) if n else 0
+        order.append(name)
+        order[offset], order[n] = order[n], order[offset]
 
     def _remove(self, member: Member) -> None:
         del self._members[member.name]
