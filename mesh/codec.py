@@ -90,6 +90,8 @@ __all__ = [
     "MAX_ROUTES_BODY",
     "encode_routes",
     "decode_routes",
+    "encode_routes_ack",
+    "decode_routes_ack",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -515,6 +517,8 @@ def encode_push_pull(push_pull: PushPull) -> bytes:
             push_pull.join,
             [_MEMBER_SPEC.to_wire(member) for member in push_pull.members],
             push_pull.sender,
+            push_pull.digest,
+            push_pull.summary,
         ]
     )
     if len(data) > MAX_PUSH_PULL_SIZE:
@@ -599,10 +603,12 @@ def _read_push_pull(
     if top >= 4:
         raw_sender = unpacker.unpack()
         sender = "" if raw_sender == "" else _name(raw_sender, "push_pull.sender")
-    for _ in range(top - 4):
+    digest = _u64(unpacker.unpack(), "push_pull.digest") if top >= 5 else 0
+    summary = _bool(unpacker.unpack(), "push_pull.summary") if top >= 6 else False
+    for _ in range(top - 6):
         unpacker.skip()  # fields appended by newer versions
     _check_end(unpacker, data)
-    return PushPull(join=join, members=tuple(members), sender=sender)
+    return PushPull(join, tuple(members), sender, digest, summary)
 
 
 def _array_next(unpacker: msgpack.Unpacker, data: bytes) -> bool:
@@ -634,21 +640,22 @@ MAX_ROUTES_BODY: Final = 16 * 1024 * 1024
 _ROUTE_CAP_STR: Final = 4 * 1024 + 16
 
 
+def route_row(r: Route) -> list[Any]:
+    """One route on the wire (push batches and anti-entropy share it)."""
+    return [
+        r.key,
+        r.target,
+        _encode_tags(r.meta),
+        r.version.revision,
+        r.version.hlc,
+        r.version.origin,
+        r.deleted,
+    ]
+
+
 def encode_routes(sender: str, routes: Sequence[Route]) -> bytes:
     """Pack a batch of route deltas."""
-    rows = [
-        [
-            r.key,
-            r.target,
-            _encode_tags(r.meta),
-            r.version.revision,
-            r.version.hlc,
-            r.version.origin,
-            r.deleted,
-        ]
-        for r in routes
-    ]
-    return _PACKER.pack([PROTOCOL_VERSION, sender, rows])
+    return _PACKER.pack([PROTOCOL_VERSION, sender, [route_row(r) for r in routes]])
 
 
 def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
@@ -702,3 +709,39 @@ def _route(row: object) -> Route:
         _name(origin, "route.origin"),
     )
     return Route(key, target, meta, version, deleted)
+
+
+# --- the ack of a pushed route batch ---
+#
+# Body: {"received": n, <outcome>: count, ...}, a map of non-negative integers
+# (outcome names: applied, stale, duplicate, invalid, full).
+
+
+def encode_routes_ack(received: int, counts: Mapping[str, int]) -> bytes:
+    """The ack of one pushed batch: ``{"received": n, <outcome>: count, ...}``."""
+    return _PACKER.pack({"received": received, **counts})
+
+
+def decode_routes_ack(data: bytes) -> dict[str, int]:
+    """Parse an ack; raises :class:`DecodeError` unless it is a map of
+    non-negative integers holding ``received``."""
+    try:
+        document = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=64,
+            max_bin_len=0,
+            max_array_len=0,
+            max_map_len=32,
+            max_ext_len=0,
+        )
+    except _MSGPACK_ERRORS as exc:
+        raise DecodeError(f"malformed ack: {exc}", reason="malformed") from None
+    if not isinstance(document, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in document.items()
+    ):
+        raise DecodeError("ack must be a map of counts", reason="schema")
+    if "received" not in document:
+        raise DecodeError("ack must hold received", reason="schema")
+    return document

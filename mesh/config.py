@@ -200,6 +200,22 @@ class Config:
     #: longest ``?sync=all&timeout=S`` a client may ask for
     sync_timeout_max: float = attrs.field(default=30.0, validator=_positive)
 
+    # --- route watchers (blocking queries and streams, docs/contract.md) ---
+    #: blocking queries and streams open at once; past it a client gets 429
+    watch_max_clients: int = attrs.field(default=64, validator=_at_least_one)
+    #: longest ``?wait=`` of a blocking query (Consul caps its at 10 min); also
+    #: the wait when a query gives ``index`` alone
+    watch_wait_max: float = attrs.field(default=300.0, validator=_positive)
+    #: route changes remembered for streams; a stream further behind is sent a
+    #: fresh snapshot instead (resync), so no watcher buffers without bound
+    watch_log_max: int = attrs.field(default=4096, validator=_at_least_one)
+    #: a stream whose client takes longer than this to accept one write is
+    #: dropped: a slow reader costs the node nothing but its socket
+    watch_send_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: a stream sends a heartbeat line after this long without changes, so a
+    #: client (or proxy) can tell a quiet table from a dead connection
+    watch_heartbeat_interval: float = attrs.field(default=15.0, validator=_positive)
+
     # --- route push to peers ---
     #: pending (coalesced) keys per peer; overflow drops them all and marks the
     #: peer for anti-entropy repair
@@ -209,10 +225,16 @@ class Config:
     push_batch_max_bytes: int = attrs.field(
         default=4 * 1024 * 1024, validator=_at_least_one
     )
-    #: a peer gets at most one batch per push_min_interval: a write after a
-    #: quiet spell is pushed at once, a stream of writes is gathered, so the
-    #: request rate (HTTP costs ~1 ms of CPU per request) stays bounded
-    push_min_interval: float = attrs.field(default=0.02, validator=_non_negative)
+    #: a peer's push batches draw on a token bucket of push_burst tokens, one
+    #: more every push_min_interval: a few writes after a quiet spell are
+    #: pushed at once, a stream of writes is gathered into one batch per
+    #: interval, so the request rate (HTTP costs CPU per request on both ends)
+    #: stays bounded whatever the write rate; a sync=all write is pushed at
+    #: once regardless
+    push_min_interval: float = attrs.field(default=0.05, validator=_non_negative)
+    #: batches a peer may get back to back before push_min_interval spacing
+    #: applies (the token bucket's size)
+    push_burst: int = attrs.field(default=4, validator=_at_least_one)
     #: peers pushed to at once (trio.CapacityLimiter over the fan-out)
     push_concurrency: int = attrs.field(default=32, validator=_at_least_one)
     #: deadline of one push request (connect + send + answer)
@@ -230,6 +252,37 @@ class Config:
     push_pool_connections: int = attrs.field(default=256, validator=_at_least_one)
     push_keepalive_expiry: float = attrs.field(default=60.0, validator=_positive)
 
+    # --- anti-entropy (docs/antientropy.md) ---
+    #: every node reconciles its route table with one live member (peers
+    #: marked needs-repair first) this often; constant in cluster size because
+    #: an idle round costs one small round trip, so the mesh-wide cost is
+    #: n rounds per interval whatever the table size
+    antientropy_interval: float = attrs.field(default=5.0, validator=_positive)
+    #: per request of a round (and per bootstrap chunk)
+    antientropy_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: coded symbols of the digest kept up to date; a difference of more than
+    #: about antientropy_max_symbols / 1.7 entries falls back to a full
+    #: transfer in chunks. Memory: 3 ints per symbol; a write costs ~2 ln(M)
+    #: symbol updates
+    antientropy_max_symbols: int = attrs.field(default=4096, validator=_at_least_one)
+    #: symbols in the first reply to a differing summary (the reply adds
+    #: 1.5 per entry of size difference); more are asked for, doubling
+    antientropy_min_symbols: int = attrs.field(default=24, validator=_at_least_one)
+    #: routes sent or asked for in one repair request; the rest waits a round
+    antientropy_repair_max: int = attrs.field(default=2048, validator=_at_least_one)
+    #: digest updates folded per timer tick (each ~20 µs): a burst of writes
+    #: is folded in slices of this many while the loop keeps serving; a node
+    #: with more pending answers rounds "busy" meanwhile
+    antientropy_fold_batch: int = attrs.field(default=512, validator=_at_least_one)
+    #: routes per chunk of a full transfer (join bootstrap, fallback)
+    antientropy_chunk_routes: int = attrs.field(default=1000, validator=_at_least_one)
+    #: a tombstone is forgotten this long after its delete; an entry older than
+    #: that for a key a caught-up node does not hold is refused (it may be a
+    #: write whose delete was forgotten). Must exceed the longest partition or
+    #: pause after which a member should still contribute writes it never
+    #: managed to send (docs/antientropy.md)
+    route_tombstone_ttl: float = attrs.field(default=86400.0, validator=_positive)
+
     # --- bounds against hostile or runaway input ---
     #: members a node keeps; alive messages for new members beyond it are dropped
     max_members: int = attrs.field(default=10_000, validator=_at_least_one)
@@ -239,6 +292,62 @@ class Config:
     max_pending_probes: int = attrs.field(default=1024, validator=_at_least_one)
     #: messages in one compound datagram
     max_compound_messages: int = attrs.field(default=128, validator=_at_least_one)
+    #: HTTP connections each server (client API, mesh port) serves at once;
+    #: more wait in the listen backlog
+    http_max_connections: int = attrs.field(default=1000, validator=_at_least_one)
+    #: request line plus headers, in bytes (431 past it)
+    http_max_header_bytes: int = attrs.field(default=16 * 1024, validator=_at_least_one)
+    #: a client must send a request's head within this (slow clients dropped)
+    http_header_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: longest wait for one request body chunk, or one write of the response
+    http_io_timeout: float = attrs.field(default=30.0, validator=_positive)
+
+    # --- security (docs/security.md) ---
+    #: gossip key: base64 of 16, 24 or 32 bytes. Set, every datagram and peer
+    #: HTTP body is sealed with AES-GCM (sender name authenticated) and unsealed
+    #: input is refused; None: plaintext, anyone reaching the mesh port can join
+    encrypt: str | None = attrs.field(default=None, repr=False)
+    #: most keys installed in the keyring at once (each is tried on every open)
+    keyring_max: int = attrs.field(default=16, validator=_at_least_one)
+    #: a sealed packet is accepted only if its sender timestamp is within
+    #: replay_window of our wall clock and its nonce was not seen in that window
+    replay_window: float = attrs.field(default=30.0, validator=_positive)
+    #: nonces remembered for replay_window; when full, the oldest are evicted
+    #: and everything older than them is refused (the window narrows)
+    replay_cache_max: int = attrs.field(default=65_536, validator=_at_least_one)
+    #: client API Bearer token (every path but /v1/health); None: no token
+    api_token: str | None = attrs.field(default=None, repr=False)
+    #: file holding the API token (first line), read at start-up
+    api_token_file: str | None = None
+    #: PEM certificate: TLS on the client API and the peer HTTP port
+    tls_cert: str | None = None
+    #: PEM private key of tls_cert
+    tls_key: str | None = None
+    #: PEM CA bundle: peers must present a certificate it signed (mutual TLS on
+    #: the peer port) and we verify theirs
+    tls_ca: str | None = None
+    #: peer HTTP requests served at once (each waits for its whole body, and
+    #: the body is authenticated before anything parses it)
+    peer_http_concurrency: int = attrs.field(default=64, validator=_at_least_one)
+    #: request body bytes the peer port holds at once over all requests
+    #: (buffered before authentication); past it a request is refused with 503
+    peer_http_buffer_max: int = attrs.field(
+        default=64 * 1024 * 1024, validator=_at_least_one
+    )
+    #: datagrams read in one go before other tasks (timers, probes) get a turn
+    udp_recv_batch: int = attrs.field(default=64, validator=_at_least_one)
+    #: refused datagrams (bad, unauthenticated, replayed) one source address
+    #: may send per second; past its budget its datagrams are dropped
+    #: unread until its budget refills, so a flood cannot take the CPU that
+    #: probing the other members needs
+    udp_refused_rate: float = attrs.field(default=100.0, validator=_positive)
+    #: refused datagrams one source may send at once (its bucket's size)
+    udp_refused_burst: int = attrs.field(default=500, validator=_at_least_one)
+    #: source addresses whose refused-datagram budget is tracked
+    udp_throttle_sources: int = attrs.field(default=4096, validator=_at_least_one)
+    #: SO_RCVBUF asked for the UDP socket, so a burst waits in the kernel
+    #: instead of being dropped (Linux caps it at net.core.rmem_max)
+    udp_recv_buffer: int = attrs.field(default=4 * 1024 * 1024, validator=_at_least_one)
 
     def __attrs_post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name):
@@ -267,6 +376,7 @@ class Config:
                 "push_deadline must be >= push_request_timeout, got "
                 f"{self.push_deadline!r} < {self.push_request_timeout!r}"
             )
+        _check_security(self)
         if self.log_format not in ("text", "json"):
             raise ConfigError(
                 f"log_format must be text or json, got {self.log_format!r}"
@@ -308,6 +418,8 @@ class Config:
             "push_retry_budget": 4.0,
             "push_backoff_base": 0.2,
             "push_backoff_max": 2.0,
+            "antientropy_interval": 15.0,
+            "antientropy_timeout": 10.0,
         }
         values.update(overrides)
         return cls(**values)
@@ -340,6 +452,8 @@ class Config:
             "push_retry_budget": 0.35,
             "push_backoff_base": 0.02,
             "push_backoff_max": 0.2,
+            "antientropy_interval": 1.0,
+            "antientropy_timeout": 1.0,
         }
         values.update(overrides)
         return cls(**values)
@@ -354,6 +468,26 @@ class Config:
                 f"profile must be one of {', '.join(PROFILES)}, got {profile!r}"
             ) from None
         return factory(**overrides)
+
+
+def _check_security(config: Config) -> None:
+    """Eager checks of the security block: a bad key or a half TLS setup is
+    a start-up error, not a surprise at the first packet."""
+    from .security import KeyringError, decode_key
+
+    if config.encrypt is not None:
+        try:
+            decode_key(config.encrypt)
+        except KeyringError as exc:
+            raise ConfigError(f"encrypt: {exc}") from None
+    if config.api_token is not None and config.api_token_file is not None:
+        raise ConfigError("api_token and api_token_file are exclusive; give one")
+    if config.api_token is not None and not config.api_token.strip():
+        raise ConfigError("api_token must not be empty")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key go together; give both or neither")
+    if config.tls_ca is not None and config.tls_cert is None:
+        raise ConfigError("tls_ca needs tls_cert and tls_key (mutual TLS)")
 
 
 def tags_size(tags: Mapping[str, str]) -> int:

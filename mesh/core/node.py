@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import attrs
 
@@ -49,6 +49,7 @@ from ..messages import (
     PushPull,
     Suspect,
 )
+from .antientropy import AeReply, AeRequest, AntiEntropy
 from .effects import (
     Effect,
     EventKind,
@@ -165,6 +166,8 @@ class NodeCore:
         self._tokens = 0
         self._exchanges: dict[int, tuple[ExchangePurpose, str]] = {}
         self._join_pending: set[int] = set()
+        # tokens of summary syncs: a mismatch is followed by a full one
+        self._summary_syncs: set[int] = set()
         self._join_attempts = 0
         self._join_retry_at: float | None = None
         self._next_rejoin_at = now + config.join_backoff_max
@@ -178,6 +181,7 @@ class NodeCore:
             origin=config.name,
             max_routes=config.max_routes,
             hlc_max_skew_ms=int(config.hlc_max_skew * 1000),
+            max_symbols=config.antientropy_max_symbols,
         )
         self.pushes = PushScheduler(
             queue_max=config.push_queue_max,
@@ -185,6 +189,16 @@ class NodeCore:
             deadline=config.push_deadline,
             min_interval=config.push_min_interval,
             batch_max_bytes=config.push_batch_max_bytes,
+            burst=config.push_burst,
+        )
+        self.ae = AntiEntropy(
+            config,
+            self.routes,
+            name=config.name,
+            repair=self.pushes.needs_repair,
+            rng=rng,
+            now=now,
+            caught_up=not config.join,
         )
         #: the shell's retry schedule for one push batch
         self.retry_policy = RetryPolicy(
@@ -216,7 +230,11 @@ class NodeCore:
         """Whether our route table has caught up with the mesh (readiness)."""
         if not self.joined:
             return RouteSync(False, "not joined", 0)
-        return RouteSync(True, "", 0)
+        ae = self.ae
+        if not ae.caught_up:
+            source = f" from {ae.source}" if ae.source else ""
+            return RouteSync(False, f"bootstrapping routes{source}", ae.behind)
+        return RouteSync(True, "", ae.behind)
 
     def leave_pending(self) -> bool:
         """True while our leave has not been gossiped its full retransmit count
@@ -252,9 +270,18 @@ class NodeCore:
             ready = self.pushes.next_ready_at()
             if ready is not None and ready < t:
                 t = ready
+        ae = self.ae.next_deadline()
+        if ae is not None and ae < t:
+            t = ae
+
         # Never plan in the past: a conditional timer (gossip, reconnect) may
         # have been due long ago, and that is not lateness.
         self._planned = max(t, self._last_now)
+        if self.routes.pending_folds() > self.config.antientropy_fold_batch:
+            # Fold the next slice at once (see tick); an immediate wake is
+            # not a plan, so it cannot look like a stall.
+            self._planned = None
+            return min(t, self._last_now)
         return t
 
     # --- inputs ---
@@ -289,8 +316,9 @@ class NodeCore:
                 self._on_nack(msg)
         return self._drain()
 
-    def tick(self, now: float) -> list[Effect]:
-        """Run every timer that is due."""
+    def tick(self, now: float, wall: float | None = None) -> list[Effect]:
+        """Run every timer that is due. ``wall`` (wall-clock seconds) lets
+        anti-entropy collect old tombstones; without it they wait."""
         m = self.membership
         planned, self._planned = self._planned, None
         if (
@@ -333,6 +361,10 @@ class NodeCore:
         if now >= self._next_reap_at:
             m.reap(now)
             self._next_reap_at = now + max(self.config.gossip_to_the_dead_time, 1.0)
+        if self.routes.pending_folds() > self.config.antientropy_fold_batch:
+            self.routes.fold(self.config.antientropy_fold_batch)
+        if self.ae.due(now):
+            self._out.extend(self.ae.tick(now, wall, self._ae_peer, joined=self.joined))
         return self._drain()
 
     def exchange_done(
@@ -343,8 +375,18 @@ class NodeCore:
         if entry is None:
             return []
         purpose, sender = entry
+        summary = token in self._summary_syncs
+        self._summary_syncs.discard(token)
         for reply in replies:
+            if reply.summary:
+                self.membership.stats["exchange_sync_same"] += 1
+                continue
             self.membership.merge(reply.members, reply.sender or sender, now)
+            if summary and self.membership.digest() != reply.digest:
+                # Their rows are merged; now they need ours (push-pull).
+                member = self.membership.get(sender)
+                if member is not None:
+                    self._exchange(member.addr, purpose, sender)
         self.membership.stats[
             f"exchange_{purpose.value}_{'ok' if replies else 'failed'}"
         ] += 1
@@ -352,6 +394,7 @@ class NodeCore:
             self._join_pending.discard(token)
             if replies and not self.joined:
                 self.joined = True
+                self.ae.kick(now)  # bootstrap the route table at once
                 self._join_retry_at = None
                 self.membership.out.append(
                     MemberEvent(EventKind.JOINED, self.membership.local.view())
@@ -363,10 +406,34 @@ class NodeCore:
     def handle_exchange(
         self, request: PushPull, now: float
     ) -> tuple[PushPull, list[Effect]]:
-        """A peer's member-table exchange: reply with our table, then merge theirs."""
-        reply = PushPull(False, self.membership.states(), self.name)
+        """A peer's member-table exchange: reply with our table, then merge theirs.
+
+        A summary request (a periodic sync) is answered with a summary when the
+        digests match: an idle 1,000-member mesh exchanges two digests, not
+        two tables."""
+        m = self.membership
+        digest = m.digest()
+        if request.summary and request.digest == digest:
+            m.stats["exchange_served_same"] += 1
+            return PushPull(False, (), self.name, digest, summary=True), self._drain()
+        reply = PushPull(False, m.states(), self.name, digest)
         self.membership.merge(request.members, request.sender or "?", now)
         self.membership.stats["exchange_served"] += 1
+        return reply, self._drain()
+
+    def reconcile_done(
+        self, token: int, reply: AeReply | None, now: float, wall: float
+    ) -> list[Effect]:
+        """Result of a :class:`Reconcile`: the peer's reply, or None."""
+        self._last_now = now
+        self._out.extend(self.ae.done(token, reply, now, wall))
+        return self._drain()
+
+    def handle_reconcile(
+        self, request: AeRequest, now: float, wall: float
+    ) -> tuple[AeReply, list[Effect]]:
+        """A peer's anti-entropy request: our reply and effects."""
+        reply = self.ae.handle(request, wall)
         return reply, self._drain()
 
     def tcp_probe_done(
@@ -463,8 +530,11 @@ class NodeCore:
         """
         counts: dict[str, int] = {}
         wall_ms = int(wall * 1000)
+        horizon = self.ae.horizon(wall)
         for route in routes:
-            status = self.routes.apply(route, wall_ms=wall_ms).status.value
+            status = self.routes.apply(
+                route, wall_ms=wall_ms, horizon_ms=horizon
+            ).status.value
             counts[status] = counts.get(status, 0) + 1
         return counts, self._drain()
 
@@ -476,6 +546,14 @@ class NodeCore:
         comes out at once."""
         self.pushes.done(peer, batch_id, ok, reason)
         self._take_pushes(now)
+        return self._drain()
+
+    def expedite_pushes(self, now: float) -> list[Effect]:
+        """A caller waits for the writes queued so far (``sync=all``): hand
+        out every peer's pending batch now, ignoring the push rate's token
+        bucket (one batch in flight per peer still holds)."""
+        for batch in self.pushes.take_ready(now, expedite=True):
+            self._out.append(Push(batch))
         return self._drain()
 
     def sync_ticket(self) -> SyncTicket:
@@ -653,13 +731,23 @@ class NodeCore:
     # --- member-table exchanges ---
 
     def _exchange(
-        self, target: Address | str, purpose: ExchangePurpose, peer: str
+        self,
+        target: Address | str,
+        purpose: ExchangePurpose,
+        peer: str,
+        *,
+        summary: bool = False,
     ) -> int:
         self._tokens += 1
         token = self._tokens
         self._exchanges[token] = (purpose, peer)
+        m = self.membership
         request = PushPull(
-            purpose is ExchangePurpose.JOIN, self.membership.states(), self.name
+            purpose is ExchangePurpose.JOIN,
+            () if summary else m.states(),
+            self.name,
+            m.digest(),
+            summary,
         )
         self._out.append(Exchange(token, target, request, purpose))
         return token
@@ -685,12 +773,30 @@ class NodeCore:
             return
         peers = m.random_members(1, exclude=(self.name,), now=now)
         if peers:
-            self._exchange(peers[0].addr, ExchangePurpose.SYNC, peers[0].name)
+            self._summary_syncs.add(
+                self._exchange(
+                    peers[0].addr, ExchangePurpose.SYNC, peers[0].name, summary=True
+                )
+            )
 
     def _reconnect(self, now: float) -> None:
         member = self.membership.random_dead()
         if member is not None:
             self._exchange(member.addr, ExchangePurpose.RECONNECT, member.name)
+
+    def _ae_peer(self, marked: Collection[str]) -> tuple[str, Address] | None:
+        """An alive member for an anti-entropy round: a needs-repair one first."""
+        m = self.membership
+        alive = [
+            (name, member.addr)
+            for name in sorted(marked)
+            if (member := m.get(name)) is not None
+            and member.status is MemberStatus.ALIVE
+        ]
+        if alive:
+            return self.rng.choice(alive)
+        member = m.random_alive()
+        return None if member is None else (member.name, member.addr)
 
     def _drain(self) -> list[Effect]:
         out = self._out

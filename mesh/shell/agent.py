@@ -8,6 +8,8 @@ returns goes through :meth:`Agent._dispatch`, the one place effects are executed
   agent's nursery and report back as new inputs (``exchange_done``,
   ``tcp_probe_done``);
 * ``MemberEvent``: logged at info and counted;
+* ``Reconcile``: an anti-entropy request, run as a task like an exchange,
+  reporting back through ``reconcile_done``;
 * ``Push``: handed to :attr:`Agent.push_handler` (the pusher runs it as a task
   and reports back through :meth:`Agent.push_done`).
 
@@ -33,6 +35,7 @@ import structlog
 import trio
 
 from ..config import Config
+from ..core.antientropy import AeReply, AeRequest, Reconcile
 from ..core.effects import (
     Effect,
     EventKind,
@@ -49,9 +52,11 @@ from ..core.routes import Outcome, Route
 from ..core.sync import Batch
 from ..logs import get_logger
 from ..messages import Address, MemberStatus, Message, PushPull
+from .ae_http import reconcile
 from .metrics import Metrics
 from .net import format_address
 from .peer_http import PeerClient
+from .sealing import Sealer
 from .udp import UdpEndpoint
 
 __all__ = ["Agent"]
@@ -102,6 +107,9 @@ class Agent:
         )
         self.metrics = Metrics(self.core)
         self.log: structlog.typing.FilteringBoundLogger = get_logger(config.name)
+        #: the gossip keyring and replay window, shared by UDP, peer HTTP (both
+        #: sides) and the keyring API; disabled (plaintext) without a key
+        self.sealer = Sealer.from_config(config, metrics=self.metrics, log=self.log)
         self.udp: UdpEndpoint | None = None
         self.peers: PeerClient | None = None
         self._nursery: trio.Nursery | None = None
@@ -121,6 +129,12 @@ class Agent:
         # Replaced on every push_done: waiters (sync=all, the leave flush)
         # re-check their condition when a push ends instead of polling.
         self._push_progress = trio.Event()
+        # member name -> when we saw it dead (for the "partition healed" log)
+        self._dead_since: dict[str, float] = {}
+        # Replaced each time core.routes.index moves: route watchers (blocking
+        # queries, streams, the embedding API) wake on it instead of polling.
+        self._routes_index = self.core.routes.index
+        self._routes_changed = trio.Event()
         #: set to begin the graceful leave (signal, API, embedding caller)
         self.shutdown_requested = trio.Event()
         #: set once our leave has been gossiped enough (or there is nobody to tell)
@@ -155,6 +169,14 @@ class Agent:
         self._dispatch(effects)
         return reply
 
+    def handle_reconcile(self, request: AeRequest) -> AeReply:
+        """A peer's anti-entropy request (the peer HTTP app's callback)."""
+        reply, effects = self.core.handle_reconcile(
+            request, trio.current_time(), time.time()
+        )
+        self._dispatch(effects)
+        return reply
+
     def leave(self) -> None:
         """Announce our leave; :attr:`leave_done` is set when it has spread."""
         self.log.info("leaving the mesh")
@@ -167,7 +189,7 @@ class Agent:
         outcome, effects = self.core.put_route(
             key, target, meta, revision, trio.current_time(), time.time()
         )
-        self.metrics.route_writes.labels(outcome.status.value).inc()
+        self.metrics.route_write(outcome.status.value)
         self._dispatch(effects)
         return outcome
 
@@ -176,9 +198,14 @@ class Agent:
         outcome, effects = self.core.delete_route(
             key, revision, trio.current_time(), time.time()
         )
-        self.metrics.route_writes.labels(outcome.status.value).inc()
+        self.metrics.route_write(outcome.status.value)
         self._dispatch(effects)
         return outcome
+
+    def expedite_pushes(self) -> None:
+        """Push what is queued now, whatever the push rate limit: a client
+        waits for it (``sync=all``)."""
+        self._dispatch(self.core.expedite_pushes(trio.current_time()))
 
     def receive_routes(self, routes: list[Route]) -> dict[str, int]:
         """Deltas a peer pushed (the peer HTTP app's callback): counts by outcome."""
@@ -209,6 +236,11 @@ class Agent:
         while pushes.depth() or pushes.in_flight():
             await self.wait_push_progress()
 
+    async def wait_routes_changed(self) -> None:
+        """Return when ``core.routes.index`` next moves. Check the index before
+        calling, with no checkpoint in between, and again after."""
+        await self._routes_changed.wait()
+
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
 
@@ -220,7 +252,7 @@ class Agent:
             now = trio.current_time()
             if now >= target:
                 self._timer_at = -math.inf  # ticking: nobody needs to wake us
-                self._dispatch(self.core.tick(now))
+                self._dispatch(self.core.tick(now, time.time()))
                 await trio.lowlevel.checkpoint()
                 continue
             self._timer_at = target
@@ -265,6 +297,10 @@ class Agent:
                 self._execute(self._queue.popleft())
         finally:
             self._dispatching = False
+        if self.core.routes.index != self._routes_index:
+            self._routes_index = self.core.routes.index
+            self._routes_changed.set()
+            self._routes_changed = trio.Event()
         deadline = self.core.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             self._wake.set()
@@ -300,6 +336,16 @@ class Agent:
                 self._queue.extend(
                     self.core.tcp_probe_done(
                         effect.seq, TcpProbeResult.FAILED, trio.current_time()
+                    )
+                )
+        elif isinstance(effect, Reconcile):
+            if self._start_io():
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_reconcile, effect)
+            else:
+                self._queue.extend(
+                    self.core.reconcile_done(
+                        effect.token, None, trio.current_time(), time.time()
                     )
                 )
         elif isinstance(effect, Push):
@@ -338,6 +384,18 @@ class Agent:
             self.core.exchange_done(effect.token, replies, trio.current_time())
         )
 
+    async def _run_reconcile(self, effect: Reconcile) -> None:
+        assert self.peers is not None
+        try:
+            reply = await reconcile(self, self.peers, effect)
+        finally:
+            self._io_inflight -= 1
+        self._dispatch(
+            self.core.reconcile_done(
+                effect.token, reply, trio.current_time(), time.time()
+            )
+        )
+
     async def _run_probe(self, effect: ProbeTcp) -> None:
         assert self.peers is not None
         try:
@@ -359,3 +417,22 @@ class Agent:
             status=view.status.value,
             incarnation=view.incarnation,
         )
+        # "partition healed": a member we held dead is alive again (it refuted
+        # after a partition or pause, or merged back through push-pull). The
+        # core's ALIVE event does not say what it came back from, so the shell
+        # remembers who is dead; entries go on reap, so this is bounded by the
+        # member table.
+        kind = event.kind
+        if kind is EventKind.DEAD:
+            self._dead_since[view.name] = trio.current_time()
+        elif kind in (EventKind.ALIVE, EventKind.JOIN):
+            since = self._dead_since.pop(view.name, None)
+            if since is not None:
+                self.log.info(
+                    "partition healed",
+                    peer=view.name,
+                    addr=format_address(view.addr),
+                    dead_for=round(trio.current_time() - since, 3),
+                )
+        elif kind in (EventKind.LEFT, EventKind.REAP):
+            self._dead_since.pop(view.name, None)

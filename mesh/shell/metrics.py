@@ -12,12 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from ..core.effects import ExchangePurpose
 from ..core.node import NodeCore
+from ..core.sync import DROP_REASONS
 from ..messages import MemberStatus
 
 __all__ = ["CONTENT_TYPE", "PUSH_RESULTS", "Metrics"]
@@ -35,6 +42,17 @@ _PROBE_RESULTS = {
     "probe_tcp_ack": "tcp_ack",
     "probe_failed": "failed",
     "probe_refused": "refused",
+}
+
+
+# how an anti-entropy round can end: mesh_antientropy_rounds_total{outcome}
+_AE_OUTCOMES = ("same", "repaired", "bootstrapped", "merged", "busy", "failed")
+# mesh_antientropy_served_total{kind} -> core stats key
+_AE_SERVED = {
+    "open": "served_AeOpen",
+    "more": "served_AeMore",
+    "repair": "served_AeRepair",
+    "chunk": "served_AeChunk",
 }
 
 
@@ -108,6 +126,68 @@ class _CoreCollector:
             "mesh_incarnation", "This node's incarnation number", core.incarnation
         )
         yield from self._collect_routes()
+        yield from self._collect_antientropy()
+
+    def _collect_antientropy(self) -> Iterable[Metric]:
+        core = self._core
+        stats = core.ae.stats
+        rounds = CounterMetricFamily(
+            "mesh_antientropy_rounds",
+            "Anti-entropy rounds this node opened, by outcome",
+            labels=["outcome"],
+        )
+        for outcome in _AE_OUTCOMES:
+            rounds.add_metric([outcome], stats[f"rounds_{outcome}"])
+        yield rounds
+        served = CounterMetricFamily(
+            "mesh_antientropy_served",
+            "Anti-entropy requests answered for peers, by kind",
+            labels=["kind"],
+        )
+        for kind, key in _AE_SERVED.items():
+            served.add_metric([kind], stats[key])
+        yield served
+        routes = CounterMetricFamily(
+            "mesh_antientropy_routes",
+            "Routes moved by anti-entropy: repaired (applied here), sent "
+            "(ours, to a peer), served (asked for by a peer), expired (refused: "
+            "older than the tombstone horizon), dropped (forgotten on a peer's "
+            "refusal)",
+            labels=["kind"],
+        )
+        for kind in ("repaired", "sent", "served", "expired", "dropped"):
+            routes.add_metric([kind], stats[f"routes_{kind}"])
+        yield routes
+        symbols = CounterMetricFamily(
+            "mesh_antientropy_symbols",
+            "Digest symbols exchanged, by direction",
+            labels=["direction"],
+        )
+        symbols.add_metric(["sent"], stats["symbols_sent"])
+        symbols.add_metric(["received"], stats["symbols_received"])
+        yield symbols
+        yield CounterMetricFamily(
+            "mesh_antientropy_fallbacks",
+            "Rounds whose difference was too large to decode: full transfer",
+            stats["fallbacks"],
+        )
+        yield CounterMetricFamily(
+            "mesh_route_tombstones_collected",
+            "Tombstones forgotten after route_tombstone_ttl",
+            core.routes.collected,
+        )
+        sync = core.route_sync()
+        yield GaugeMetricFamily(
+            "mesh_routes_caught_up",
+            "1 once the route table has caught up with the mesh (bootstrap done)",
+            int(sync.caught_up),
+        )
+        yield GaugeMetricFamily(
+            "mesh_routes_behind",
+            "Entries this node knows it lacks (bootstrap: the source's size "
+            "minus those received; after: the last round's difference)",
+            sync.behind,
+        )
 
     def _collect_routes(self) -> Iterable[Metric]:
         core = self._core
@@ -139,11 +219,16 @@ class _CoreCollector:
             "Route deltas dropped for a peer (it is then repaired by anti-entropy)",
             labels=["reason"],
         )
-        # Reasons are a small fixed set named by the core and the shell
-        # (overflow, deadline, rejected, failed, peer_dead, ...).
-        for key, count in sorted(pushes.stats.items()):
-            if key.startswith("dropped_"):
-                dropped.add_metric([key.removeprefix("dropped_")], count)
+        # Reasons are a small fixed set named by the core and the shell; each
+        # is exported from the start (at 0), so the label shows on a fresh
+        # agent and rate() has a baseline.
+        stats = pushes.stats
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], stats[f"dropped_{reason}"])
+        for key, count in sorted(stats.items()):
+            reason = key.removeprefix("dropped_")
+            if key.startswith("dropped_") and reason not in DROP_REASONS:
+                dropped.add_metric([reason], count)
         yield dropped
 
 
@@ -183,6 +268,9 @@ class Metrics:
             ["method", "path", "code"],
             registry=self.registry,
         )
+        self._api_children: dict[tuple[str, str, int], Counter] = {}
+        self._write_children: dict[str, Counter] = {}
+        self._latency_children: dict[tuple[str, str], Histogram] = {}
 
         self.pushes = Counter(
             "mesh_pushes",
@@ -228,13 +316,82 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.antientropy_bytes = Counter(
+            "mesh_antientropy_bytes",
+            "Anti-entropy message bodies, by direction (sent, received) and "
+            "role (initiator: our rounds; peer: answering others)",
+            ["direction", "role"],
+            registry=self.registry,
+        )
+        self.antientropy_refused = Counter(
+            "mesh_antientropy_refused",
+            "Anti-entropy bodies refused as undecodable or hostile, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.route_watchers = Gauge(
+            "mesh_route_watchers",
+            "Route blocking queries and streams open now",
+            registry=self.registry,
+        )
+        self.route_watch_dropped = Counter(
+            "mesh_route_watch_dropped",
+            "Route watchers refused or cut short, by reason (too_many: 429; "
+            "slow: a stream not reading, dropped; resync: a stream that fell "
+            "off the change log, sent a snapshot)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.api_latency = Histogram(
+            "mesh_api_request_duration_seconds",
+            "Client API request handling time, by method and route (a blocking "
+            "query's time includes its wait)",
+            ["method", "path"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
+        )
+
+        self.auth_failures = Counter(
+            "mesh_auth_failures",
+            "Input refused by authentication, by channel (udp, peer_http, "
+            "peer_response, api) and reason (unsealed, auth_failed, replay, "
+            "stale, future, bad_envelope, bad_version, missing_token, bad_token, "
+            "busy)",
+            ["channel", "reason"],
+            registry=self.registry,
+        )
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count ``count`` dropped datagrams (or messages) for ``reason``."""
         self.dropped_packets.labels(reason).inc(count)
 
-    def observe_api(self, method: str, path: str, code: int) -> None:
-        self.api_requests.labels(method, path, str(code)).inc()
+    def observe_api(
+        self, method: str, path: str, code: int, duration: float | None = None
+    ) -> None:
+        # Label children cached: labels() takes a lock and checks its
+        # arguments on every call. Bounded: methods and route patterns are
+        # fixed sets (asgi.normalize_method), status codes few.
+        key = (method, path, code)
+        child = self._api_children.get(key)
+        if child is None:
+            child = self._api_children[key] = self.api_requests.labels(
+                method, path, str(code)
+            )
+        child.inc()
+        if duration is not None:
+            timer = self._latency_children.get((method, path))
+            if timer is None:
+                timer = self._latency_children[(method, path)] = (
+                    self.api_latency.labels(method, path)
+                )
+            timer.observe(duration)
+
+    def route_write(self, result: str) -> None:
+        """Count one client write by outcome (label child cached)."""
+        child = self._write_children.get(result)
+        if child is None:
+            child = self._write_children[result] = self.route_writes.labels(result)
+        child.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

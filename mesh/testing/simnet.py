@@ -708,23 +708,15 @@ class SimNet:
         elif kind in (_XREPLY, _XFAIL):
             node: SimNode = a
             token, reply = c
-            if node.gen != b or token not in node.exchanges:
+            if not self._claim(node, node.exchanges, token, kind, b, c):
                 return
-            if node.paused:
-                self._buffer(node, kind, b, c)
-                return
-            node.exchanges.discard(token)
             replies = [reply] if kind == _XREPLY else []
             self._after(node, node.core.exchange_done(token, replies, t))
         elif kind == _TCPRES:
             node = a
             seq, result = c
-            if node.gen != b or seq not in node.tcp_probes:
+            if not self._claim(node, node.tcp_probes, seq, kind, b, c):
                 return
-            if node.paused:
-                self._buffer(node, kind, b, c)
-                return
-            node.tcp_probes.discard(seq)
             self._after(node, node.core.tcp_probe_done(seq, result, t))
         elif kind == _RESUME:
             node = a
@@ -750,12 +742,8 @@ class SimNet:
         elif kind == _PDONE:
             node = a
             batch, ok = c
-            if node.gen != b or batch.id not in node.pushes:
+            if not self._claim(node, node.pushes, batch.id, kind, b, c):
                 return
-            if node.paused:
-                self._buffer(node, kind, b, c)
-                return
-            node.pushes.discard(batch.id)
             reason = "" if ok else "deadline"
             self._after(node, node.core.push_done(batch.peer, batch.id, ok, reason, t))
         elif kind == _AREQ:
@@ -763,13 +751,22 @@ class SimNet:
         elif kind == _ADONE:
             node = a
             token, reply = c
-            if node.gen != b or token not in node.reconciles:
+            if not self._claim(node, node.reconciles, token, kind, b, c):
                 return
-            if node.paused:
-                self._buffer(node, kind, b, c)
-                return
-            node.reconciles.discard(token)
             self._after(node, node.core.reconcile_done(token, reply, t, t))
+
+    def _claim(
+        self, node: SimNode, pending: set[int], ident: int, kind: int, gen: Any, c: Any
+    ) -> bool:
+        """Whether a result for ``node`` is delivered now: it is for this
+        process and still awaited; a paused node reads it on resume."""
+        if node.gen != gen or ident not in pending:
+            return False
+        if node.paused:
+            self._buffer(node, kind, gen, c)
+            return False
+        pending.discard(ident)
+        return True
 
     def _resume(self, node: SimNode) -> None:
         node.paused = False
