@@ -5,7 +5,7 @@ lines of several agents (one machine, tests, ``mesh up``) can be told apart.
 Member state changes are logged at info, per-packet detail at debug; the level
 filter is compiled into the logger (``make_filtering_bound_logger``), so a debug
 call on the per-packet path costs next to nothing when it is off. Standard
-``logging`` records (hypercorn, httpx) go through the same renderer.
+``logging`` records (httpx, other libraries) go through the same renderer.
 """
 
 from __future__ import annotations

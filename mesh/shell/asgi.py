@@ -244,7 +244,7 @@ class Router:
             await _lifespan(receive, send)
             return
         if scope["type"] != "http":
-            return  # websockets: not ours; hypercorn closes the connection
+            return  # websockets: not ours; the server closes the connection
         method: str = scope["method"]
         path: str = scope["path"]
         label = "unmatched"
@@ -315,7 +315,7 @@ async def _send(send: Send, response: Response) -> None:
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
-    # Answer the lifespan protocol so hypercorn does not log a warning about it.
+    # Answer the lifespan protocol, which any ASGI server may speak.
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

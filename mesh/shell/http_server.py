@@ -115,6 +115,7 @@ class _Connection:
         self._head_sent = False
         self._response_done = False
         self._no_body = False
+        self._big_body = False
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_done = False
@@ -270,6 +271,13 @@ class _Connection:
         self._response_done = False
         self._body_done = False
         self._no_body = request.method == b"HEAD"
+        # A large body the app will not read is not drained after the
+        # response: the response must then say the connection closes, or a
+        # keep-alive client sends its next request into a closing socket.
+        self._big_body = True
+        for name, value in request.headers:
+            if name == b"content-length":
+                self._big_body = int(value) > self.server.limits.max_drain_bytes
         target = request.target
         raw_path, _, query = target.partition(b"?")
         path = raw_path.decode("ascii", "replace")
@@ -345,7 +353,9 @@ class _Connection:
             self._headers = [
                 (bytes(k), bytes(v)) for k, v in message.get("headers", ())
             ]
-            if self.server.stopping:
+            if self.server.stopping or (
+                conn.their_state is h11.SEND_BODY and self._big_body
+            ):
                 self._headers.append((b"connection", b"close"))
             return
         if kind != "http.response.body":

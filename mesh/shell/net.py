@@ -1,10 +1,10 @@
 """Sockets and addresses: binding the mesh port (TCP and UDP on one number),
 choosing the advertised address, formatting ``HOST:PORT``.
 
-Why bind ourselves instead of letting hypercorn do it: the mesh port is one
-number for two protocols, and with port 0 only the kernel knows it until TCP is
-bound; we then bind UDP to the same number, and hand the bound TCP socket to
-hypercorn as ``fd://N`` (hypercorn config.py ``_create_sockets``).
+Why bind ourselves instead of letting the HTTP server do it: the mesh port is
+one number for two protocols, and with port 0 only the kernel knows it until
+TCP is bound; we then bind UDP to the same number, and hand the bound TCP
+socket to :mod:`mesh.shell.http_server`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """TCP side of the mesh port: HTTP between peers.
 
-Server: a raw ASGI app (served by hypercorn on the pre-bound TCP socket, see
-:mod:`mesh.shell.net`) with
+Server: a raw ASGI app (served by :mod:`mesh.shell.http_server` on the
+pre-bound TCP socket, see :mod:`mesh.shell.net`) with
 
 * ``POST /mesh/v1/exchange``: a msgpack :class:`~mesh.messages.PushPull` in, our
   own table out (memberlist's push-pull over TCP);
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -32,7 +31,6 @@ import httpx
 import msgpack
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from ..codec import (
     MAX_PUSH_PULL_SIZE,
@@ -66,7 +64,6 @@ __all__ = [
     "PeerClient",
     "decode_routes_ack",
     "encode_routes_ack",
-    "hypercorn_config",
     "make_peer_app",
     "open_peer_client",
     "read_limited",
@@ -185,31 +182,6 @@ SERVER_KEEP_ALIVE = 75.0
 #: how long the client keeps one for reuse: shorter than the server's, so the
 #: client never picks a connection the server is closing at that moment
 CLIENT_KEEP_ALIVE = 60.0
-
-
-def hypercorn_config(
-    sock: socket.socket, *, keep_alive_timeout: float = SERVER_KEEP_ALIVE
-) -> HypercornConfig:
-    """A hypercorn config serving the pre-bound ``sock``.
-
-    The socket is *detached*: hypercorn makes its own socket object from the fd
-    and closes it at shutdown, so we must not close it too. Keep-alive is long
-    and unlimited in requests because peers pool connections; graceful shutdown
-    is short because peers retry anything cut off. No access log: per-request
-    lines at info would drown the member events.
-    """
-    config = HypercornConfig()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.keep_alive_timeout = keep_alive_timeout
-    config.keep_alive_max_requests = 2**31
-    config.graceful_timeout = 1.0
-    config.accesslog = None
-    # A Logger instance is used as is: no handler of hypercorn's own, records
-    # propagate to the root handler set up by mesh.logs, and its "Running on"
-    # lines (info) fall below the root's warning level.
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.include_server_header = False
-    return config
 
 
 # --- client ---

@@ -179,7 +179,7 @@ def test_sigterm_flushes_pushes_within_a_bound(cluster: AgentCluster) -> None:
     finally:
         paused.resume()
     # local profile: push_deadline 1.5 s and tcp_timeout 1 s, waited at once,
-    # then hypercorn's 1 s graceful stop; loose on a shared machine.
+    # then the HTTP server's graceful stop; loose on a shared machine.
     assert elapsed < 6.0
     expected = {f"f.{i}": "http://f" for i in range(50)}
     wait_until(

@@ -185,7 +185,7 @@ def test_json_logs_one_event_per_line_with_member() -> None:
         raise ValueError("boom")
     except ValueError:
         log.error("failed", exc_info=True)
-    logging.getLogger("hypercorn.error").warning("from a library")
+    logging.getLogger("some.library").warning("from a library")
     lines = out.getvalue().splitlines()
     events = [json.loads(line) for line in lines]
     assert [e["event"] for e in events] == ["member joined", "failed", "from a library"]

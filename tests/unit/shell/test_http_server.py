@@ -213,6 +213,22 @@ async def test_body_limit_is_the_apps_and_unread_bodies_are_drained() -> None:
         answer = await read_until_closed(stream)
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert answer.endswith(b"ignored")
+        # ... and the response says so, so a keep-alive client opens a new
+        # connection for its next request instead of losing it.
+        assert b"connection: close" in answer.lower()
+
+
+async def test_a_keep_alive_client_survives_refused_large_bodies() -> None:
+    limits = ServerLimits(max_drain_bytes=100)
+    async with (
+        running(router(), limits) as (port, _),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        for i in range(20):
+            too_big = await client.post("/echo/a", content=b"x" * 5000)
+            assert too_big.status_code == 413
+            ok = await client.get(f"/echo/k{i}")
+            assert ok.status_code == 200
 
 
 async def test_chunked_request_body_is_read() -> None:
