@@ -47,6 +47,7 @@ __all__ = [
     "start_cluster",
     "summary",
     "wait_until",
+    "parse_sets",
     "write_json",
 ]
 
@@ -358,6 +359,19 @@ def other_busy_processes(exclude: Iterable[int] = (), top: int = 3) -> list[str]
 
 
 # --- cluster ---
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` options as Config overrides (VALUE as JSON when it
+    parses, else a string)."""
+    values: dict[str, Any] = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        try:
+            values[k.strip()] = json.loads(v)
+        except ValueError:
+            values[k.strip()] = v
+    return values
 
 
 def write_config(log_dir: str, values: dict[str, Any]) -> list[str]:

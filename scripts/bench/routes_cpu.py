@@ -28,7 +28,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 from routes_common import (
     Conn,
     _proc_cpu,
+    parse_sets,
     scrape_metrics,
     start_cluster,
     summary,
@@ -156,13 +156,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
-    args.config_values = {}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        try:
-            args.config_values[k.strip()] = json.loads(v)
-        except ValueError:
-            args.config_values[k.strip()] = v
+    args.config_values = parse_sets(args.set)
     runs = []
     for run in range(args.runs):
         r = one_run(args, run)

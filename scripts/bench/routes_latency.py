@@ -47,6 +47,7 @@ from routes_common import (
     fmt_spread,
     md_table,
     other_busy_processes,
+    parse_sets,
     start_cluster,
     summary,
     wait_until,
@@ -216,13 +217,7 @@ def main() -> int:
             f"note: a paused block lasts {args.block / args.rate:.2f} s; past about "
             "1 s the local profile may declare the paused peer dead"
         )
-    args.config_values = {}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        try:
-            args.config_values[k.strip()] = json.loads(v)
-        except ValueError:
-            args.config_values[k.strip()] = v
+    args.config_values = parse_sets(args.set)
 
     runs = []
     for run in range(args.runs):

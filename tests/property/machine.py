@@ -29,3 +29,12 @@ class SimMachine(RuleBasedStateMachine):
 
     def seeds(self) -> list[tuple[str, int]]:
         return [n.addr for n in self.up()]
+
+    def quiesce(self) -> None:
+        """Stop the faults: heal partitions, no loss, resume every paused node
+        (teardown, before the settle)."""
+        sim = self.net
+        sim.heal()
+        sim.set_loss(0.0)
+        for node in self.up():
+            sim.resume(node.name)

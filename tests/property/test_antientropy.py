@@ -152,10 +152,7 @@ class RouteChurn(SimMachine):
         if self.sim is None or sys.exc_info()[0] is not None:
             return
         sim = self.net
-        sim.heal()
-        sim.set_loss(0.0)
-        for node in self.up():
-            sim.resume(node.name)
+        self.quiesce()
         cfg = sim.node("n0").config
         sim.run_for(settle_bound(cfg, MAX_NODES) + 20 * cfg.antientropy_interval)
         live = [n for n in self.up() if n.core.joined]

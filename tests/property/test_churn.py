@@ -202,10 +202,7 @@ class Churn(SimMachine):
         if self.sim is None or sys.exc_info()[0] is not None:
             return
         sim = self.net
-        sim.heal()
-        sim.set_loss(0.0)
-        for node in self.up():
-            sim.resume(node.name)
+        self.quiesce()
         cfg = sim.node("n0").config
         # Run the whole bound, not just to a first agreement: state from before
         # the settle (a probe sent under loss that ends late, a stale suspect
