@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
+import structlog
 import trio
 
 from .config import Config
 from .core.routes import Outcome, OutcomeStatus, Route
 from .errors import MeshError
+from .logs import configure_logging
 from .messages import MemberStatus
 from .shell.agent import Agent
 from .shell.net import format_address
@@ -231,5 +233,10 @@ def open_node(config: Config) -> contextlib.AbstractAsyncContextManager[Node]:
 
 @contextlib.asynccontextmanager
 async def _open_node(config: Config) -> AsyncIterator[Node]:
+    if not structlog.is_configured():
+        # structlog's unconfigured default prints every level, per-datagram
+        # debug lines included; an application that configured structlog
+        # itself keeps its own setup.
+        configure_logging(log_format=config.log_format, log_level=config.log_level)
     async with open_agent(config) as running:
         yield Node(running)
