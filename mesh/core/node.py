@@ -145,8 +145,13 @@ class NodeCore:
         rng: random.Random,
         now: float,
         incarnation: int = 0,
+        datagram_overhead: int = 0,
     ) -> None:
         self.config = config
+        #: bytes of msgpack per datagram: ``udp_buffer_size`` minus what the
+        #: shell adds to each (the sealing envelope when encryption is on), so
+        #: a sealed datagram still fits the configured size
+        self.datagram_budget = config.udp_buffer_size - datagram_overhead
         self.name = config.name
         self.rng = rng
         self.membership = Membership(
@@ -709,7 +714,7 @@ class NodeCore:
         m = self.membership
         if len(m.broadcasts):
             used = PACKET_OVERHEAD + sum(encoded_size(x) for x in msgs)
-            extra = m.take_broadcasts(self.config.udp_buffer_size - used)
+            extra = m.take_broadcasts(self.datagram_budget - used)
             room = self.config.max_compound_messages - len(msgs)
             msgs.extend(extra[:room])
         self._out.append(Send(addr, tuple(msgs)))
@@ -719,7 +724,7 @@ class NodeCore:
         targets = m.random_members(
             self.config.gossip_nodes, exclude=(self.name,), now=now, gossip=True
         )
-        budget = self.config.udp_buffer_size - PACKET_OVERHEAD
+        budget = self.datagram_budget - PACKET_OVERHEAD
         for target in targets:
             msgs = m.take_broadcasts(budget)
             if not msgs:

@@ -52,6 +52,7 @@ from ..core.routes import Outcome, Route
 from ..core.sync import Batch
 from ..logs import get_logger
 from ..messages import Address, MemberStatus, Message, PushPull
+from ..security import overhead as envelope_overhead
 from .ae_http import reconcile
 from .metrics import Metrics
 from .net import format_address
@@ -104,6 +105,8 @@ class Agent:
             rng=rng if rng is not None else random.Random(),
             now=now,
             incarnation=incarnation,
+            # sealed datagrams must still fit udp_buffer_size
+            datagram_overhead=envelope_overhead(config.name) if config.encrypt else 0,
         )
         self.metrics = Metrics(self.core)
         self.log: structlog.typing.FilteringBoundLogger = get_logger(config.name)

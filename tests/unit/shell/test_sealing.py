@@ -395,3 +395,34 @@ async def call(app: ASGIApp, chunks: list[bytes], content_length: int = 0) -> in
     }
     await app(scope, receive, send)
     return statuses[0]
+
+
+def test_sealed_datagrams_fit_the_configured_size() -> None:
+    """The core packs gossip into udp_buffer_size minus the envelope, so a
+    sealed compound datagram stays within udp_buffer_size."""
+    import trio
+
+    from mesh.codec import encode_packet
+    from mesh.config import Config
+    from mesh.messages import Alive
+    from mesh.security import overhead
+    from mesh.shell.agent import Agent
+
+    key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    name = "a-member-with-a-rather-long-name-of-48-characters"
+    config = Config.local(name=name, encrypt=key)
+
+    async def main() -> None:
+        agent = Agent(config, addr=("127.0.0.1", 1), now=0.0)
+        assert agent.core.datagram_budget == config.udp_buffer_size - overhead(name)
+        m = agent.core.membership
+        for i in range(200):  # far more gossip than one datagram holds
+            m.on_alive(Alive(1, f"member-{i:04d}", ("127.0.0.2", 1000 + i), {}), 0.0)
+        effects = agent.core.tick(1.0)
+        sends = [e for e in effects if type(e).__name__ == "Send"]
+        assert sends
+        for send in sends:
+            packet = encode_packet(send.messages)  # type: ignore[attr-defined]
+            assert len(packet) + overhead(name) <= config.udp_buffer_size
+
+    trio.run(main)
