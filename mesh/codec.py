@@ -398,7 +398,13 @@ def _malformed(exc: Exception) -> DecodeError:
 
 
 def _unpack_bounded(
-    data: bytes, *, what: str, max_size: int, max_str_len: int, max_array_len: int
+    data: bytes,
+    *,
+    what: str,
+    max_size: int,
+    max_str_len: int,
+    max_array_len: int,
+    max_bin_len: int = _CAP_BIN,
 ) -> object:
     """One whole msgpack document within the size and unpacker caps, or a
     DecodeError (``too_large`` or ``malformed``)."""
@@ -413,7 +419,7 @@ def _unpack_bounded(
             raw=False,
             strict_map_key=True,
             max_str_len=max_str_len,
-            max_bin_len=_CAP_BIN,
+            max_bin_len=max_bin_len,
             max_array_len=max_array_len,
             max_map_len=_CAP_MAP,
             max_ext_len=0,

@@ -18,19 +18,17 @@ import struct
 from typing import Any, Final
 
 import attrs
-import msgpack
 
 from .codec import (
-    _MSGPACK_ERRORS,
     _PACKER,
     PROTOCOL_VERSION,
     _bool,
     _check_version,
-    _malformed,
     _name,
     _route,
     _show,
     _u64,
+    _unpack_bounded,
     route_row,
 )
 from .core.antientropy import (
@@ -142,24 +140,15 @@ def encode_ae_reply(reply: AeReply) -> bytes:
 
 
 def _unpack(data: bytes, limits: AeLimits) -> list[Any]:
-    if len(data) > MAX_AE_BODY:
-        raise DecodeError(
-            f"anti-entropy body must be <= {MAX_AE_BODY} bytes, got {len(data)}",
-            reason="too_large",
-        )
-    try:
-        document = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=_ROUTE_CAP_STR,
-            max_bin_len=32 * max(limits.max_symbols, limits.max_routes),
-            max_array_len=max(limits.max_routes, 256),
-            max_map_len=256,
-            max_ext_len=0,
-        )
-    except _MSGPACK_ERRORS as exc:
-        raise _malformed(exc) from exc
+    document = _unpack_bounded(
+        data,
+        what="anti-entropy body",
+        max_size=MAX_AE_BODY,
+        max_str_len=_ROUTE_CAP_STR,
+        max_array_len=max(limits.max_routes, 256),
+        # symbols and wanted elements travel packed: room for both bounds
+        max_bin_len=32 * max(limits.max_symbols, limits.max_routes),
+    )
     top = _check_version(document, "anti-entropy body")
     if len(top) < 2 or type(top[1]) is not int:
         raise DecodeError(
