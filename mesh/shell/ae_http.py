@@ -23,8 +23,8 @@ from ..codec_ae import (
 )
 from ..core.antientropy import AeReply, Reconcile
 from ..errors import DecodeError
-from .asgi import HttpError, Request, Response, Route
-from .peer_http import MSGPACK, PeerClient
+from .asgi import Request, Response, Route
+from .peer_http import MSGPACK, PeerClient, refuse_body
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -45,9 +45,10 @@ def ae_route(agent: Agent) -> Route:
         try:
             ae_request = decode_ae_request(body, limits)
         except DecodeError as exc:
-            agent.metrics.antientropy_refused.labels(exc.reason).inc()
-            agent.log.debug("bad anti-entropy body", reason=exc.reason, error=str(exc))
-            raise HttpError(400, str(exc)) from None
+            counter = agent.metrics.antientropy_refused.labels(exc.reason)
+            raise refuse_body(
+                request, exc, "anti-entropy body", counter, agent.log
+            ) from None
         data = encode_ae_reply(agent.handle_reconcile(ae_request))
         count.labels("sent", "peer").inc(len(data))
         return Response(200, data, content_type=MSGPACK)

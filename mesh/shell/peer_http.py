@@ -31,6 +31,7 @@ import httpx
 import msgpack
 import structlog
 import trio
+from prometheus_client import Counter
 
 from ..codec import (
     MAX_PUSH_PULL_SIZE,
@@ -66,6 +67,7 @@ __all__ = [
     "encode_routes_ack",
     "make_peer_app",
     "open_peer_client",
+    "refuse_body",
     "read_limited",
 ]
 
@@ -127,14 +129,8 @@ def make_peer_app(
         try:
             push_pull = decode_push_pull(body, max_members=max_members)
         except DecodeError as exc:
-            metrics.exchange_errors.labels("server", exc.reason).inc()
-            log.debug(
-                "bad exchange body",
-                peer=_client(request),
-                reason=exc.reason,
-                error=str(exc),
-            )
-            raise HttpError(400, str(exc)) from None
+            counter = metrics.exchange_errors.labels("server", exc.reason)
+            raise refuse_body(request, exc, "exchange body", counter, log) from None
         reply = handle_exchange(push_pull)
         return Response(200, encode_push_pull(reply), content_type=MSGPACK)
 
@@ -151,14 +147,8 @@ def make_peer_app(
         except DecodeError as exc:
             # Refused whole: a permanent 4xx, so the sender does not retry it
             # and repairs us by anti-entropy instead.
-            metrics.route_batches_refused.labels(exc.reason).inc()
-            log.debug(
-                "bad route batch",
-                peer=_client(request),
-                reason=exc.reason,
-                error=str(exc),
-            )
-            raise HttpError(400, str(exc)) from None
+            counter = metrics.route_batches_refused.labels(exc.reason)
+            raise refuse_body(request, exc, "route batch", counter, log) from None
         counts = handle_routes(deltas)
         log.debug("route batch applied", sender=sender, received=len(deltas))
         ack = encode_routes_ack(len(deltas), counts)
@@ -175,6 +165,20 @@ def make_peer_app(
 
 def _client(request: Request) -> str:
     return format_address(request.client) if request.client else "?"
+
+
+def refuse_body(
+    request: Request,
+    exc: DecodeError,
+    what: str,
+    counter: Counter,
+    log: structlog.typing.FilteringBoundLogger,
+) -> HttpError:
+    """A peer body that did not decode: counted (``counter``, the metric's
+    child for the reason), logged at debug, and the 400 to raise."""
+    counter.inc()
+    log.debug(f"bad {what}", peer=_client(request), reason=exc.reason, error=str(exc))
+    return HttpError(400, str(exc))
 
 
 #: how long the server keeps an idle peer connection open
