@@ -909,6 +909,15 @@ class SimNet:
                 return _INF
         return waited + delay + net.jitter * rng.random()
 
+    def _handshake(self, src: SimNode, dst: SimNode) -> float:
+        """SYN out and SYN-ACK (or RST) back: a new TCP connection's cost."""
+        return self._trip(src, dst, _SYN_RTO) + self._trip(dst, src, _SYN_RTO)
+
+    def _request_at(self, src: SimNode, dst: SimNode) -> float:
+        """When a request on a new connection reaches ``dst``: the handshake,
+        then the request's data segment."""
+        return self.now + self._handshake(src, dst) + self._trip(src, dst, _DATA_RTO)
+
     def _reachable(self, src: SimNode, dst: SimNode | None) -> bool:
         return dst is not None and not (self._partitioned and src.group != dst.group)
 
@@ -937,15 +946,10 @@ class SimNet:
             self._push(deadline, _XFAIL, *fail)
             return
         if not dst.up:
-            t = now + self._trip(node, dst, _SYN_RTO) + self._trip(dst, node, _SYN_RTO)
+            t = now + self._handshake(node, dst)
             self._push(min(t, deadline), _XFAIL, *fail)
             return
-        t = (
-            now
-            + self._trip(node, dst, _SYN_RTO)
-            + self._trip(dst, node, _SYN_RTO)
-            + self._trip(node, dst, _DATA_RTO)
-        )
+        t = self._request_at(node, dst)
         if t > deadline:
             self._push(deadline, _XFAIL, *fail)
             return
@@ -987,20 +991,11 @@ class SimNet:
         if dst is not None and self._reachable(node, dst):
             if not dst.up:
                 if dst.refuse:
-                    rst = (
-                        self.now
-                        + self._trip(node, dst, _SYN_RTO)
-                        + self._trip(dst, node, _SYN_RTO)
-                    )
+                    rst = self.now + self._handshake(node, dst)
                     if rst <= deadline:
                         result, t = TcpProbeResult.REFUSED, rst
             elif dst.name == effect.target:
-                request_at = (
-                    self.now
-                    + self._trip(node, dst, _SYN_RTO)
-                    + self._trip(dst, node, _SYN_RTO)
-                    + self._trip(node, dst, _DATA_RTO)
-                )
+                request_at = self._request_at(node, dst)
                 if dst.paused:
                     request_at = max(request_at, dst.resume_at)
                 answer = request_at + self._trip(dst, node, _DATA_RTO)
@@ -1020,12 +1015,7 @@ class SimNet:
         if dst is None or not dst.up or not self._reachable(node, dst):
             self._push(max(batch.deadline, now), _PDONE, *fail)
             return
-        t = (
-            now
-            + self._trip(node, dst, _SYN_RTO)
-            + self._trip(dst, node, _SYN_RTO)
-            + self._trip(node, dst, _DATA_RTO)
-        )
+        t = self._request_at(node, dst)
         if t > batch.deadline:
             self._push(max(batch.deadline, now), _PDONE, *fail)
             return
