@@ -46,9 +46,10 @@ KEYS = [f"k{i}" for i in range(8)]
 
 
 class RouteChurn(SimMachine):
+    max_nodes = MAX_NODES
+
     def __init__(self) -> None:
         super().__init__()
-        self.next_name = 0
         self.writes: list[tuple[str, Route]] = []  # (node name, stored entry)
         self.crashed: set[str] = set()  # names that crashed at least once
         self.partitioned_at: float | None = None
@@ -81,13 +82,6 @@ class RouteChurn(SimMachine):
         assert outcome.route is not None
         self.writes.append((node.name, outcome.route))
         self.net.execute(node.name, effects)
-
-    @precondition(lambda self: len(self.net.nodes) < MAX_NODES)
-    @rule()
-    def join(self) -> None:
-        name = f"n{self.next_name}"
-        self.next_name += 1
-        self.net.add_node(name, seeds=self.seeds())
 
     @precondition(lambda self: len(self.runnable()) > MIN_UP)
     @rule(pick=st.integers(0, 63))

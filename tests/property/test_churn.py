@@ -65,9 +65,10 @@ def settle_bound(cfg: Config, n: int) -> float:
 
 
 class Churn(SimMachine):
+    max_nodes = MAX_NODES
+
     def __init__(self) -> None:
         super().__init__()
-        self.next_name = 0
         # (observer, process generation, member) -> highest incarnation seen
         self.seen: dict[tuple[str, int, str], int] = {}
         # (observer, process generation, member) -> incarnation seen as left
@@ -100,13 +101,6 @@ class Churn(SimMachine):
         self.next_name = n
         self.net.listeners.append(self.on_event)
         self.net.run_for(1.0)
-
-    @precondition(lambda self: len(self.net.nodes) < MAX_NODES)
-    @rule()
-    def join(self) -> None:
-        name = f"n{self.next_name}"
-        self.next_name += 1
-        self.net.add_node(name, seeds=self.seeds())
 
     @precondition(lambda self: len(self.runnable()) > MIN_UP)
     @rule(pick=st.integers(0, 63), refuse=st.booleans())
