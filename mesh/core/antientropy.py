@@ -178,8 +178,6 @@ class _Round:
     stage: _Stage = _Stage.OPEN
     index: int = 0
     theirs: list[Symbol] = attrs.Factory(list)
-    received: int = 0
-    size: int = 0
 
 
 class AntiEntropy:
@@ -246,6 +244,9 @@ class AntiEntropy:
         r = self._round
         if not self.caught_up or (r is not None and r.kind is _Kind.MERGE):
             return None
+        return self._horizon_ms(wall)
+
+    def _horizon_ms(self, wall: float) -> int:
         return int((wall - self.config.route_tombstone_ttl) * 1000)
 
     def due(self, now: float) -> bool:
@@ -269,9 +270,7 @@ class AntiEntropy:
             return []
         self._next_at = now + self.config.antientropy_interval
         if wall is not None and self.caught_up:
-            self.stats["collected"] += self.table.collect(
-                int((wall - self.config.route_tombstone_ttl) * 1000)
-            )
+            self.stats["collected"] += self.table.collect(self._horizon_ms(wall))
         if not joined:
             return []
         peer = pick(self.repair)
@@ -287,7 +286,7 @@ class AntiEntropy:
             # Resume after the last key received (pages are in key order, so
             # any member can continue another's): a source lost at 67% does
             # not cost the first 67% again.
-            r = _Round(_Kind.BOOTSTRAP, name, addr, received=self._pulled)
+            r = _Round(_Kind.BOOTSTRAP, name, addr)
             self._start(r, self._chunk(self._pulled_after))
         elif self.alone:
             self.alone = False
@@ -320,10 +319,9 @@ class AntiEntropy:
             return []
         try:
             self._advance(r, reply, wall)
-        except _UnexpectedReplyError as exc:
+        except _UnexpectedReplyError:
             self.stats["reply_unexpected"] += 1
             self._end(r, "failed")
-            del exc
         return self._take()
 
     def _advance(self, r: _Round, reply: AeReply, wall: float) -> None:
@@ -369,7 +367,6 @@ class AntiEntropy:
             if m >= limit:
                 self.stats["fallbacks"] += 1
                 r.kind = _Kind.FALLBACK
-                r.received = 0
                 self._send(r, _Stage.CHUNK, self._chunk(""))
                 return
             # Ask for enough to peel the estimated difference (1.6 symbols per
@@ -418,13 +415,11 @@ class AntiEntropy:
         horizon = None if bootstrap else self.horizon(wall)  # merge: None too
         refused = self._apply(reply.routes, horizon, wall)
         self.stats["chunks"] += 1
-        r.received += len(reply.routes)
-        if bootstrap and reply.routes:
-            self._pulled_after = reply.routes[-1].key
-            self._pulled = r.received
-        r.size = reply.size
         if bootstrap:
-            self.behind = max(0, reply.size - r.received)
+            self._pulled += len(reply.routes)
+            if reply.routes:
+                self._pulled_after = reply.routes[-1].key
+            self.behind = max(0, reply.size - self._pulled)
         if reply.more and reply.routes:
             self._send(r, _Stage.CHUNK, self._chunk(reply.routes[-1].key))
             return
