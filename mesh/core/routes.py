@@ -414,7 +414,6 @@ class RouteTable:
             if route is None or not route.deleted or version_ms(route.version) != ms:
                 continue  # rewritten (or already collected) since
             self._forget(key)
-            self.tombstones -= 1
             removed += 1
         if len(graves) > 2 * self.tombstones + 1024:
             self._graves = [
@@ -436,12 +435,12 @@ class RouteTable:
         ):
             return False
         self._forget(key)
-        if route.deleted:
-            self.tombstones -= 1
         return True
 
     def _forget(self, key: str) -> None:
-        del self._routes[key]
+        """Remove an entry outright (collected, or dropped on a peer's word)."""
+        if self._routes.pop(key).deleted:
+            self.tombstones -= 1
         self._unindex(key)
         if self._sorted is not None:
             i = bisect.bisect_left(self._sorted, key)
