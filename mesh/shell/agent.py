@@ -24,11 +24,12 @@ deadline earlier wakes it through an event, so nothing is polled.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -324,33 +325,24 @@ class Agent:
             else:
                 self.metrics.drop("send_no_socket")
         elif isinstance(effect, Exchange):
-            if self._start_io():
-                assert self._nursery is not None
-                self._nursery.start_soon(self._run_exchange, effect)
-            else:
-                self._queue.extend(
-                    self.core.exchange_done(effect.token, [], trio.current_time())
-                )
+            self._spawn(
+                functools.partial(self._run_exchange, effect),
+                lambda: self.core.exchange_done(effect.token, [], trio.current_time()),
+            )
         elif isinstance(effect, ProbeTcp):
-            if self._start_io():
-                assert self._nursery is not None
-                self._nursery.start_soon(self._run_probe, effect)
-            else:
-                self._queue.extend(
-                    self.core.tcp_probe_done(
-                        effect.seq, TcpProbeResult.FAILED, trio.current_time()
-                    )
-                )
+            self._spawn(
+                functools.partial(self._run_probe, effect),
+                lambda: self.core.tcp_probe_done(
+                    effect.seq, TcpProbeResult.FAILED, trio.current_time()
+                ),
+            )
         elif isinstance(effect, Reconcile):
-            if self._start_io():
-                assert self._nursery is not None
-                self._nursery.start_soon(self._run_reconcile, effect)
-            else:
-                self._queue.extend(
-                    self.core.reconcile_done(
-                        effect.token, None, trio.current_time(), time.time()
-                    )
-                )
+            self._spawn(
+                functools.partial(self._run_reconcile, effect),
+                lambda: self.core.reconcile_done(
+                    effect.token, None, trio.current_time(), time.time()
+                ),
+            )
         elif isinstance(effect, Push):
             if self.push_handler is not None:
                 self.push_handler(effect)
@@ -363,6 +355,19 @@ class Agent:
                 )
         else:
             self._on_member_event(effect)
+
+    def _spawn(
+        self,
+        task: Callable[[], Awaitable[None]],
+        failed: Callable[[], list[Effect]],
+    ) -> None:
+        """Run a round-trip effect as a task, or, past the I/O bound (or with
+        no I/O attached), report it failed at once."""
+        if self._start_io():
+            assert self._nursery is not None
+            self._nursery.start_soon(task)
+        else:
+            self._queue.extend(failed())
 
     def _start_io(self) -> bool:
         if self._nursery is None or self.peers is None:
