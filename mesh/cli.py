@@ -1,7 +1,7 @@
-"""The ``mesh`` command: ``mesh agent``, ``mesh version``, the client commands
-(``mesh members``, ``mesh routes``, ``mesh leave``, ``mesh keyring``: calls to a
-running agent's API through :mod:`mesh.client`) and ``mesh up`` when
-:mod:`mesh.tui` is present.
+"""The ``mesh`` command: ``mesh agent``, ``mesh version``, ``mesh keygen``, the
+client commands (``mesh members``, ``mesh routes``, ``mesh leave``, ``mesh
+keyring``: :mod:`mesh.cli_client`) and ``mesh up`` when :mod:`mesh.tui` is
+present.
 
 Configuration precedence, highest first: command-line flag, ``MESH_*``
 environment variable, TOML file (``--config FILE`` or ``MESH_CONFIG``), profile
@@ -29,7 +29,8 @@ from typing import Any, NoReturn
 import attrs
 
 from . import __version__
-from .config import PROFILES, Config, parse_address
+from .cli_client import add_client_parsers
+from .config import PROFILES, Config, parse_address, parse_pairs
 from .errors import ConfigError
 from .logs import LOG_FORMATS, LOG_LEVELS
 
@@ -253,296 +254,6 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- client commands: talk to a running agent's API (mesh.client) ---
-
-_CLIENT_EPILOG = """\
-the agent is found at --http (default 127.0.0.1:8946, or MESH_HTTP_ADDR); an
-https:// URL when it serves TLS. --api-token (or MESH_API_TOKEN) is sent as
-Authorization: Bearer. Errors are one line on stderr and exit status 1.
-"""
-
-
-def add_client_parsers(subparsers: Any) -> None:
-    """``mesh members``, ``mesh routes ...``, ``mesh leave``, ``mesh keyring ...``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--http",
-        metavar="ADDR",
-        default=None,
-        help="agent API: HOST:PORT or URL (default: MESH_HTTP_ADDR or 127.0.0.1:8946)",
-    )
-    common.add_argument(
-        "--api-token",
-        metavar="TOKEN",
-        default=None,
-        help="API token (default: MESH_API_TOKEN)",
-    )
-    common.add_argument(
-        "--json", action="store_true", help="print JSON (for scripts), not a table"
-    )
-    common.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds per call (default 10)"
-    )
-
-    def add(parent: Any, name: str, help: str, func: Command) -> Any:
-        p = parent.add_parser(
-            name,
-            parents=[common],
-            help=help,
-            description=help[:1].upper() + help[1:] + ".",
-            epilog=_CLIENT_EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.set_defaults(func=func)
-        return p
-
-    add(subparsers, "members", "list the members this agent knows", _cmd_members)
-    add(subparsers, "leave", "ask the agent to leave the mesh and exit", _cmd_leave)
-
-    routes = subparsers.add_parser(
-        "routes", help="read, write and watch the route table"
-    )
-    verbs = routes.add_subparsers(dest="verb", metavar="VERB", required=True)
-    p = add(verbs, "list", "list live routes", _cmd_routes_list)
-    p.add_argument("--prefix", default="", help="only keys starting with this")
-    p = add(verbs, "get", "show one route", _cmd_routes_get)
-    p.add_argument("key")
-    p = add(verbs, "put", "write a route (replicated to every member)", _cmd_routes_put)
-    p.add_argument("key")
-    p.add_argument("target")
-    p.add_argument(
-        "--meta", metavar="KEY=VALUE", action="append", default=[], help="repeatable"
-    )
-    p.add_argument("--revision", type=int, default=None, help="client revision")
-    p.add_argument(
-        "--sync-timeout",
-        type=float,
-        metavar="S",
-        default=None,
-        help="wait up to S seconds for every member to acknowledge",
-    )
-    p = add(verbs, "delete", "delete a route", _cmd_routes_delete)
-    p.add_argument("key")
-    p.add_argument("--revision", type=int, default=None, help="client revision")
-    p.add_argument("--sync-timeout", type=float, metavar="S", default=None)
-    p = add(verbs, "watch", "print route changes as they happen", _cmd_routes_watch)
-    p.add_argument("--prefix", default="", help="only keys starting with this")
-    p.add_argument(
-        "--index", type=int, default=None, help="resume after this change index"
-    )
-
-    keyring = subparsers.add_parser("keyring", help="manage the mesh's gossip keys")
-    ops = keyring.add_subparsers(dest="verb", metavar="VERB", required=True)
-    add(ops, "list", "list installed keys (fingerprints)", _cmd_keyring_list)
-    for op, text in (
-        ("install", "install a key on every member"),
-        ("use", "make an installed key the primary on every member"),
-        ("remove", "remove a key from every member"),
-    ):
-        p = add(ops, op, text, _cmd_keyring_op)
-        p.add_argument("key", help="base64 key (see `mesh keygen`)")
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from .client import DEFAULT_HTTP, Client
-
-    http = args.http or os.environ.get("MESH_HTTP_ADDR") or DEFAULT_HTTP
-    token = args.api_token or os.environ.get("MESH_API_TOKEN") or None
-    return Client(http, token=token, timeout=args.timeout)
-
-
-def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:
-    """Wrap a client command: a ClientError is one line on stderr, exit 1."""
-
-    def command(args: argparse.Namespace) -> int:
-        from .client import ClientError
-
-        try:
-            with _client(args) as client:
-                run(client, args)
-        except ClientError as exc:
-            print(f"mesh: error: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-        except BrokenPipeError:  # `mesh routes watch | head`
-            return 0
-        return 0
-
-    return command
-
-
-def _print_json(document: Any) -> None:
-    import json
-
-    print(json.dumps(document, indent=2, sort_keys=True))
-
-
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    for row in (header, *rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _tags_text(tags: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
-
-
-@_client_command
-def _cmd_members(client: Any, args: argparse.Namespace) -> None:
-    members = client.members()
-    if args.json:
-        _print_json(members)
-        return
-    _print_table(
-        ("NAME", "ADDRESS", "STATUS", "INCARNATION", "TAGS"),
-        [
-            (
-                m["name"],
-                m["addr"],
-                m["status"],
-                str(m["incarnation"]),
-                _tags_text(m.get("tags") or {}),
-            )
-            for m in members
-        ],
-    )
-
-
-@_client_command
-def _cmd_leave(client: Any, args: argparse.Namespace) -> None:
-    document = client.leave()
-    if args.json:
-        _print_json(document)
-    else:
-        print(f"agent at {client.url} is leaving the mesh")
-
-
-@_client_command
-def _cmd_routes_list(client: Any, args: argparse.Namespace) -> None:
-    document = client.routes(args.prefix)
-    if args.json:
-        _print_json(document)
-        return
-    _print_table(
-        ("KEY", "TARGET", "REVISION", "ORIGIN", "META"),
-        [
-            (
-                r["key"],
-                r["target"],
-                str(r["revision"]),
-                r["origin"],
-                _tags_text(r.get("meta") or {}),
-            )
-            for r in document["routes"]
-        ],
-    )
-
-
-@_client_command
-def _cmd_routes_get(client: Any, args: argparse.Namespace) -> None:
-    route = client.get_route(args.key)
-    if args.json:
-        _print_json(route)
-        return
-    for field in ("key", "target", "revision", "origin", "version"):
-        print(f"{field}: {route.get(field, '')}")
-    if route.get("meta"):
-        print(f"meta: {_tags_text(route['meta'])}")
-
-
-@_client_command
-def _cmd_routes_put(client: Any, args: argparse.Namespace) -> None:
-    meta = _parse_tags(args.meta, "--meta")
-    document = client.put_route(
-        args.key,
-        args.target,
-        meta=meta,
-        revision=args.revision,
-        sync_timeout=args.sync_timeout,
-    )
-    _print_write("put", args, document)
-
-
-@_client_command
-def _cmd_routes_delete(client: Any, args: argparse.Namespace) -> None:
-    document = client.delete_route(
-        args.key, revision=args.revision, sync_timeout=args.sync_timeout
-    )
-    _print_write("deleted", args, document)
-
-
-def _print_write(verb: str, args: argparse.Namespace, document: Any) -> None:
-    if args.json:
-        _print_json(document)
-        return
-    print(f"{verb} {args.key} (version {document.get('version', '?')})")
-    if "pending" in document:
-        acked, pending = document.get("acked", []), document["pending"]
-        print(f"acked by {len(acked)} member(s); pending: {', '.join(pending) or '-'}")
-
-
-@_client_command
-def _cmd_routes_watch(client: Any, args: argparse.Namespace) -> None:
-    import json
-
-    for event in client.watch_routes(index=args.index, prefix=args.prefix):
-        if args.json:
-            print(json.dumps(event, separators=(",", ":")), flush=True)
-            continue
-        kind, index = event.get("event"), event.get("index")
-        if kind == "snapshot":
-            routes = event.get("routes", [])
-            print(f"[{index}] snapshot: {len(routes)} route(s)")
-            for r in routes:
-                print(f"[{index}] put {r['key']} -> {r['target']}")
-        elif kind == "put":
-            r = event["route"]
-            print(f"[{index}] put {r['key']} -> {r['target']}")
-        elif kind == "delete":
-            print(f"[{index}] delete {event['key']}")
-        else:
-            continue  # heartbeats keep the connection honest; nothing to show
-        sys.stdout.flush()
-
-
-@_client_command
-def _cmd_keyring_list(client: Any, args: argparse.Namespace) -> None:
-    document = client.keyring()
-    if args.json:
-        _print_json(document)
-        return
-    _print_table(
-        ("FINGERPRINT", "PRIMARY"),
-        [(k["fingerprint"], "yes" if k["primary"] else "") for k in document["keys"]],
-    )
-
-
-@_client_command
-def _cmd_keyring_op(client: Any, args: argparse.Namespace) -> None:
-    document = client.keyring_op(args.verb, args.key)
-    if args.json:
-        _print_json(document)
-        return
-    results: dict[str, str] = document.get("results", {})
-    failed = {m: r for m, r in results.items() if r != "ok"}
-    print(
-        f"{args.verb} {document.get('fingerprint', '?')}: "
-        f"{len(results) - len(failed)}/{len(results)} member(s) ok"
-    )
-    for member, reason in sorted(failed.items()):
-        print(f"  {member}: {reason}")
-    if failed:
-        from .client import ClientError
-
-        raise ClientError(f"keyring {args.verb} failed on {len(failed)} member(s)")
-
-
-# --- configuration layers ---
-
-
 def load_config(
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
@@ -578,7 +289,7 @@ def _from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
         if key == "config":
             continue
         if key == "tag":
-            out["tags"] = _parse_tags(value, "--tag")
+            out["tags"] = parse_pairs(value, "--tag")
         elif key == "join":
             out["join"] = tuple(value)
         else:
@@ -601,7 +312,7 @@ def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
             out[name] = _coerce(name, value, source)
     tags = environ.get(_ENV_PREFIX + "TAG", "").strip()
     if tags:
-        out["tags"] = _parse_tags(_SPLIT.split(tags), _ENV_PREFIX + "TAG")
+        out["tags"] = parse_pairs(_SPLIT.split(tags), _ENV_PREFIX + "TAG")
     file = environ.get(_ENV_PREFIX + "CONFIG", "").strip() or None
     return out, file
 
@@ -628,7 +339,7 @@ def _from_file(path: str) -> dict[str, Any]:
             out["join"] = tuple(value)
         elif key == "tags":
             if isinstance(value, list):
-                out["tags"] = _parse_tags(value, source)
+                out["tags"] = parse_pairs(value, source)
             elif isinstance(value, dict) and all(
                 isinstance(v, str) for v in value.values()
             ):
@@ -687,13 +398,3 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source} must be a string, got {value!r}")
         return value
     raise ConfigError(f"{source}: setting {name!r} cannot be set here")
-
-
-def _parse_tags(items: Sequence[Any], source: str) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for item in items:
-        if not isinstance(item, str) or "=" not in item:
-            raise ConfigError(f"{source} must be KEY=VALUE, got {item!r}")
-        key, _, value = item.partition("=")
-        tags[key.strip()] = value
-    return tags

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +20,7 @@ import attrs
 from .errors import ConfigError
 from .messages import Address
 
-__all__ = ["PROFILES", "Config", "parse_address"]
+__all__ = ["PROFILES", "Config", "parse_address", "parse_pairs"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -61,6 +61,21 @@ def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, i
     if not 0 <= port <= 65535:
         raise ConfigError(f"address {text!r}: port must be in 0..65535, got {port}")
     return host, port
+
+
+def parse_pairs(items: Sequence[Any], source: str) -> dict[str, str]:
+    """``KEY=VALUE`` items (``--tag``, ``--meta``) as a dict.
+
+    Raises:
+        ConfigError: an item without ``=``, naming ``source``.
+    """
+    pairs: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"{source} must be KEY=VALUE, got {item!r}")
+        key, _, value = item.partition("=")
+        pairs[key.strip()] = value
+    return pairs
 
 
 def _positive(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
