@@ -273,11 +273,15 @@ class _Connection:
         self._no_body = request.method == b"HEAD"
         # A large body the app will not read is not drained after the
         # response: the response must then say the connection closes, or a
-        # keep-alive client sends its next request into a closing socket.
-        self._big_body = True
+        # keep-alive client sends its next request into a closing socket. A
+        # request with neither header has no body at all (RFC 9112 6.3): a
+        # GET must not cost its client a new connection.
+        self._big_body = False
         for name, value in request.headers:
             if name == b"content-length":
                 self._big_body = int(value) > self.server.limits.max_drain_bytes
+            elif name == b"transfer-encoding":
+                self._big_body = True  # chunked: the size is unknown unread
         target = request.target
         raw_path, _, query = target.partition(b"?")
         path = raw_path.decode("ascii", "replace")

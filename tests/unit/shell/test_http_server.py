@@ -131,6 +131,22 @@ async def test_keep_alive_serves_many_requests_on_one_connection() -> None:
         assert response.headers.get("connection") != "close"
 
 
+async def test_requests_without_a_body_keep_the_connection_open() -> None:
+    # A GET carries no content-length; the app never reads its (empty) body.
+    # Found by wrk: every such answer used to say "connection: close".
+    app = Router([Route("GET", "/ignore", ignore_body)])
+    async with running(app) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            for _ in range(3):
+                await stream.send_all(b"GET /ignore HTTP/1.1\r\nhost: x\r\n\r\n")
+                (response,) = await read_responses(stream, 1)
+                assert response.startswith(b"HTTP/1.1 200")
+                assert b"connection: close" not in response.lower()
+        finally:
+            await stream.aclose()
+
+
 async def test_pipelined_requests_are_answered_in_order() -> None:
     async with running(router()) as (port, _):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
