@@ -217,8 +217,11 @@ class RouteTable:
         # (ms, key) of tombstones, oldest first; entries whose key has since
         # been rewritten are skipped when popped (and compacted when many)
         self._graves: list[tuple[int, str]] = []
-        # sorted keys for chunked transfer, built on first use, then kept
+        # sorted keys for chunked transfer, built on first use, then kept;
+        # keys new since the last page wait in _unsorted and are merged on
+        # the next page (one linear merge, not an O(n) insort per new key)
         self._sorted: list[str] | None = None
+        self._unsorted: set[str] = set()
         #: tombstones garbage-collected (a metric)
         self.collected = 0
 
@@ -333,7 +336,7 @@ class RouteTable:
             if current.deleted:
                 self.tombstones -= 1
         elif self._sorted is not None:
-            bisect.insort(self._sorted, key)
+            self._unsorted.add(key)
         if route.deleted:
             self.tombstones += 1
             heapq.heappush(self._graves, (version_ms(route.version), key))
@@ -397,6 +400,12 @@ class RouteTable:
         whether more follow: a bounded page of a full transfer (bootstrap)."""
         if self._sorted is None:
             self._sorted = sorted(self._routes)
+            self._unsorted.clear()
+        elif self._unsorted:
+            # two sorted runs: timsort merges them in linear time
+            self._sorted += sorted(self._unsorted)
+            self._sorted.sort()
+            self._unsorted.clear()
         keys = self._sorted
         start = bisect.bisect_right(keys, after) if after else 0
         page = keys[start : start + limit]
@@ -442,7 +451,9 @@ class RouteTable:
         if self._routes.pop(key).deleted:
             self.tombstones -= 1
         self._unindex(key)
-        if self._sorted is not None:
+        if key in self._unsorted:
+            self._unsorted.discard(key)
+        elif self._sorted is not None:
             i = bisect.bisect_left(self._sorted, key)
             if i < len(self._sorted) and self._sorted[i] == key:
                 del self._sorted[i]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mesh.core.routes import (
     HybridClock,
@@ -125,3 +126,40 @@ def test_table_bound() -> None:
     assert t.write("b", "t", {}, revision=None, wall_ms=1).changed
     assert t.write("c", "t", {}, revision=None, wall_ms=1).status is OutcomeStatus.FULL
     assert t.write("a", "u", {}, revision=None, wall_ms=1).changed  # updates still fit
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "delete", "collect", "page"]),
+            st.integers(0, 30),
+        ),
+        max_size=80,
+    )
+)
+def test_chunk_pages_stay_in_key_order_through_writes_and_collection(
+    ops: list[tuple[str, int]],
+) -> None:
+    # Pages of a bootstrap are served while writes and tombstone collection
+    # go on: keys added after the first page must show up, in order, and
+    # forgotten keys must not.
+    t = RouteTable(origin="a", max_routes=1000, hlc_max_skew_ms=60_000)
+    wall = 1000
+    for op, n in ops:
+        wall += 10
+        key = f"k{n:02d}"
+        if op == "put":
+            t.write(key, "http://x", {}, revision=None, wall_ms=wall)
+        elif op == "delete":
+            t.write(key, "", {}, revision=None, wall_ms=wall, deleted=True)
+        elif op == "collect":
+            t.collect(wall + 1)
+        else:
+            after = f"k{n:02d}"
+            page, more = t.chunk(after, 5)
+            expected = sorted(k for k in (r.key for r in t) if k > after)
+            assert [r.key for r in page] == expected[:5]
+            assert more == (len(expected) > 5)
+    page, _ = t.chunk("", 1000)
+    assert [r.key for r in page] == sorted(r.key for r in t)
