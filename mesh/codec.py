@@ -692,10 +692,13 @@ def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
             f"route batch must hold at most {max_routes} routes, got {len(rows)}",
             reason="limit",
         )
-    return sender, [_route(row) for row in rows]
+    origins: set[str] = set()  # a batch's rows mostly share one origin
+    return sender, [_route(row, origins) for row in rows]
 
 
-def _route(row: object) -> Route:
+def _route(row: object, origins: set[str] | None = None) -> Route:
+    """One route row, checked against the contract's limits. ``origins``:
+    names already checked in this batch (the regex runs once per origin)."""
     if type(row) is not list or len(row) < 7:
         raise DecodeError(
             f"route must be a 7-field array, got {_show(row)}", reason="schema"
@@ -709,11 +712,12 @@ def _route(row: object) -> Route:
         raise DecodeError(
             f"route: {error or 'target must be a string'}", reason="schema"
         )
-    version = Version(
-        _u64(revision, "route.revision"),
-        _u64(hlc, "route.hlc"),
-        _name(origin, "route.origin"),
-    )
+    # (type first: an unhashable origin, a list or map, must not reach the set)
+    if origins is None or type(origin) is not str or origin not in origins:
+        origin = _name(origin, "route.origin")
+        if origins is not None:
+            origins.add(origin)
+    version = Version(_u64(revision, "route.revision"), _u64(hlc, "route.hlc"), origin)
     return Route(key, target, meta, version, deleted)
 
 

@@ -63,7 +63,7 @@ from .effects import (
     TcpProbeResult,
 )
 from .membership import Member, Membership
-from .routes import Outcome, Route, RouteTable
+from .routes import Outcome, Route, RouteTable, Write
 from .sync import PushScheduler, RetryPolicy, SyncTicket
 
 __all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
@@ -511,19 +511,46 @@ class NodeCore:
         ``wall`` is the wall clock in seconds (for the HLC); ``now`` the
         monotonic clock of every other input.
         """
-        outcome = self.routes.write(
-            key, target, meta, revision=revision, wall_ms=int(wall * 1000)
+        outcomes, effects = self.write_routes(
+            [Write(key, target, meta, revision)], now, wall
         )
-        return outcome, self._after_write(outcome, now)
+        return outcomes[0], effects
 
     def delete_route(
         self, key: str, revision: int | None, now: float, wall: float
     ) -> tuple[Outcome, list[Effect]]:
         """A client's delete: a tombstone, versioned and pushed like a write."""
-        outcome = self.routes.write(
-            key, "", {}, revision=revision, wall_ms=int(wall * 1000), deleted=True
+        outcomes, effects = self.write_routes(
+            [Write(key, "", {}, revision, deleted=True)], now, wall
         )
-        return outcome, self._after_write(outcome, now)
+        return outcomes[0], effects
+
+    def write_routes(
+        self, writes: Sequence[Write], now: float, wall: float
+    ) -> tuple[list[Outcome], list[Effect]]:
+        """Client writes in order (a batch call), each committed as if alone;
+        what changed is queued for peers once, so a batch goes out as one
+        delta batch per peer rather than a first batch of one route."""
+        wall_ms = int(wall * 1000)
+        table = self.routes
+        outcomes: list[Outcome] = []
+        changes: list[tuple[int, Route]] = []
+        for w in writes:
+            outcome = table.write(
+                w.key,
+                w.target,
+                w.meta,
+                revision=w.revision,
+                wall_ms=wall_ms,
+                deleted=w.deleted,
+            )
+            outcomes.append(outcome)
+            if outcome.changed and outcome.route is not None:
+                changes.append((table.index, outcome.route))
+        if changes:
+            self.pushes.enqueue_many(changes, self.membership.live_peers())
+            self._take_pushes(now)
+        return outcomes, self._drain()
 
     def receive_routes(
         self, routes: Sequence[Route], now: float, wall: float
@@ -571,14 +598,6 @@ class NodeCore:
     def sync_status(self, ticket: SyncTicket) -> tuple[list[str], list[str]]:
         """(acked, pending) peer names for a ticket."""
         return self.pushes.acked(ticket, self.routes.index)
-
-    def _after_write(self, outcome: Outcome, now: float) -> list[Effect]:
-        if outcome.changed and outcome.route is not None:
-            self.pushes.enqueue(
-                outcome.route, self.routes.index, self.membership.live_peers()
-            )
-            self._take_pushes(now)
-        return self._drain()
 
     def _take_pushes(self, now: float) -> None:
         for batch in self.pushes.take_ready(now):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -147,7 +147,8 @@ class _Peer:
         self.addr = addr
         self.serial = serial
         # key -> (table index, route), kept in index order: re-insert on update
-        self.pending: dict[str, tuple[int, Route]] = {}
+        # key -> (write index, route, size bound): sized once, not per peer
+        self.pending: dict[str, tuple[int, Route, int]] = {}
         self.batch: Batch | None = None
         self.drops = 0
         # token bucket of the request rate: tokens at time tokens_at (None:
@@ -221,6 +222,19 @@ class PushScheduler:
         self, route: Route, index: int, peers: Iterable[tuple[str, Address]]
     ) -> None:
         """Queue a change for each peer, coalescing by key."""
+        self.enqueue_many([(index, route)], peers)
+
+    def enqueue_many(
+        self,
+        changes: Sequence[tuple[int, Route]],
+        peers: Iterable[tuple[str, Address]],
+    ) -> None:
+        """Queue ``(index, route)`` changes, in order, for each peer: what a
+        batch write does once instead of once per item."""
+        if not changes:
+            return
+        stats = self.stats
+        sized = [(index, route, _route_size(route)) for index, route in changes]
         for name, addr in peers:
             peer = self._peers.get(name)
             if peer is None or peer.addr != addr:
@@ -228,14 +242,16 @@ class PushScheduler:
                     self.forget(name, "peer_moved")
                 self._serial += 1
                 peer = self._peers[name] = _Peer(name, addr, self._serial)
-            if route.key in peer.pending:
-                del peer.pending[route.key]
-                self.stats["coalesced"] += 1
-            peer.pending[route.key] = (index, route)
-            if len(peer.pending) > self._queue_max:
-                self._drop_pending(peer, "overflow")
-                continue
-            if peer.batch is None:
+            pending = peer.pending
+            for entry in sized:
+                key = entry[1].key
+                if key in pending:
+                    del pending[key]
+                    stats["coalesced"] += 1
+                pending[key] = entry
+                if len(pending) > self._queue_max:
+                    self._drop_pending(peer, "overflow")
+            if pending and peer.batch is None:
                 self._ready.add(name)
 
     def take_ready(self, now: float, *, expedite: bool = False) -> list[Batch]:
@@ -264,21 +280,22 @@ class PushScheduler:
             if tokens < 1.0 - 1e-9 and not expedite:
                 later.add(name)
                 continue
-            items: list[tuple[int, Route]] = []
+            items: list[tuple[int, Route, int]] = []
             size = 0
-            for key in list(peer.pending)[: self._batch_max]:
-                cost = _route_size(peer.pending[key][1])
+            pending = peer.pending
+            for key in list(pending)[: self._batch_max]:
+                cost = pending[key][2]
                 if items and size + cost > self._batch_max_bytes:
                     break
-                items.append(peer.pending.pop(key))
+                items.append(pending.pop(key))
                 size += cost
             self._batch_id += 1
             batch = Batch(
                 self._batch_id,
                 name,
                 peer.addr,
-                tuple(route for _, route in items),
-                min(index for index, _ in items),
+                tuple(item[1] for item in items),
+                min(item[0] for item in items),
                 now + self._deadline,
             )
             peer.batch = batch

@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -49,7 +49,7 @@ from ..core.effects import (
     TcpProbeResult,
 )
 from ..core.node import NodeCore
-from ..core.routes import Outcome, Route
+from ..core.routes import Outcome, Route, Write
 from ..core.sync import Batch
 from ..logs import get_logger
 from ..messages import Address, MemberStatus, Message, PushPull
@@ -205,6 +205,17 @@ class Agent:
         self.metrics.route_write(outcome.status.value)
         self._dispatch(effects)
         return outcome
+
+    def write_routes(self, writes: Sequence[Write]) -> list[Outcome]:
+        """A batch of client writes, in order: committed and queued for peers
+        when this returns (one dispatch for the lot)."""
+        outcomes, effects = self.core.write_routes(
+            writes, trio.current_time(), time.time()
+        )
+        for outcome in outcomes:
+            self.metrics.route_write(outcome.status.value)
+        self._dispatch(effects)
+        return outcomes
 
     def expedite_pushes(self) -> None:
         """Push what is queued now, whatever the push rate limit: a client

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..core.routes import Outcome, OutcomeStatus, validate_route_fields
+from ..core.routes import Outcome, OutcomeStatus, Write, validate_route_fields
 from ..core.sync import SyncTicket
 from .agent import Agent
 from .api import BODY_LIMIT
@@ -101,11 +101,29 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         document = await request.json(BATCH_BODY_LIMIT)
         timeout = _sync_timeout(request, sync_max)
         puts, deletes = _parse_batch(document)
+        # Items are checked first and the valid ones written in one core call
+        # (in order, each as if alone), so they reach peers as one batch.
         results: list[dict[str, Any]] = []
-        for item in puts:
-            results.append(_batch_item(agent, item, deleted=False))
-        for item in deletes:
-            results.append(_batch_item(agent, item, deleted=True))
+        writes: list[Write] = []
+        slots: list[int] = []  # where each write's result goes
+        for items, deleted in ((puts, False), (deletes, True)):
+            for item in items:
+                parsed = _batch_item(item, deleted=deleted)
+                if isinstance(parsed, Write):
+                    slots.append(len(results))
+                    writes.append(parsed)
+                    parsed = {}
+                results.append(parsed)
+        if writes:
+            outcomes = agent.write_routes(writes)
+            for slot, write, outcome in zip(slots, writes, outcomes, strict=True):
+                agent.log.debug(
+                    "route delete" if write.deleted else "route put",
+                    key=write.key,
+                    result=outcome.status.value,
+                )
+                status, answer = _result(outcome)
+                results[slot] = {"key": write.key, "status": status, **answer}
         body: dict[str, Any] = {"results": results}
         if timeout is not None:
             # After the last item, with no checkpoint since: covers them all.
@@ -266,8 +284,8 @@ def _parse_batch(document: object) -> tuple[list[object], list[object]]:
     return puts, deletes
 
 
-def _batch_item(agent: Agent, item: object, *, deleted: bool) -> dict[str, Any]:
-    """One item's result: ``{"key", "status", ...}`` with the single call's body."""
+def _batch_item(item: object, *, deleted: bool) -> Write | dict[str, Any]:
+    """One item as a write, or its 400 result ``{"key", "status", "error"}``."""
     if not isinstance(item, dict):
         return {"key": None, "status": 400, "error": "item must be a JSON object"}
     key = item.get("key")
@@ -280,15 +298,14 @@ def _batch_item(agent: Agent, item: object, *, deleted: bool) -> dict[str, Any]:
         unknown = sorted(set(item) - _BATCH_DELETE_FIELDS)
         revision = _parse_revision(item.get("revision"))
         if unknown:
-            status, body = 400, {"error": f"unknown fields: {', '.join(unknown)}"}
+            error = f"unknown fields: {', '.join(unknown)}"
         elif isinstance(revision, str):
-            status, body = 400, {"error": revision}
+            error = revision
         else:
-            status, body = _delete(agent, key, revision)
+            return Write(key, "", {}, revision, deleted=True)
     else:
         parsed = _parse_put(item, _BATCH_PUT_FIELDS)
-        if isinstance(parsed, str):
-            status, body = 400, {"error": parsed}
-        else:
-            status, body = _put(agent, key, parsed)
-    return {"key": key, "status": status, **body}
+        if not isinstance(parsed, str):
+            return Write(key, parsed.target, parsed.meta, parsed.revision)
+        error = parsed
+    return {"key": key, "status": 400, "error": error}

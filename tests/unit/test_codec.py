@@ -18,6 +18,7 @@ from mesh.codec import (
     PROTOCOL_VERSION,
     decode_packet,
     decode_push_pull,
+    decode_routes,
     encode_packet,
     encode_push_pull,
     encoded_size,
@@ -368,3 +369,19 @@ def test_limits_match_the_docs() -> None:
     assert codec.MAX_TAG_KEY_LEN == 64
     assert codec.MAX_TAG_VALUE_LEN == 512
     assert PACKET_OVERHEAD == 5
+
+
+@pytest.mark.parametrize("origin", [["n1"], {"n": 1}, 7, None, "", "bad name!"])
+def test_route_rows_with_a_hostile_origin_are_refused(origin: object) -> None:
+    # Decoding remembers the origins already checked in a batch; a value that
+    # is not even hashable must be refused, never raise something else.
+    good = ["k1", "http://x", {}, 0, 1, "n1", False]
+    bad = ["k2", "http://x", {}, 0, 2, origin, False]
+    data = msgpack.packb([PROTOCOL_VERSION, "n1", [good, bad]])
+    with pytest.raises(DecodeError) as info:
+        decode_routes(data, max_routes=10)
+    assert info.value.reason == "schema"
+    _, routes = decode_routes(
+        msgpack.packb([PROTOCOL_VERSION, "n1", [good, good]]), max_routes=10
+    )
+    assert [r.version.origin for r in routes] == ["n1", "n1"]

@@ -249,3 +249,29 @@ def test_node_core_releases_held_batches_on_tick() -> None:
     assert not [e for e in core.tick(1.04) if isinstance(e, Push)]
     pushes = [e for e in core.tick(1.05) if isinstance(e, Push)]
     assert [r.key for r in pushes[0].batch.routes] == ["k2"]
+
+
+def test_a_batch_write_goes_out_as_one_delta_batch_per_peer() -> None:
+    from mesh.config import Config
+    from mesh.core.effects import Push
+    from mesh.core.node import NodeCore
+    from mesh.core.routes import OutcomeStatus, Write
+    from mesh.messages import Alive
+
+    core = NodeCore(
+        Config.lan(name="a"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
+    )
+    for i, name in enumerate("bc", start=2):
+        core.receive((f"10.0.0.{i}", 1), [Alive(1, name, (f"10.0.0.{i}", 1))], 0.0)
+    writes = [Write(f"k{i}", "http://x") for i in range(50)]
+    writes += [Write("k3", "", deleted=True), Write("bad key", "http://x")]
+    outcomes, out = core.write_routes(writes, 1.0, 1000.0)
+    statuses = [o.status for o in outcomes]
+    assert statuses == [OutcomeStatus.APPLIED] * 51 + [OutcomeStatus.INVALID]
+    pushes = [e for e in out if isinstance(e, Push)]
+    # one batch per peer with every change, k3 coalesced to its delete
+    assert sorted(p.batch.peer for p in pushes) == ["b", "c"]
+    for push in pushes:
+        assert len(push.batch.routes) == 50
+        (k3,) = [r for r in push.batch.routes if r.key == "k3"]
+        assert k3.deleted
