@@ -96,6 +96,21 @@ def require_wrk() -> str:
     return wrk
 
 
+def parse_step(spec: str, mode: str, nodes: int, batch: int) -> tuple[int, int]:
+    """A step ``C`` (C connections per node, closed loop) or ``C@R`` (C per
+    node, each pausing between requests so the mesh-wide offered load is about
+    R writes/s: routes/s for batches). wrk's ``delay()`` takes whole
+    milliseconds and counts from the previous answer, so the offered rate is
+    at most R; the accepted rate is what is reported."""
+    conns_text, _, rate_text = spec.partition("@")
+    conns = int(conns_text)
+    if not rate_text:
+        return conns, 0
+    per_request = batch if mode == "batch" else 1
+    requests_per_s = float(rate_text) / per_request
+    return conns, max(1, round(1000.0 * conns * nodes / requests_per_s))
+
+
 def metric_sum(m: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in m.items() if k.startswith(prefix))
 
@@ -218,10 +233,11 @@ def run_step(
     cluster: AgentCluster,
     wrk: str,
     mode: str,
-    conns: int,
+    spec: str,
     tag: str,
 ) -> dict[str, Any]:
     agents = list(cluster.agents.values())
+    conns, delay_ms = parse_step(spec, mode, len(agents), args.batch)
     before = snapshot(cluster)
     pollers = {
         a.name: Poller(
@@ -257,6 +273,7 @@ def run_step(
             mode,
             f"{tag}-n{i}",
             str(args.batch),
+            str(delay_ms),
         ]
         procs.append(
             subprocess.Popen(
@@ -346,7 +363,8 @@ def run_step(
         lags_lo.append(worst_lo)
     return {
         "mode": mode,
-        "conns_per_node": conns,
+        "conns_per_node": spec,
+        "delay_ms": delay_ms,
         "wrk_duration_s": duration,
         "requests": requests,
         "non2xx": non2xx,
@@ -393,12 +411,13 @@ def main() -> int:
     ap.add_argument(
         "--single-conns",
         default="4,16",
-        help="wrk connections per node for single PUTs (steps)",
+        help="steps for single PUTs: C (wrk connections per node, closed loop) "
+        "or C@R (paced to about R writes/s over the mesh)",
     )
     ap.add_argument(
         "--batch-conns",
         default="2",
-        help="wrk connections per node for batch POSTs (steps)",
+        help="steps for batch POSTs: C or C@R (R in routes/s over the mesh)",
     )
     ap.add_argument("--batch", type=int, default=100, help="routes per batch POST")
     ap.add_argument("--duration", type=int, default=8, help="seconds per step")
@@ -416,8 +435,8 @@ def main() -> int:
     args = ap.parse_args()
     wrk = require_wrk()
     intervals = [float(x) for x in args.intervals.split(",") if x]
-    steps = [("single", int(c)) for c in args.single_conns.split(",") if c]
-    steps += [("batch", int(c)) for c in args.batch_conns.split(",") if c]
+    steps = [("single", c) for c in args.single_conns.split(",") if c]
+    steps += [("batch", c) for c in args.batch_conns.split(",") if c]
 
     results: list[dict[str, Any]] = []
     for interval in intervals:
@@ -434,16 +453,15 @@ def main() -> int:
             try:
                 # warm-up: pools, connections, code paths (discarded)
                 warm = dict(vars(args), duration=2, probe_rate=2.0)
-                run_step(
-                    argparse.Namespace(**warm), cluster, wrk, "single", 2, f"warm{run}"
-                )
+                warm_args = argparse.Namespace(**warm)
+                run_step(warm_args, cluster, wrk, "single", "2", f"warm{run}")
                 for mode, conns in steps:
-                    tag = f"i{interval}r{run}{mode}{conns}"
+                    tag = f"i{interval}r{run}{mode}{conns.replace('@', 'at')}"
                     r = run_step(args, cluster, wrk, mode, conns, tag)
                     r.update(interval=interval, run=run, log_dir=log_dir)
                     results.append(r)
                     print(
-                        f"min_interval {interval:g} run {run} {mode:6} c={conns:<3}"
+                        f"min_interval {interval:g} run {run} {mode:6} c={conns:<8}"
                         f" accepted {r['accepted_routes_per_s']:8.0f} routes/s"
                         f" ({r['accepted_req_per_s']:6.0f} req/s) errors "
                         f"{r['non2xx'] + r['socket_errors']}"

@@ -1,6 +1,6 @@
 -- wrk script for scripts/bench/routes_throughput.py: write routes with unique keys.
 --
---   wrk -t1 -c8 -d10s -s scripts/bench/wrk_routes.lua http://127.0.0.1:PORT -- MODE PREFIX BATCH
+--   wrk -t1 -c8 -d10s -s scripts/bench/wrk_routes.lua http://127.0.0.1:PORT -- MODE PREFIX BATCH [PAUSE_MS]
 --
 -- MODE single: PUT /v1/routes/PREFIX-T-N with a small JSON body (one route each)
 -- MODE batch:  POST /v1/routes with {"put": [BATCH items]} (BATCH routes each)
@@ -15,7 +15,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local mode, prefix, batch = "single", "w", 100
+local mode, prefix, batch, pause = "single", "w", 100, 0
 local counter = 0
 local target = '"target":"10.0.0.1:8080","meta":{"bench":"wrk"}'
 
@@ -23,7 +23,14 @@ function init(args)
   mode = args[1] or "single"
   prefix = args[2] or "w"
   batch = tonumber(args[3] or "100")
+  pause = tonumber(args[4] or "0")
   wrk.headers["Content-Type"] = "application/json"
+end
+
+-- PAUSE > 0 paces each connection: PAUSE ms after each answer (an open-ish
+-- loop below saturation; wrk2's fixed-rate mode is not packaged).
+function delay()
+  return pause
 end
 
 function request()
