@@ -15,8 +15,14 @@ What it does:
   total (an idle connection to another origin is closed to make room, else the
   request waits for one, under the pool timeout);
 * the request head and body in one write; the response body streamed to the
-  caller (who bounds it), the connection returned to the pool only once the
-  body was read to its end, else closed;
+  caller (who bounds it), the connection returned to the pool as soon as the
+  body was read to its end, else closed when the caller closes the response;
+* plain TCP connections read and written on the stdlib socket directly, as the
+  server does (mesh/shell/http_server.py): a write that fits the socket buffer
+  and a read the kernel already holds go through no cancel scope and no trip
+  through trio's scheduler; only a real wait is bounded by the timeout, with
+  ``trio.lowlevel.wait_readable``. Every route push pays this path per peer
+  on the writer's loop, so its CPU adds up in a ``?sync=all`` write's latency;
 * httpx's timeouts per phase (connect, write, read, pool) and httpx's exception
   types (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``...), so
   callers map failures as they would with the default transport;
@@ -29,6 +35,8 @@ Not supported (we never send them): HTTP proxies, HTTP/2, ``Expect:
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,11 +54,15 @@ Origin = tuple[str, str, int]
 
 
 class _Conn:
-    __slots__ = ("closed", "h11", "idle_since", "origin", "stream")
+    __slots__ = ("closed", "h11", "idle_since", "origin", "raw", "stream")
 
-    def __init__(self, origin: Origin, stream: trio.abc.Stream) -> None:
+    def __init__(
+        self, origin: Origin, stream: trio.abc.Stream, raw: socket.socket | None
+    ) -> None:
         self.origin = origin
         self.stream = stream
+        #: the stdlib socket under ``stream`` (plain TCP only), for direct I/O
+        self.raw = raw
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
         self.closed = False
@@ -71,6 +83,7 @@ class _Body(httpx.AsyncByteStream):
         self._conn = conn
         self._request = request
         self._done = False
+        self._pooled = False
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -86,6 +99,8 @@ class _Body(httpx.AsyncByteStream):
                 return bytes(event.data)
             if isinstance(event, h11.EndOfMessage):
                 self._done = True
+                # Reusable at once: the caller's close has nothing left to do.
+                self._pooled = self._transport._pool(conn)
                 break
             await self._transport._discard(conn)
             raise httpx.RemoteProtocolError(
@@ -97,7 +112,8 @@ class _Body(httpx.AsyncByteStream):
         if self._closed:
             return
         self._closed = True
-        await self._transport._release(self._conn, reusable=self._done)
+        if not self._pooled:
+            await self._transport._discard(self._conn)
 
 
 class H11Transport(httpx.AsyncBaseTransport):
@@ -141,22 +157,17 @@ class H11Transport(httpx.AsyncBaseTransport):
         body = await request.aread()
         conn = await self._get(origin, request)
         try:
+            h = conn.h11
             head = h11.Request(
                 method=request.method,
                 target=url.raw_path,
-                headers=list(request.headers.raw),
+                headers=request.headers.raw,
             )
-            data = conn.h11.send(head) or b""
+            data = h.send(head) or b""
             if body:
-                data += conn.h11.send(h11.Data(data=body)) or b""
-            data += conn.h11.send(h11.EndOfMessage()) or b""
-            with trio.move_on_after(_timeout(request, "write")) as scope:
-                try:
-                    await conn.stream.send_all(data)
-                except _NETWORK_ERRORS as exc:
-                    raise httpx.WriteError(str(exc), request=request) from exc
-            if scope.cancelled_caught:
-                raise httpx.WriteTimeout("write timed out", request=request)
+                data += h.send(h11.Data(data=body)) or b""
+            data += h.send(h11.EndOfMessage()) or b""
+            await self._send_all(conn, data, request)
             while True:
                 event = await self._next_event(conn, request)
                 if isinstance(event, h11.Response):
@@ -199,10 +210,23 @@ class H11Transport(httpx.AsyncBaseTransport):
         if scope.cancelled_caught:
             raise httpx.PoolTimeout("no connection slot", request=request)
         try:
-            return _Conn(origin, await self._connect(origin, request))
+            stream = await self._connect(origin, request)
         except BaseException:
             self._slots.release()
             raise
+        raw: socket.socket | None = None
+        if isinstance(stream, trio.SocketStream):
+            # Own the stdlib socket for direct I/O (trio's socket does not
+            # expose it); the trio stream over it still closes it.
+            fd = stream.socket.detach()
+            try:
+                raw = socket.socket(fileno=fd)
+            except OSError as exc:
+                os.close(fd)
+                self._slots.release()
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        return _Conn(origin, stream, raw)
 
     async def _connect(self, origin: Origin, request: httpx.Request) -> trio.abc.Stream:
         scheme, host, port = origin
@@ -225,6 +249,49 @@ class H11Transport(httpx.AsyncBaseTransport):
             await _close(tcp)
         raise httpx.ConnectTimeout("connect timed out", request=request)
 
+    async def _send_all(self, conn: _Conn, data: bytes, request: httpx.Request) -> None:
+        raw = conn.raw
+        if raw is not None:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise httpx.WriteError(str(exc), request=request) from exc
+            if sent == len(data):
+                return
+            data = data[sent:]
+        with trio.move_on_after(_timeout(request, "write")) as scope:
+            try:
+                await conn.stream.send_all(data)
+            except _NETWORK_ERRORS as exc:
+                raise httpx.WriteError(str(exc), request=request) from exc
+        if scope.cancelled_caught:
+            raise httpx.WriteTimeout("write timed out", request=request)
+
+    async def _receive(self, conn: _Conn, request: httpx.Request) -> bytes:
+        """The next chunk from the server (b"" at EOF), within the read
+        timeout; what the kernel already holds is taken without a wait."""
+        raw = conn.raw
+        if raw is not None:
+            try:
+                return raw.recv(_RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise httpx.ReadError(str(exc), request=request) from exc
+        with trio.move_on_after(_timeout(request, "read")):  # else ReadTimeout
+            try:
+                if raw is None:
+                    return bytes(await conn.stream.receive_some(_RECEIVE_SIZE))
+                while True:
+                    await trio.lowlevel.wait_readable(raw)
+                    with contextlib.suppress(BlockingIOError):  # spurious wakeup
+                        return raw.recv(_RECEIVE_SIZE)
+            except _NETWORK_ERRORS as exc:
+                raise httpx.ReadError(str(exc), request=request) from exc
+        raise httpx.ReadTimeout("read timed out", request=request)
+
     async def _next_event(self, conn: _Conn, request: httpx.Request) -> Any:
         while True:
             try:
@@ -233,34 +300,25 @@ class H11Transport(httpx.AsyncBaseTransport):
                 raise httpx.RemoteProtocolError(str(exc), request=request) from exc
             if event is not h11.NEED_DATA:
                 return event
-            with trio.move_on_after(_timeout(request, "read")) as scope:
-                try:
-                    data = await conn.stream.receive_some(_RECEIVE_SIZE)
-                except _NETWORK_ERRORS as exc:
-                    raise httpx.ReadError(str(exc), request=request) from exc
-            if scope.cancelled_caught:
-                raise httpx.ReadTimeout("read timed out", request=request)
+            data = await self._receive(conn, request)
             if not data and conn.h11.their_state is h11.SEND_RESPONSE:
                 # A pooled connection the server closed: what a stale
                 # keep-alive connection looks like.
                 raise httpx.RemoteProtocolError(
                     "server closed the connection", request=request
                 )
-            conn.h11.receive_data(bytes(data))
+            conn.h11.receive_data(data)
 
-    async def _release(self, conn: _Conn, *, reusable: bool) -> None:
+    def _pool(self, conn: _Conn) -> bool:
+        """Put ``conn`` back among the idle connections if it can carry another
+        request (synchronous: nothing to await when it can)."""
         h = conn.h11
-        if (
-            reusable
-            and not self._closed
-            and h.our_state is h11.DONE
-            and h.their_state is h11.DONE
-        ):
-            h.start_next_cycle()
-            conn.idle_since = trio.current_time()
-            self._idle.setdefault(conn.origin, []).append(conn)
-            return
-        await self._discard(conn)
+        if self._closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+            return False
+        h.start_next_cycle()
+        conn.idle_since = trio.current_time()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        return True
 
     async def _evict_one(self) -> None:
         """Close the longest-idle connection, to make room for another origin."""

@@ -14,12 +14,14 @@ each batch over HTTP and reports how it ended:
   all peers at once without opening hundreds of requests at the same moment.
   The slot is held per request, not per batch, so a batch sleeping between
   retries does not keep another peer waiting;
-* each attempt runs under ``move_on_after(push_request_timeout)`` and the whole
-  batch, retries and waits for a slot included, under ``move_on_at(deadline)``
-  (the core's ``now`` is ``trio.current_time()``, so its deadline is ours);
+* each attempt is cut at ``push_request_timeout`` and the whole batch, retries
+  and waits for a slot included, at its ``deadline`` (the core's ``now`` is
+  ``trio.current_time()``, so its deadline is ours): one cancel scope per
+  attempt ends at whichever comes first;
 * httpx exceptions and statuses are mapped to the core's :class:`Failure` here,
   at the boundary, and :func:`is_transient` decides whether to retry, sleeping
-  per ``core.retry_policy.delays`` (total strictly below one request timeout);
+  per ``core.retry_policy.delays`` (total strictly below one request timeout;
+  drawn on a batch's first failure);
 * the end is reported once, to :meth:`Agent.push_done`, as ``ok`` or with a
   reason: ``deadline``, ``rejected`` (permanent: other 4xx, a bad ack) or
   ``failed`` (transient failures outlasted the retries). The core then hands
@@ -32,8 +34,9 @@ at the latest, and the core ignores the report of a peer it forgot.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import httpx
@@ -53,7 +56,6 @@ from .peer_http import (
     MSGPACK,
     ROUTES_PATH,
     BodyTooLargeError,
-    read_limited,
 )
 
 __all__ = [
@@ -109,6 +111,14 @@ class Pusher:
     """Runs ``Push`` effects; install :meth:`push` as ``agent.push_handler``.
 
     Use :func:`open_pusher`, which owns the HTTP client and the nursery.
+
+    A ``?sync=all`` write waits for every peer's ack, and the writer's single
+    loop pays each push's client CPU in turn, so the per-request path is kept
+    lean: a prebuilt ``httpx.Request`` sent with ``client.send`` (no merge of
+    the client's default headers, which both ends would then validate), per
+    peer values cached, one cancel scope per attempt, no checkpoint for a free
+    concurrency slot, retry delays drawn only after a failure, and the ack
+    read straight off the response stream (still bounded by ``ACK_LIMIT``).
     """
 
     def __init__(
@@ -127,6 +137,10 @@ class Pusher:
         self._rng = rng if rng is not None else random.Random()
         self._limiter = trio.CapacityLimiter(config.push_concurrency)
         self._request_timeout = config.push_request_timeout
+        # What client.build_request would attach: the transport reads each
+        # phase's timeout from here (httpx's own request extension).
+        self._timeout = http.timeout.as_dict()
+        self._headers = httpx.Headers({"content-type": MSGPACK})
         self._scheme = peer_scheme(config)  # https when the mesh port has TLS
         self._urls: dict[Address, httpx.URL] = {}
         self._tasks = 0
@@ -149,11 +163,9 @@ class Pusher:
     async def _run(self, batch: Batch, handed_out_at: float) -> None:
         metrics = self._agent.metrics
         metrics.push_batch_size.observe(len(batch.routes))
-        result = "deadline"
         self._tasks += 1
         try:
-            with trio.move_on_at(batch.deadline):
-                result = await self._deliver(batch)
+            result = await self._deliver(batch)
         finally:
             self._tasks -= 1
         metrics.pushes.labels(result).inc()
@@ -169,23 +181,19 @@ class Pusher:
         self._agent.push_done(batch, result == "ok", result)
 
     async def _deliver(self, batch: Batch) -> str:
-        """Attempts with backoff until acked, a permanent failure, or the
-        retries run out; the caller's deadline may cut it short."""
+        """Attempts with backoff until acked, a permanent failure, the retries
+        run out, or ``batch.deadline`` (every wait below ends by it)."""
         body = encode_routes(self._agent.core.name, batch.routes)
-        url = self._urls.get(batch.addr)
-        if url is None:
-            # Parsed once per peer address: httpx parses a str URL on every
-            # request, a measurable share of a push's client CPU.
-            if len(self._urls) >= _URL_CACHE_MAX:
-                self._urls.clear()
-            url = httpx.URL(
-                f"{self._scheme}://{format_address(batch.addr)}{ROUTES_PATH}"
-            )
-            self._urls[batch.addr] = url
-        delays = self._agent.core.retry_policy.delays(self._rng)
+        url = self._url(batch.addr)
+        count = len(batch.routes)
+        deadline = batch.deadline
+        delays: list[float] | None = None
         attempt = 0
         while True:
-            failure, status = await self._attempt(url, body, len(batch.routes))
+            outcome = await self._attempt(url, body, count, deadline)
+            if outcome is None:
+                return "deadline"
+            failure, status = outcome
             if failure is None:
                 return "ok"
             self._agent.log.debug(
@@ -197,27 +205,64 @@ class Pusher:
             )
             if not is_transient(failure, status):
                 return "rejected"
+            if delays is None:
+                # Drawn on the first failure only: most batches never retry.
+                delays = self._agent.core.retry_policy.delays(self._rng)
             if attempt >= len(delays):
                 return "failed"
             self._agent.metrics.push_retries.inc()
-            await trio.sleep(delays[attempt])
+            wake = trio.current_time() + delays[attempt]
+            if wake >= deadline:
+                await trio.sleep_until(deadline)
+                return "deadline"
+            await trio.sleep_until(wake)
             attempt += 1
 
+    def _url(self, addr: Address) -> httpx.URL:
+        url = self._urls.get(addr)
+        if url is None:
+            # Parsed once per peer address: httpx parses a str URL on every
+            # request, a measurable share of a push's client CPU.
+            if len(self._urls) >= _URL_CACHE_MAX:
+                self._urls.clear()
+            url = httpx.URL(f"{self._scheme}://{format_address(addr)}{ROUTES_PATH}")
+            self._urls[addr] = url
+        return url
+
     async def _attempt(
-        self, url: httpx.URL, body: bytes, count: int
-    ) -> tuple[Failure | None, int | None]:
-        """One request under the concurrency limit and the request timeout:
+        self, url: httpx.URL, body: bytes, count: int, deadline: float
+    ) -> tuple[Failure | None, int | None] | None:
+        """One request under the concurrency limit, cut by the request timeout
+        or ``deadline``, whichever comes first: None when ``deadline`` passed,
         (None, 200) when the peer acked all ``count`` deltas, else the failure
         and the HTTP status if there was one."""
-        async with self._limiter:
-            self._requests += 1
-            self._max_requests = max(self._max_requests, self._requests)
-            try:
-                with trio.move_on_after(self._request_timeout):
-                    return await self._post(url, body, count)
-                return Failure.TIMEOUT, None
-            finally:
-                self._requests -= 1
+        limiter = self._limiter
+        try:
+            # A free slot is taken without a checkpoint (a trip through the
+            # scheduler per push); the request's own I/O checkpoints anyway.
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_at(deadline) as waiting:
+                await limiter.acquire()
+            if waiting.cancelled_caught:  # cancelled, so no slot was taken
+                return None
+        self._requests += 1
+        self._max_requests = max(self._max_requests, self._requests)
+        try:
+            now = trio.current_time()
+            if now >= deadline:
+                # Checked here: the request may well go out without a
+                # checkpoint, before a past deadline could cancel it.
+                return None
+            # One scope for both bounds; which one fired is read off its
+            # deadline.
+            cut_at = min(deadline, now + self._request_timeout)
+            with trio.move_on_at(cut_at):
+                return await self._post(url, body, count)
+            return None if cut_at >= deadline else (Failure.TIMEOUT, None)
+        finally:
+            self._requests -= 1
+            limiter.release()
 
     async def _post(
         self, url: httpx.URL, body: bytes, count: int
@@ -226,15 +271,18 @@ class Pusher:
         # the peer's replay window would refuse it.
         sealer = self._agent.sealer
         sealed, nonce = sealer.seal_request("POST", ROUTES_PATH, body)
+        request = httpx.Request("POST", url, content=sealed, headers=self._headers)
+        request.extensions["timeout"] = self._timeout
         try:
-            async with self._http.stream(
-                "POST", url, content=sealed, headers={"content-type": MSGPACK}
-            ) as response:
+            response = await self._http.send(request, stream=True)
+            try:
                 status = response.status_code
                 failure = failure_from_status(status)
                 if failure is not None:
                     return failure, status
-                data = await read_limited(response, ACK_LIMIT)
+                data = await _read_ack(response)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             return failure_from_exception(exc), None
         except BodyTooLargeError:
@@ -248,6 +296,59 @@ class Pusher:
         if ack["received"] != count:
             return Failure.PROTOCOL, 200
         return None, 200
+
+
+async def _read_ack(response: httpx.Response) -> bytes:
+    """The ack body, or :class:`BodyTooLargeError` past ``ACK_LIMIT``.
+
+    ``read_limited`` with fewer layers: read off the response's stream, not
+    through ``aiter_bytes`` (a decoder, a chunker and two more async generators
+    per chunk). We send no ``accept-encoding``: an ack is not content-encoded,
+    and an encoded one fails to decode, as garbage would.
+    """
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > ACK_LIMIT:
+        raise BodyTooLargeError
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    chunks: list[bytes] = []
+    size = 0
+    iterator = aiter(stream)
+    async for chunk in iterator:
+        size += len(chunk)
+        if size > ACK_LIMIT:
+            if isinstance(iterator, AsyncGenerator):
+                # httpx's wrapper is a generator: finalized now, not by GC
+                await iterator.aclose()
+            raise BodyTooLargeError
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that takes none. Peers set no cookies, and httpx reads
+    every response for them: an urllib request re-parsing the URL and an email
+    message of the headers, a fifth of the writer's client CPU per push."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return
+
+
+class _PushClient(httpx.AsyncClient):
+    """The shared push client: a plain ``httpx.AsyncClient`` (same API, pool,
+    timeouts, exceptions) whose cookies are a :class:`_NoCookies`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        """Ignored: there is nothing to keep."""
 
 
 @asynccontextmanager
@@ -279,7 +380,7 @@ async def open_pusher(
             ssl_context=client_ssl_context(config),
         )
     async with (
-        httpx.AsyncClient(
+        _PushClient(
             timeout=httpx.Timeout(config.push_request_timeout),
             transport=transport,
             # A HTTP_PROXY meant for the operator's tools must not reroute

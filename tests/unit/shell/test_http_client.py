@@ -20,17 +20,26 @@ from mesh.shell.http_server import serve
 async def server(ports: list[int]) -> AsyncIterator[str]:
     """A server that records each request's client port; ``/hang`` never
     answers, ``/close`` answers with ``connection: close``, ``/big`` sends
-    100 kB."""
+    100 kB, ``/len`` the size of the request body it read."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         ports.append(scope["client"][1])
-        while (await receive()).get("more_body"):
-            pass
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
         path = scope["path"]
         if path == "/hang":
             await trio.sleep_forever()
         headers = [(b"connection", b"close")] if path == "/close" else []
-        body = b"x" * 100_000 if path == "/big" else b"ok:" + path.encode()
+        if path == "/big":
+            body = b"x" * 100_000
+        elif path == "/len":
+            body = str(size).encode()
+        else:
+            body = b"ok:" + path.encode()
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -95,6 +104,36 @@ async def test_a_body_not_read_to_the_end_closes_its_connection() -> None:
         assert transport.open_connections == 0
         assert (await http.get(f"{url}/a")).text == "ok:/a"
         assert len(set(ports)) == 2
+
+
+async def test_a_connection_is_pooled_as_soon_as_its_body_is_read() -> None:
+    ports: list[int] = []
+    transport = H11Transport(max_connections=4, keepalive_expiry=60)
+    async with server(ports) as url, client(transport) as http:
+        async with http.stream("GET", f"{url}/a") as response:
+            stream = response.stream
+            assert isinstance(stream, httpx.AsyncByteStream)
+            assert [chunk async for chunk in stream] == [b"ok:/a"]
+            # back in the pool before the caller closes the response
+            assert transport.idle_connections == 1
+        assert transport.idle_connections == 1
+        assert (await http.get(f"{url}/b")).text == "ok:/b"
+        assert len(set(ports)) == 1
+
+
+async def test_bodies_larger_than_one_socket_write_or_read() -> None:
+    """A request body past the socket buffer (the direct send is partial, the
+    rest goes through trio) and a response in many reads; the connection is
+    reused after both."""
+    ports: list[int] = []
+    transport = H11Transport(max_connections=4, keepalive_expiry=60)
+    big = b"y" * 8_000_000
+    async with server(ports) as url, client(transport) as http:
+        assert (await http.post(f"{url}/len", content=big)).text == str(len(big))
+        assert (await http.get(f"{url}/big")).content == b"x" * 100_000
+        assert (await http.post(f"{url}/len", content=b"z")).text == "1"
+        assert len(set(ports)) == 1
+        assert transport.open_connections == 1
 
 
 async def test_the_pool_bound_evicts_idle_connections_of_other_origins() -> None:

@@ -26,6 +26,7 @@ from mesh.core.sync import Batch, Failure, is_transient
 from mesh.messages import Alive, Dead
 from mesh.shell.agent import Agent
 from mesh.shell.peer_http import (
+    ACK_LIMIT,
     ROUTES_PATH,
     decode_routes_ack,
     encode_routes_ack,
@@ -33,6 +34,7 @@ from mesh.shell.peer_http import (
 )
 from mesh.shell.pusher import (
     Pusher,
+    _PushClient,
     failure_from_exception,
     failure_from_status,
     open_pusher,
@@ -327,6 +329,46 @@ def test_total_retry_sleep_is_below_the_request_timeout(seed: int) -> None:
     run(main)
 
 
+def test_a_batch_waiting_for_a_slot_ends_at_its_deadline() -> None:
+    """One slot, held by a request that hangs until the batch deadline: the
+    other peer's batch waits for the slot and ends at its deadline, unsent;
+    the slot is free again afterwards."""
+
+    async def main() -> None:
+        served: list[str] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            served.append(peer_name(request))
+            if len(served) == 1:
+                await trio.sleep_forever()
+            return ack(request)
+
+        # The request timeout as long as the deadline: the first attempt
+        # holds the only slot to the end.
+        overrides: dict[str, Any] = {
+            "push_concurrency": 1,
+            "push_request_timeout": 1.5,
+            "push_deadline": 1.5,
+        }
+        async with pushing(handler, peers=2, **overrides) as h:
+            start = trio.current_time()
+            h.write("a")
+            await h.agent.flush_pushes()
+            assert len(served) == 1
+            assert [(at, ok, reason) for at, _, ok, reason in h.done] == [
+                (start + 1.5, False, "deadline"),
+                (start + 1.5, False, "deadline"),
+            ]
+            stats = h.pusher.statistics()
+            assert (stats.tasks, stats.requests_in_flight) == (0, 0)
+            h.write("b")
+            await h.agent.flush_pushes()
+        assert [ok for _, _, ok, _ in h.done[2:]] == [True, True]
+        assert h.pusher.statistics().max_requests_in_flight == 1
+
+    run(main)
+
+
 # --- fan-out and coalescing ---
 
 
@@ -470,6 +512,96 @@ def test_push_to_a_real_peer_app_applies_and_acks() -> None:
         assert received == 3
 
     run(main)
+
+
+def test_the_request_is_prebuilt_with_the_client_timeouts() -> None:
+    """Sent as built (no client default headers for both ends to validate),
+    with the client's timeouts for the transport to apply per phase."""
+
+    async def main() -> None:
+        requests: list[httpx.Request] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            requests.append(request)
+            return ack(request)
+
+        async with pushing(handler) as h:
+            h.write("k")
+            await h.agent.flush_pushes()
+            h.write("k", "http://other")
+            await h.agent.flush_pushes()
+        assert all(ok for _, _, ok, _ in h.done)
+        timeout = httpx.Timeout(h.agent.config.push_request_timeout).as_dict()
+        for request in requests:
+            assert request.method == "POST"
+            assert request.url.path == ROUTES_PATH
+            assert sorted(request.headers.keys()) == [
+                "content-length",
+                "content-type",
+                "host",
+            ]
+            assert request.headers["content-type"] == "application/msgpack"
+            assert request.extensions["timeout"] == timeout
+
+    run(main)
+
+
+class Chunks(httpx.AsyncByteStream):
+    """A body of unknown length, in chunks; a plain iterator, like the h11
+    transport's (nothing left to finalize when the reader stops early)."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self._chunks = [data[i : i + size] for i in range(0, len(data), size)]
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_ack_over_the_size_limit_is_rejected(declared: bool) -> None:
+    """Past ACK_LIMIT, whether its length is declared or it streams in."""
+
+    async def main() -> None:
+        attempts = 0
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            _, routes = decode_routes(request.content, max_routes=10_000)
+            # a valid ack, padded past the limit
+            body = encode_routes_ack(len(routes), {}) + b"\x00" * ACK_LIMIT
+            if declared:
+                return httpx.Response(200, content=body)
+            return httpx.Response(200, stream=Chunks(body, 512))
+
+        async with pushing(handler) as h:
+            h.write("k")
+            await h.agent.flush_pushes()
+        [(_, _, ok, reason)] = h.done
+        assert (ok, reason) == (False, "rejected")
+        assert attempts == 1
+
+    run(main)
+
+
+async def test_the_push_client_keeps_no_cookies() -> None:
+    """Peers set none; reading every answer for them costs the writer CPU."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "a=b; Path=/"})
+
+    async with _PushClient(transport=httpx.MockTransport(handler)) as client:
+        await client.get("http://127.0.0.2:1/")
+        await client.get("http://127.0.0.2:1/")
+        assert not client.cookies
+    assert seen == [None, None]
 
 
 def test_a_200_that_is_not_an_ack_is_rejected() -> None:
