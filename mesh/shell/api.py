@@ -30,7 +30,6 @@ from .asgi import (
     Scope,
     Send,
     json_response,
-    normalize_method,
 )
 from .metrics import CONTENT_TYPE
 from .watch_api import STREAM_PATH, RouteWatchHub, serve_stream, wrap_list
@@ -90,9 +89,10 @@ class ApiApp(Router):
         await super().__call__(scope, receive, send)
 
     def _observe_api(self, method: str, path: str, code: int) -> None:
+        # ``method`` is already a label: the Router normalizes it.
         start = _started.get(None)
         duration = None if start is None else trio.current_time() - start
-        self.agent.metrics.observe_api(normalize_method(method), path, code, duration)
+        self.agent.metrics.observe_api(method, path, code, duration)
 
     def _on_error(self, request: Request, exc: BaseException) -> None:
         self.agent.log.error(

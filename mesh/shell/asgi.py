@@ -7,6 +7,7 @@ and a JSON error shape are all we need, and they cost nothing per request.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -58,6 +59,9 @@ class HttpError(Exception):
         self.headers = tuple(headers)
 
 
+JSON_CONTENT_TYPE = "application/json"
+
+
 @attrs.frozen
 class Response:
     """What a handler returns; ``body`` is sent as is, then ``after`` runs (so a
@@ -65,9 +69,13 @@ class Response:
 
     status: int
     body: bytes
-    content_type: str = "application/json"
+    content_type: str = JSON_CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
     after: Callable[[], None] | None = attrs.field(default=None, eq=False)
+
+
+#: what json.dumps(..., separators=(",", ":")) would build on every call
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def json_response(
@@ -78,7 +86,7 @@ def json_response(
     after: Callable[[], None] | None = None,
 ) -> Response:
     """A compact JSON response."""
-    body = json.dumps(document, separators=(",", ":")).encode()
+    body = _COMPACT_JSON.encode(document).encode()
     return Response(status, body, headers=tuple(headers), after=after)
 
 
@@ -90,9 +98,19 @@ class Request:
     path: str
     query: dict[str, list[str]]
     params: dict[str, str]
-    headers: dict[str, str]
+    #: the ASGI scope's (name, value) pairs, as bytes
+    raw_headers: Iterable[tuple[bytes, bytes]]
     receive: Receive
     client: tuple[str, int] | None
+
+    @functools.cached_property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names to values, decoded on first use (most handlers
+        never look)."""
+        return {
+            k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in self.raw_headers
+        }
 
     def query_one(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -165,6 +183,12 @@ class Route:
     segments: tuple[str | None, ...] = attrs.field(init=False)
     #: parameter names, in segment order
     names: tuple[str, ...] = attrs.field(init=False)
+    #: (index, literal) of the literal segments, and (index, name) of the
+    #: parameters: what match() compares, precomputed
+    _literals: tuple[tuple[int, str], ...] = attrs.field(
+        init=False, repr=False, eq=False
+    )
+    _params: tuple[tuple[int, str], ...] = attrs.field(init=False, repr=False, eq=False)
 
     @segments.default
     def _split(self) -> tuple[str | None, ...]:
@@ -181,19 +205,31 @@ class Route:
             if (m := _PARAM_RE.fullmatch(part))
         )
 
+    @_literals.default
+    def _literal_positions(self) -> tuple[tuple[int, str], ...]:
+        return tuple(
+            (i, want) for i, want in enumerate(self.segments) if want is not None
+        )
+
+    @_params.default
+    def _param_positions(self) -> tuple[tuple[int, str], ...]:
+        positions = (i for i, want in enumerate(self.segments) if want is None)
+        return tuple(zip(positions, self.names, strict=True))
+
     def match(self, segments: list[str]) -> dict[str, str] | None:
         """The parameters when the decoded ``segments`` fit the template."""
         if len(segments) != len(self.segments):
             return None
-        values: list[str] = []
-        for want, got in zip(self.segments, segments, strict=True):
-            if want is None:
-                if not got:
-                    return None
-                values.append(got)
-            elif want != got:
+        for i, want in self._literals:
+            if segments[i] != want:
                 return None
-        return dict(zip(self.names, values, strict=True))
+        params: dict[str, str] = {}
+        for i, name in self._params:
+            got = segments[i]
+            if not got:
+                return None
+            params[name] = got
+        return params
 
 
 _PARAM_RE = re.compile(r"\{(\w+)\}")
@@ -232,18 +268,23 @@ class Router:
         observe: Observer | None = None,
         on_error: ErrorHook | None = None,
     ) -> None:
+        #: the table, in match order; callers may append to it
         self.routes: list[Route] = list(routes)
         self._observe = observe
         self._on_error = on_error
+        # self.routes grouped by segment count (only those can match a path),
+        # rebuilt when the table is no longer the one indexed
+        self._indexed: tuple[Route, ...] = ()
+        self._by_count: dict[int, list[Route]] = {}
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         self.routes.append(Route(method, pattern, handler))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await _lifespan(receive, send)
             return  # websockets: not ours; the server closes the connection
         method: str = scope["method"]
         path: str = scope["path"]
@@ -259,10 +300,7 @@ class Router:
                 else {}
             ),
             params={},
-            headers={
-                k.decode("latin-1").lower(): v.decode("latin-1")
-                for k, v in scope.get("headers", ())
-            },
+            raw_headers=scope.get("headers", ()),
             receive=receive,
             client=scope.get("client"),
         )
@@ -284,8 +322,14 @@ class Router:
             response.after()
 
     def _match(self, request: Request, segments: list[str]) -> tuple[Route, str]:
+        routes = tuple(self.routes)
+        if routes != self._indexed:
+            self._by_count = {}
+            for route in routes:
+                self._by_count.setdefault(len(route.segments), []).append(route)
+            self._indexed = routes
         allowed: list[str] = []
-        for route in self.routes:
+        for route in self._by_count.get(len(segments), ()):
             params = route.match(segments)
             if params is None:
                 continue
@@ -302,9 +346,18 @@ class Router:
         raise HttpError(404, f"no such path: {request.path}")
 
 
+_JSON_TYPE_BYTES = JSON_CONTENT_TYPE.encode()
+
+
 async def _send(send: Send, response: Response) -> None:
+    content_type = response.content_type
     headers = [
-        (b"content-type", response.content_type.encode()),
+        (
+            b"content-type",
+            _JSON_TYPE_BYTES
+            if content_type == JSON_CONTENT_TYPE
+            else content_type.encode(),
+        ),
         (b"content-length", str(len(response.body)).encode()),
         *((k.encode(), v.encode()) for k, v in response.headers),
     ]

@@ -84,6 +84,8 @@ def require_token(
     """``app`` behind a Bearer token check (see module docstring)."""
     expected = token.encode()
     exempt_paths = frozenset(exempt)
+    refusal = json.dumps({"error": "missing or invalid API token"}).encode()
+    refusal_length = str(len(refusal)).encode()
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in exempt_paths:
@@ -102,19 +104,18 @@ def require_token(
                 path=scope["path"],
                 peer=scope.get("client"),
             )
-        body = json.dumps({"error": "missing or invalid API token"}).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 401,
                 "headers": [
                     (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
+                    (b"content-length", refusal_length),
                     (b"www-authenticate", b'Bearer realm="mesh"'),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": refusal})
 
     return guarded
 

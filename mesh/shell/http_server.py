@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,8 @@ _log = logging.getLogger("mesh.http_server")
 
 _RECEIVE_SIZE = 65536
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
+#: the versions we serve, as the ASGI scope spells them
+_HTTP_VERSIONS = {b"1.0": "1.0", b"1.1": "1.1"}
 _REASONS = {431: "request head too large", 505: "HTTP version not supported"}
 
 
@@ -98,11 +101,17 @@ class _Connection:
         self,
         server: _Server,
         stream: trio.abc.Stream,
+        raw: socket.socket | None,
         client: tuple[str, int] | None,
         local: tuple[str, int] | None,
     ) -> None:
         self.server = server
         self.stream = stream
+        # The plain TCP socket under ``stream`` (None under TLS): a read or a
+        # write the kernel can do at once goes to it directly, skipping the
+        # cancel scope and scheduler round trip trio spends on each operation
+        # (together most of the server's own cost per request).
+        self.raw = raw
         self.client = client
         self.local = local
         self.h11 = h11.Connection(
@@ -119,19 +128,53 @@ class _Connection:
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_done = False
+        #: body bytes still to come, when the request declared its length
+        self._body_left: int | None = None
         self._gone = False
 
     # --- reading ---
 
+    def _try_receive(self) -> bytes | None:
+        """The next chunk if the kernel has one now (b"" when the client is
+        gone), else None; never waits."""
+        if self.raw is None:
+            return None
+        try:
+            return self.raw.recv(_RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    async def _wait_receive(self) -> bytes:
+        """Wait for the next chunk (b"" when the client is gone); the caller
+        bounds the wait with a cancel scope."""
+        raw = self.raw
+        try:
+            if raw is None:
+                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+            while True:
+                await trio.lowlevel.wait_readable(raw)
+                try:
+                    return raw.recv(_RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass  # a spurious wakeup: wait again
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""
+
     async def _receive_data(self, wait: float) -> None:
         """Feed h11 the next chunk from the socket, within ``wait`` seconds."""
-        with trio.move_on_after(wait) as scope:
-            try:
-                data = bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                data = b""
-        if scope.cancelled_caught:
-            raise _ClientGoneError("timed out")
+        data = self._try_receive()
+        if data is None:
+            with trio.move_on_after(wait):
+                data = await self._wait_receive()
+            if data is None:  # the wait was cut short
+                raise _ClientGoneError("timed out")
+        else:
+            # Yield all the same (as trio's own read would): a body streamed
+            # faster than we read it must not starve the other connections.
+            # Not on the common path: a small request arrives in one read.
+            await trio.lowlevel.checkpoint()
         self.h11.receive_data(data)
 
     async def _next_event(self, wait: float) -> Any:
@@ -146,13 +189,27 @@ class _Connection:
     async def _write(self, data: bytes) -> None:
         if self._gone:
             raise _ClientGoneError("gone")
+        rest: bytes | memoryview = data
+        if self.raw is not None:
+            # Most responses fit the socket buffer: sent at once, no scope.
+            try:
+                sent = self.raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._gone = True
+                raise _ClientGoneError("broken") from None
+            if sent == len(data):
+                return
+            if sent:
+                rest = memoryview(data)[sent:]
         # Gone until the write completes: a write cut short (our timeout, or
         # the app's own cancel scope) leaves a partial message on the wire, so
         # the connection must not carry anything else.
         self._gone = True
         with trio.move_on_after(self.server.limits.io_timeout) as scope:
             try:
-                await self.stream.send_all(data)
+                await self.stream.send_all(rest)
                 self._gone = False
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -192,16 +249,16 @@ class _Connection:
                 # Idle until the request starts, then the head must complete
                 # within header_timeout: measured from the first byte.
                 try:
-                    event = await self._next_request(limits)
+                    head = await self._next_request(limits)
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint
                     reason = _REASONS.get(status, "bad request")
                     await self._send_error(status, reason)
                     return
-                if event is None:
+                if head is None:
                     return
                 self.idle = False
-                await self._handle(event)
+                await self._handle(*head)
                 if not await self._finish_cycle():
                     return
         except _ClientGoneError:
@@ -209,33 +266,46 @@ class _Connection:
         finally:
             await _close(self.stream)
 
-    async def _next_request(self, limits: ServerLimits) -> h11.Request | None:
-        """The next request's head, or None when the client is done."""
+    async def _next_request(
+        self, limits: ServerLimits
+    ) -> tuple[h11.Request, list[tuple[bytes, bytes]]] | None:
+        """The next request and its headers, or None when the client is
+        done."""
         event = self.h11.next_event()
         if event is h11.NEED_DATA:
             # Between requests: wait for the first byte under the idle timeout,
-            # cancellable by shutdown.
+            # in the scope shutdown cancels (either ends the connection, so one
+            # scope serves both). No read is tried first: a client that waits
+            # for each answer has not sent its next request yet.
+            self.cancel_scope = trio.CancelScope(
+                deadline=trio.current_time() + limits.keep_alive_timeout
+            )
+            data: bytes | None = None
             with self.cancel_scope:
-                await self._receive_data(limits.keep_alive_timeout)
-            if self.cancel_scope.cancelled_caught:
+                data = await self._wait_receive()
+            if data is None:  # idle too long, or shutting down
                 return None
-            self.cancel_scope = trio.CancelScope()
+            self.h11.receive_data(data)
             event = await self._next_event(limits.header_timeout)
+        else:
+            # Pipelined, already read: yield all the same, so a client that
+            # keeps its socket full cannot starve the other connections (and
+            # shutdown's cancellation gets through).
+            await trio.lowlevel.checkpoint()
         if isinstance(event, h11.Request):
             # h11 bounds a head still incomplete; one that arrived whole in a
             # single read is checked here.
-            size = len(event.target) + sum(
-                len(k) + len(v) + 4 for k, v in event.headers
-            )
+            headers = list(event.headers)
+            size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in headers)
             if size > limits.max_header_bytes:
                 raise h11.RemoteProtocolError(
                     "request head too large", error_status_hint=431
                 )
-            if event.http_version not in (b"1.0", b"1.1"):
+            if event.http_version not in _HTTP_VERSIONS:
                 raise h11.RemoteProtocolError(
                     "HTTP version not supported", error_status_hint=505
                 )
-            return event
+            return event, headers
         # ConnectionClosed, or bytes after a "connection: close" request
         return None
 
@@ -265,7 +335,9 @@ class _Connection:
             return True
         return False
 
-    async def _handle(self, request: h11.Request) -> None:
+    async def _handle(
+        self, request: h11.Request, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         self._response_started = False
         self._head_sent = False
         self._response_done = False
@@ -277,25 +349,30 @@ class _Connection:
         # request with neither header has no body at all (RFC 9112 6.3): a
         # GET must not cost its client a new connection.
         self._big_body = False
-        for name, value in request.headers:
+        self._body_left = None
+        chunked = False
+        for name, value in headers:
             if name == b"content-length":
-                self._big_body = int(value) > self.server.limits.max_drain_bytes
+                self._body_left = int(value)
+                self._big_body = self._body_left > self.server.limits.max_drain_bytes
             elif name == b"transfer-encoding":
-                self._big_body = True  # chunked: the size is unknown unread
+                self._big_body = chunked = True  # the size is unknown unread
+        if chunked:
+            self._body_left = None
         target = request.target
         raw_path, _, query = target.partition(b"?")
         path = raw_path.decode("ascii", "replace")
         scope = {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": request.http_version.decode(),
+            "http_version": _HTTP_VERSIONS[request.http_version],
             "method": request.method.decode("ascii", "replace"),
             "scheme": self.server.scheme,
             "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
             "query_string": query,
             "root_path": "",
-            "headers": list(request.headers),
+            "headers": headers,
             "client": self.client,
             "server": self.local,
         }
@@ -333,11 +410,21 @@ class _Connection:
             self._gone = True
             return {"type": "http.disconnect"}
         if isinstance(event, h11.Data):
-            return {
-                "type": "http.request",
-                "body": bytes(event.data),
-                "more_body": True,
-            }
+            body = bytes(event.data)
+            if self._body_left is not None:
+                self._body_left -= len(body)
+                if self._body_left == 0:
+                    # A content-length body ends with its last byte: say so
+                    # with the data, sparing the app a receive.
+                    if isinstance(conn.next_event(), h11.EndOfMessage):
+                        self._body_done = True
+                        return {
+                            "type": "http.request",
+                            "body": body,
+                            "more_body": False,
+                        }
+                    self._gone = True  # h11 disagrees: end with this request
+            return {"type": "http.request", "body": body, "more_body": True}
         if isinstance(event, h11.EndOfMessage):
             self._body_done = True
             return {"type": "http.request", "body": b"", "more_body": False}
@@ -439,7 +526,18 @@ class _Server:
             await _close(stream)
             return
         served: trio.abc.Stream = stream
-        if self.ssl_context is not None:
+        raw: socket.socket | None = None
+        if self.ssl_context is None:
+            # Own the stdlib socket, for the direct reads and writes of
+            # _Connection: trio's socket does not expose it.
+            fd = stream.socket.detach()
+            try:
+                raw = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                return
+            served = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        else:
             tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
             handshaken = False
             with trio.move_on_after(self.limits.header_timeout):
@@ -452,7 +550,7 @@ class _Server:
                 await _close(stream)
                 return
             served = tls
-        conn = _Connection(self, served, client, local)
+        conn = _Connection(self, served, raw, client, local)
         self.connections.add(conn)
         try:
             await conn.run()

@@ -18,6 +18,7 @@ from mesh.shell.asgi import (
     Request,
     Response,
     Route,
+    Router,
     json_response,
     read_body,
 )
@@ -289,3 +290,41 @@ async def test_peer_exchange_over_limit_is_413(make_agent: MakeAgent) -> None:
             headers={"content-length": str(16 * 1024 * 1024 + 1)},
         )
     assert response.status_code == 413
+
+
+# --- the router ---
+
+
+async def test_routes_added_after_serving_are_matched() -> None:
+    # The router indexes its table by segment count; a route appended later
+    # (the runner appends to the peer app) must be seen, and order kept.
+    async def named(request: Request) -> Response:
+        return json_response(200, {"params": request.params})
+
+    router = Router([Route("GET", "/a/{x}", named)])
+    async with client_for(router) as client:
+        assert (await client.get("/a/1")).json() == {"params": {"x": "1"}}
+        assert (await client.get("/b/1/c")).status_code == 404
+        router.routes.append(Route("GET", "/b/{y}/c", named))
+        router.routes.append(Route("PUT", "/a/{x}", named))
+        router.add("DELETE", "/a/{x}", named)
+        assert (await client.get("/b/1/c")).json() == {"params": {"y": "1"}}
+        response = await client.post("/a/1")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "DELETE, GET, PUT"
+        # an empty parameter segment matches nothing
+        assert (await client.get("/b//c")).status_code == 404
+
+
+async def test_request_headers_are_decoded_lower_case() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def headers(request: Request) -> Response:
+        seen.append(request.headers)
+        return json_response(200, {"ok": True})
+
+    router = Router([Route("GET", "/h", headers)])
+    async with client_for(router) as client:
+        response = await client.get("/h", headers={b"X-Thing": b"caf\xe9"})
+    assert response.content == b'{"ok":true}'
+    assert seen[0]["x-thing"] == "caf\xe9"

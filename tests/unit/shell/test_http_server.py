@@ -540,3 +540,130 @@ async def test_streamed_response_to_a_vanished_client_ends_quietly(
             await done.wait()
     assert len(ended) == 1
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def _fixed(body: bytes) -> App:
+    """An app answering every request with ``body`` (one send)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def test_a_response_larger_than_the_socket_buffer_arrives_whole() -> None:
+    # The first write goes straight to the socket and is cut short by the
+    # kernel; the rest must follow, byte for byte, and keep-alive go on.
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    async with running(_fixed(body)) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            for _ in range(2):
+                await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                with trio.fail_after(10):
+                    (response,) = await read_responses(stream, 1)
+                assert response.split(b"\r\n\r\n", 1)[1] == body
+        finally:
+            await stream.aclose()
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_io_timeout() -> None:
+    big = b"x" * (16 * 1024 * 1024)  # more than both socket buffers hold
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = big if scope["path"] == "/big" else b"small"
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    limits = ServerLimits(io_timeout=0.3)
+    async with running(app, limits) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        await trio.sleep(1.0)  # not reading: the server's write times out
+        with trio.fail_after(10):
+            received = len(await read_until_closed(stream))
+        assert 0 < received < len(big)
+        # and the server goes on serving others
+        other = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            await other.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            with trio.fail_after(10):
+                (response,) = await read_responses(other, 1)
+            assert response.endswith(b"\r\n\r\nsmall")
+        finally:
+            await other.aclose()
+
+
+async def test_a_pipelining_client_does_not_starve_other_connections() -> None:
+    # Requests that are already buffered are served without waiting on the
+    # socket; the server must still yield between them.
+    order: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        order.append(scope["path"])
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    count = 50
+    async with running(app) as (port, _):
+        flood = await trio.open_tcp_stream("127.0.0.1", port)
+        single = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            await trio.sleep(0.2)  # both connections idle in the server
+            await flood.send_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n" * count)
+            await single.send_all(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+            with trio.fail_after(10):
+                await read_responses(single, 1)
+                await read_responses(flood, count)
+        finally:
+            await flood.aclose()
+            await single.aclose()
+    assert order.count("/a") == count
+    assert order.index("/b") < count - 1
+
+
+async def test_a_whole_content_length_body_comes_in_one_message() -> None:
+    messages: list[list[Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        got = []
+        while True:
+            message = await receive()
+            got.append((message.get("body"), message.get("more_body")))
+            if message["type"] != "http.request" or not message["more_body"]:
+                break
+        messages.append(got)
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with running(app) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            await stream.send_all(
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+            )
+            await read_responses(stream, 1)
+            # the body split across reads: the end comes with its last part
+            await stream.send_all(
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nab"
+            )
+            await trio.sleep(0.1)
+            await stream.send_all(b"cde")
+            await read_responses(stream, 1)
+            await stream.send_all(
+                b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n"
+            )
+            await read_responses(stream, 1)
+        finally:
+            await stream.aclose()
+    assert messages == [
+        [(b"abc", False)],
+        [(b"ab", True), (b"cde", False)],
+        [(b"abc", True), (b"", False)],
+    ]
