@@ -286,7 +286,11 @@ class _Connection:
             if data is None:  # idle too long, or shutting down
                 return None
             self.h11.receive_data(data)
-            event = await self._next_event(limits.header_timeout)
+            # The whole head within header_timeout of its first byte, however
+            # it trickles in (a per-read bound lets a byte a second go on).
+            deadline = trio.current_time() + limits.header_timeout
+            while (event := self.h11.next_event()) is h11.NEED_DATA:
+                await self._receive_data(deadline - trio.current_time())
         else:
             # Pipelined, already read: yield all the same, so a client that
             # keeps its socket full cannot starve the other connections (and

@@ -269,6 +269,26 @@ async def test_a_slow_client_is_dropped_after_the_header_timeout() -> None:
             assert await read_until_closed(stream) == b""
 
 
+async def test_a_head_trickled_in_is_cut_at_the_header_timeout_overall() -> None:
+    # A header line every 0.05 s keeps each read well inside the timeout; the
+    # head as a whole must still be done within it, or the connection closes.
+    limits = ServerLimits(header_timeout=0.3, keep_alive_timeout=30)
+    async with running(router(), limits) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n")
+        closed = False
+        with trio.fail_after(10):
+            for i in range(200):  # 10 s of trickling if never cut
+                await trio.sleep(0.05)
+                try:
+                    await stream.send_all(b"x-%d: y\r\n" % i)
+                except trio.BrokenResourceError:
+                    closed = True
+                    break
+        await stream.aclose()
+        assert closed, "the server kept reading a head trickled in for 10 s"
+
+
 async def test_an_idle_keep_alive_connection_is_closed() -> None:
     limits = ServerLimits(keep_alive_timeout=0.2)
     async with running(router(), limits) as (port, _):
