@@ -168,6 +168,12 @@ class H11Transport(httpx.AsyncBaseTransport):
                 data += h.send(h11.Data(data=body)) or b""
             data += h.send(h11.EndOfMessage()) or b""
             await self._send_all(conn, data, request)
+            # Yield between the request and its answer: a fan-out (a write
+            # pushed to every peer) then gets every request on the wire before
+            # any answer is read, and the peers work in parallel. Without it a
+            # task whose answer is already there (the peer ran on our core
+            # while we sent) never yields, and the pushes go out one by one.
+            await trio.lowlevel.checkpoint()
             while True:
                 event = await self._next_event(conn, request)
                 if isinstance(event, h11.Response):

@@ -197,3 +197,74 @@ async def test_a_server_closing_a_pooled_connection_is_a_transient_error() -> No
             await http.get(f"http://127.0.0.1:{port}/")
         assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"
         nursery.cancel_scope.cancel()
+
+
+def _threaded_http_server() -> tuple[socket.socket, Any]:
+    """A keep-alive HTTP server in a thread that answers every request at
+    once: its answer is in our kernel buffer while our loop still runs."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd.socket, httpd
+
+
+async def test_a_fan_out_sends_every_request_before_reading_any_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A route write is pushed to every peer at once. If a request's answer is
+    # already there when the task turns to read it (on one machine the peer
+    # may run while we send), the task must still let the other requests go
+    # out first, or the fan-out runs one peer at a time.
+    import select
+
+    events: list[str] = []
+    original = H11Transport._send_all
+
+    async def send_all(
+        self: H11Transport, conn: Any, data: bytes, request: httpx.Request
+    ) -> None:
+        await original(self, conn, data, request)
+        events.append(f"sent {request.url.path}")
+        # Block the loop until the peer's answer is in our kernel buffer, as
+        # when the peer ran on our core while we sent.
+        readable, _, _ = select.select([conn.raw], [], [], 5.0)
+        assert readable
+
+    monkeypatch.setattr(H11Transport, "_send_all", send_all)
+    sock, httpd = _threaded_http_server()
+    port = sock.getsockname()[1]
+    transport = H11Transport(max_connections=8, keepalive_expiry=60)
+    try:
+        async with client(transport) as http:
+
+            async def one(name: str) -> None:
+                response = await http.post(f"http://127.0.0.1:{port}/{name}")
+                assert response.text == "ok"
+                events.append(f"answer /{name}")
+
+            async with trio.open_nursery() as nursery:
+                for name in ("a", "b", "c"):
+                    nursery.start_soon(one, name)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    sent = [i for i, e in enumerate(events) if e.startswith("sent")]
+    answers = [i for i, e in enumerate(events) if e.startswith("answer")]
+    assert len(sent) == 3
+    assert len(answers) == 3
+    assert max(sent) < min(answers), events
