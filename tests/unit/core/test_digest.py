@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mesh.core.digest import Digest, element_of, indices, peel
+from mesh.core.digest import Digest, Symbol, element_of, indices, peel
 
 
 def test_indices_start_at_zero_and_thin_out() -> None:
@@ -91,3 +91,34 @@ def test_overhead_is_near_the_papers_figure(d: int) -> None:
         needed.append(m / d)
     needed.sort()
     assert needed[len(needed) // 2] < 2.5  # paper: ~1.35-1.7 for large d
+
+
+@settings(max_examples=30)
+@given(
+    changes=st.lists(
+        st.tuples(st.integers(1, 2**64 - 1), st.sampled_from([1, -1])), max_size=40
+    ),
+    size=st.sampled_from([1, 2, 64, 4096]),
+)
+def test_batched_toggle_matches_the_index_walk(
+    changes: list[tuple[int, int]], size: int
+) -> None:
+    # toggle() inlines indices() for speed; both sides of a round must still
+    # map every element to the very same symbols (a wire property).
+    count = [0] * size
+    xor = [0] * size
+    chk = [0] * size
+    for element, sign in changes:
+        one = Digest(1)  # symbol 0 of a one-element set: that element's checksum
+        one.add(element)
+        check = one.symbols(0, 1)[0].check
+        for i in indices(element, size):
+            count[i] += sign
+            xor[i] ^= element
+            chk[i] ^= check
+    digest = Digest(size)
+    digest.toggle(changes)
+    assert digest.symbols(0, size) == [
+        Symbol(c, x, k) for c, x, k in zip(count, xor, chk, strict=True)
+    ]
+    assert digest.size == sum(sign for _, sign in changes)
