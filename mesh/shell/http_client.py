@@ -45,7 +45,7 @@ import h11
 import httpx
 import trio
 
-__all__ = ["H11Transport"]
+__all__ = ["H11Transport", "PeerHttpClient"]
 
 _RECEIVE_SIZE = 65536
 _NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -350,3 +350,30 @@ async def _close(stream: trio.abc.Stream) -> None:
         scope.shield = True
         with contextlib.suppress(*_NETWORK_ERRORS):
             await stream.aclose()
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that takes none. Peers set no cookies, and httpx reads
+    every response for them: an urllib request re-parsing the URL and an email
+    message of the headers, a fifth of the writer's client CPU per push."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return
+
+
+class PeerHttpClient(httpx.AsyncClient):
+    """The client between members (pushes, exchanges, probes, anti-entropy):
+    a plain ``httpx.AsyncClient`` (same API, pool, timeouts, exceptions) whose
+    cookies are a :class:`_NoCookies`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        """Ignored: there is nothing to keep."""

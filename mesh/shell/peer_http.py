@@ -50,6 +50,7 @@ from ..messages import Address, PushPull
 from ..security import AuthError
 from .asgi import HttpError, Request, Response, Route, Router, json_response
 from .auth import client_ssl_context, peer_scheme
+from .http_client import H11Transport, PeerHttpClient
 from .metrics import Metrics
 from .net import format_address
 from .sealing import Sealer
@@ -204,20 +205,21 @@ async def open_peer_client(
     The pool is bounded (``max_pending_probes`` connections) so a burst of
     exchanges cannot open sockets without limit; ``trust_env=False`` because a
     ``HTTP_PROXY`` meant for the operator's tools must not reroute peer traffic.
+    The transport is the pushes' :class:`H11Transport` (a third of the CPU of
+    httpx's default one per request): exchanges, anti-entropy rounds and TCP
+    probes, of a hung member too, all run on the agent's one loop.
     """
-    limits = httpx.Limits(
+    transport = H11Transport(
         max_connections=config.max_pending_probes,
-        max_keepalive_connections=config.max_pending_probes,
         keepalive_expiry=CLIENT_KEEP_ALIVE,
+        ssl_context=client_ssl_context(config),
     )
     timeout = httpx.Timeout(config.tcp_timeout)
-    tls = client_ssl_context(config)
-    async with httpx.AsyncClient(
-        limits=limits,
+    async with PeerHttpClient(
+        transport=transport,
         timeout=timeout,
         trust_env=False,
         follow_redirects=False,
-        verify=tls if tls is not None else True,
     ) as http:
         # Peers need none of httpx's default headers (user agent, accepted
         # types and encodings, keep-alive is HTTP/1.1's default): an idle

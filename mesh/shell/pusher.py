@@ -36,7 +36,6 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import attrs
 import httpx
@@ -49,7 +48,7 @@ from ..errors import DecodeError
 from ..messages import Address
 from .agent import Agent
 from .auth import client_ssl_context, peer_scheme
-from .http_client import H11Transport
+from .http_client import H11Transport, PeerHttpClient
 from .net import format_address
 from .peer_http import (
     ACK_LIMIT,
@@ -325,32 +324,6 @@ async def _read_ack(response: httpx.Response) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that takes none. Peers set no cookies, and httpx reads
-    every response for them: an urllib request re-parsing the URL and an email
-    message of the headers, a fifth of the writer's client CPU per push."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return
-
-
-class _PushClient(httpx.AsyncClient):
-    """The shared push client: a plain ``httpx.AsyncClient`` (same API, pool,
-    timeouts, exceptions) whose cookies are a :class:`_NoCookies`."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._no_cookies = _NoCookies()
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: object) -> None:
-        """Ignored: there is nothing to keep."""
-
-
 @asynccontextmanager
 async def open_pusher(
     agent: Agent,
@@ -380,7 +353,7 @@ async def open_pusher(
             ssl_context=client_ssl_context(config),
         )
     async with (
-        _PushClient(
+        PeerHttpClient(
             timeout=httpx.Timeout(config.push_request_timeout),
             transport=transport,
             # A HTTP_PROXY meant for the operator's tools must not reroute

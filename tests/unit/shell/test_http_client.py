@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from mesh.shell.http_client import H11Transport
+from mesh.shell.http_client import H11Transport, PeerHttpClient
 from mesh.shell.http_server import serve
 
 
@@ -268,3 +268,18 @@ async def test_a_fan_out_sends_every_request_before_reading_any_answer(
     assert len(sent) == 3
     assert len(answers) == 3
     assert max(sent) < min(answers), events
+
+
+async def test_the_peer_client_keeps_no_cookies() -> None:
+    """Peers set none; reading every answer for them costs the writer CPU."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "a=b; Path=/"})
+
+    async with PeerHttpClient(transport=httpx.MockTransport(handler)) as client:
+        await client.get("http://127.0.0.2:1/")
+        await client.get("http://127.0.0.2:1/")
+        assert not client.cookies
+    assert seen == [None, None]

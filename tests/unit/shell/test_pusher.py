@@ -34,7 +34,6 @@ from mesh.shell.peer_http import (
 )
 from mesh.shell.pusher import (
     Pusher,
-    _PushClient,
     failure_from_exception,
     failure_from_status,
     open_pusher,
@@ -587,21 +586,6 @@ def test_an_ack_over_the_size_limit_is_rejected(declared: bool) -> None:
         assert attempts == 1
 
     run(main)
-
-
-async def test_the_push_client_keeps_no_cookies() -> None:
-    """Peers set none; reading every answer for them costs the writer CPU."""
-    seen: list[str | None] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("cookie"))
-        return httpx.Response(200, headers={"set-cookie": "a=b; Path=/"})
-
-    async with _PushClient(transport=httpx.MockTransport(handler)) as client:
-        await client.get("http://127.0.0.2:1/")
-        await client.get("http://127.0.0.2:1/")
-        assert not client.cookies
-    assert seen == [None, None]
 
 
 def test_a_200_that_is_not_an_ack_is_rejected() -> None:
