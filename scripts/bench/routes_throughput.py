@@ -10,8 +10,12 @@ script ``scripts/bench/wrk_routes.lua``, which makes every key unique:
   routes each.
 
 wrk has no fixed-rate mode (that is wrk2, not packaged), so load is stepped up
-by the number of connections per node (``--single-conns``, ``--batch-conns``);
-each step reports the rate the mesh actually accepted. Install wrk first:
+by the number of connections per node (``--single-conns``, ``--batch-conns``):
+``C`` is C closed-loop connections, which always drive the mesh to saturation;
+``C@R`` paces each of C connections (wrk's ``delay()`` after every answer) so
+the mesh-wide offered load is at most R writes/s (routes/s for batches), to see
+the lag below saturation. Each step reports the rate the mesh actually accepted.
+Install wrk first:
 
     apt-get install -y wrk
 
