@@ -35,7 +35,6 @@ Not supported (we never send them): HTTP proxies, HTTP/2, ``Expect:
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -44,6 +43,8 @@ from typing import Any
 import h11
 import httpx
 import trio
+
+from .net import own_socket, receive_now, receive_when_ready, send_now
 
 __all__ = ["H11Transport", "PeerHttpClient"]
 
@@ -222,16 +223,11 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise
         raw: socket.socket | None = None
         if isinstance(stream, trio.SocketStream):
-            # Own the stdlib socket for direct I/O (trio's socket does not
-            # expose it); the trio stream over it still closes it.
-            fd = stream.socket.detach()
             try:
-                raw = socket.socket(fileno=fd)
+                stream, raw = own_socket(stream)  # for direct I/O
             except OSError as exc:
-                os.close(fd)
                 self._slots.release()
                 raise httpx.ConnectError(str(exc), request=request) from exc
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
         return _Conn(origin, stream, raw)
 
     async def _connect(self, origin: Origin, request: httpx.Request) -> trio.abc.Stream:
@@ -259,9 +255,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         raw = conn.raw
         if raw is not None:
             try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
+                sent = send_now(raw, data)
             except OSError as exc:
                 raise httpx.WriteError(str(exc), request=request) from exc
             if sent == len(data):
@@ -281,19 +275,16 @@ class H11Transport(httpx.AsyncBaseTransport):
         raw = conn.raw
         if raw is not None:
             try:
-                return raw.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
+                data = receive_now(raw, _RECEIVE_SIZE)
             except OSError as exc:
                 raise httpx.ReadError(str(exc), request=request) from exc
+            if data is not None:
+                return data
         with trio.move_on_after(_timeout(request, "read")):  # else ReadTimeout
             try:
                 if raw is None:
                     return bytes(await conn.stream.receive_some(_RECEIVE_SIZE))
-                while True:
-                    await trio.lowlevel.wait_readable(raw)
-                    with contextlib.suppress(BlockingIOError):  # spurious wakeup
-                        return raw.recv(_RECEIVE_SIZE)
+                return await receive_when_ready(raw, _RECEIVE_SIZE)
             except _NETWORK_ERRORS as exc:
                 raise httpx.ReadError(str(exc), request=request) from exc
         raise httpx.ReadTimeout("read timed out", request=request)

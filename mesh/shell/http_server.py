@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -50,6 +49,7 @@ import h11
 import trio
 
 from .asgi import ASGIApp, Message
+from .net import own_socket, receive_now, receive_when_ready, send_now
 
 __all__ = ["ServerLimits", "serve"]
 
@@ -140,9 +140,7 @@ class _Connection:
         if self.raw is None:
             return None
         try:
-            return self.raw.recv(_RECEIVE_SIZE)
-        except BlockingIOError:
-            return None
+            return receive_now(self.raw, _RECEIVE_SIZE)
         except OSError:
             return b""
 
@@ -153,12 +151,7 @@ class _Connection:
         try:
             if raw is None:
                 return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-            while True:
-                await trio.lowlevel.wait_readable(raw)
-                try:
-                    return raw.recv(_RECEIVE_SIZE)
-                except BlockingIOError:
-                    pass  # a spurious wakeup: wait again
+            return await receive_when_ready(raw, _RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
 
@@ -193,9 +186,7 @@ class _Connection:
         if self.raw is not None:
             # Most responses fit the socket buffer: sent at once, no scope.
             try:
-                sent = self.raw.send(data)
-            except BlockingIOError:
-                sent = 0
+                sent = send_now(self.raw, data)
             except OSError:
                 self._gone = True
                 raise _ClientGoneError("broken") from None
@@ -532,15 +523,11 @@ class _Server:
         served: trio.abc.Stream = stream
         raw: socket.socket | None = None
         if self.ssl_context is None:
-            # Own the stdlib socket, for the direct reads and writes of
-            # _Connection: trio's socket does not expose it.
-            fd = stream.socket.detach()
+            # the direct reads and writes of _Connection
             try:
-                raw = socket.socket(fileno=fd)
+                served, raw = own_socket(stream)
             except OSError:
-                os.close(fd)
                 return
-            served = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
         else:
             tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
             handshaken = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
+import os
 import socket
 
 import trio
@@ -24,7 +25,11 @@ __all__ = [
     "bind_tcp",
     "format_address",
     "is_ip_literal",
+    "own_socket",
+    "receive_now",
+    "receive_when_ready",
     "resolve_bind",
+    "send_now",
 ]
 
 _ANY_HOSTS = frozenset(("0.0.0.0", "::", ""))
@@ -144,3 +149,55 @@ def _first_non_loopback(family: socket.AddressFamily) -> str:
         if not ipaddress.ip_address(candidate.split("%")[0]).is_loopback:
             return candidate
     return loopback
+
+
+# --- direct I/O on a stream's socket (the HTTP server and client) ---
+#
+# A read or write the kernel can do at once costs less through the stdlib
+# socket than through trio's, which wraps each in a cancel scope and a trip
+# through the scheduler: together more than h11's parsing per request. Only a
+# real wait goes through trio.
+
+
+def own_socket(stream: trio.SocketStream) -> tuple[trio.SocketStream, socket.socket]:
+    """A stream over the same connection and the stdlib socket under it (trio's
+    socket does not expose it); closing the stream still closes the socket.
+
+    Raises:
+        OSError: the descriptor could not be wrapped (it is closed).
+    """
+    fd = stream.socket.detach()
+    try:
+        raw = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        raise
+    return trio.SocketStream(trio.socket.from_stdlib_socket(raw)), raw
+
+
+def send_now(raw: socket.socket, data: bytes) -> int:
+    """Bytes of ``data`` the kernel took without waiting (0 when its buffer is
+    full). Raises OSError for a broken connection."""
+    try:
+        return raw.send(data)
+    except BlockingIOError:
+        return 0
+
+
+def receive_now(raw: socket.socket, size: int) -> bytes | None:
+    """The next chunk if the kernel holds one (b"" at end of stream), else
+    None; never waits. Raises OSError for a broken connection."""
+    try:
+        return raw.recv(size)
+    except BlockingIOError:
+        return None
+
+
+async def receive_when_ready(raw: socket.socket, size: int) -> bytes:
+    """Wait until ``raw`` is readable, then read (b"" at end of stream); the
+    caller bounds the wait. Raises OSError for a broken connection."""
+    while True:
+        await trio.lowlevel.wait_readable(raw)
+        data = receive_now(raw, size)
+        if data is not None:
+            return data  # else a spurious wakeup: wait again
