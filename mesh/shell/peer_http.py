@@ -303,24 +303,10 @@ class PeerClient:
     async def _exchange_one(
         self, addr: Address, body: bytes, replies: list[PushPull]
     ) -> None:
-        url = f"{self._scheme}://{format_address(addr)}{EXCHANGE_PATH}"
-        body, nonce = self.seal("POST", EXCHANGE_PATH, body)
+        data = await self.call(addr, EXCHANGE_PATH, body, limit=MAX_PUSH_PULL_SIZE)
+        if data is None:
+            return  # the failure is counted
         try:
-            async with self._http.stream(
-                "POST", url, content=body, headers={"content-type": MSGPACK}
-            ) as response:
-                if response.status_code != 200:
-                    self._failed(addr, f"status_{response.status_code // 100}xx")
-                    return
-                data = await read_limited(response, MAX_PUSH_PULL_SIZE)
-        except httpx.HTTPError as exc:
-            self._failed(addr, _error_reason(exc), exc)
-            return
-        except BodyTooLargeError:
-            self._failed(addr, "too_large")
-            return
-        try:
-            data = self.open(data, nonce)
             reply = decode_push_pull(data, max_members=self._max_members)
         except DecodeError as exc:
             self._failed(addr, exc.reason, exc)
