@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
@@ -432,18 +432,30 @@ class BodyTooLargeError(Exception):
 
 async def read_limited(response: httpx.Response, limit: int) -> bytes:
     """A streamed response's body, or :class:`BodyTooLargeError` past ``limit``:
-    a peer's answer is a stranger's bytes too."""
+    a peer's answer is a stranger's bytes too.
+
+    Read off the response's stream, not through ``aiter_bytes`` (a decoder, a
+    chunker and two more async generators per chunk, on every push). Peers are
+    sent no ``accept-encoding``: an answer is not content-encoded, and an
+    encoded one fails to decode, as garbage would.
+    """
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    iterator = aiter(stream)
+    async for chunk in iterator:
         size += len(chunk)
         if size > limit:
+            if isinstance(iterator, AsyncGenerator):
+                # httpx's wrapper is a generator: finalized now, not by GC
+                await iterator.aclose()
             raise BodyTooLargeError
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _error_reason(exc: httpx.HTTPError) -> str:

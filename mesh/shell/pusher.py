@@ -34,7 +34,7 @@ at the latest, and the core ignores the report of a peer it forgot.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import attrs
@@ -55,6 +55,7 @@ from .peer_http import (
     MSGPACK,
     ROUTES_PATH,
     BodyTooLargeError,
+    read_limited,
 )
 
 __all__ = [
@@ -279,7 +280,7 @@ class Pusher:
                 failure = failure_from_status(status)
                 if failure is not None:
                     return failure, status
-                data = await _read_ack(response)
+                data = await read_limited(response, ACK_LIMIT)
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
@@ -295,33 +296,6 @@ class Pusher:
         if ack["received"] != count:
             return Failure.PROTOCOL, 200
         return None, 200
-
-
-async def _read_ack(response: httpx.Response) -> bytes:
-    """The ack body, or :class:`BodyTooLargeError` past ``ACK_LIMIT``.
-
-    ``read_limited`` with fewer layers: read off the response's stream, not
-    through ``aiter_bytes`` (a decoder, a chunker and two more async generators
-    per chunk). We send no ``accept-encoding``: an ack is not content-encoded,
-    and an encoded one fails to decode, as garbage would.
-    """
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > ACK_LIMIT:
-        raise BodyTooLargeError
-    stream = response.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-    chunks: list[bytes] = []
-    size = 0
-    iterator = aiter(stream)
-    async for chunk in iterator:
-        size += len(chunk)
-        if size > ACK_LIMIT:
-            if isinstance(iterator, AsyncGenerator):
-                # httpx's wrapper is a generator: finalized now, not by GC
-                await iterator.aclose()
-            raise BodyTooLargeError
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @asynccontextmanager
