@@ -7,10 +7,31 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from mesh.core.routes import Route, Version
+from mesh.config import Config
+from mesh.core.effects import Effect, Push
+from mesh.core.node import NodeCore
+from mesh.core.routes import OutcomeStatus, Route, Version, Write
 from mesh.core.sync import Failure, PushScheduler, RetryPolicy, is_transient
+from mesh.messages import Alive
 
 PEERS = [("b", ("10.0.0.2", 1)), ("c", ("10.0.0.3", 1))]
+
+
+def core_with_peers(peers: str = "b", **config: object) -> NodeCore:
+    """A node "a" that has heard each of ``peers`` alive (at 10.0.0.2, ...)."""
+    core = NodeCore(
+        Config.lan(name="a", **config),
+        addr=("10.0.0.1", 1),
+        rng=random.Random(1),
+        now=0.0,
+    )
+    for i, name in enumerate(peers, start=2):
+        core.receive((f"10.0.0.{i}", 1), [Alive(1, name, (f"10.0.0.{i}", 1))], 0.0)
+    return core
+
+
+def push_effects(effects: list[Effect]) -> list[Push]:
+    return [e for e in effects if isinstance(e, Push)]
 
 
 def route(key: str, hlc: int) -> Route:
@@ -192,25 +213,14 @@ def test_expedite_hands_out_held_batches_and_still_draws_tokens() -> None:
 
 
 def test_node_core_expedites_pushes_for_a_waiting_caller() -> None:
-    from mesh.config import Config
-    from mesh.core.effects import Push
-    from mesh.core.node import NodeCore
-    from mesh.messages import Alive
-
-    core = NodeCore(
-        Config.lan(name="a", push_min_interval=0.5, push_burst=1),
-        addr=("10.0.0.1", 1),
-        rng=random.Random(1),
-        now=0.0,
-    )
-    core.receive(("10.0.0.2", 1), [Alive(1, "b", ("10.0.0.2", 1))], 0.0)
+    core = core_with_peers(push_min_interval=0.5, push_burst=1)
     _, out = core.put_route("k", "http://x", {}, None, 1.0, 1000.0)
-    (push,) = [e for e in out if isinstance(e, Push)]
+    (push,) = push_effects(out)
     core.push_done("b", push.batch.id, True, "", 1.001)
     _, out = core.put_route("k2", "http://y", {}, None, 1.002, 1000.0)
-    assert not [e for e in out if isinstance(e, Push)]  # held by the bucket
+    assert not push_effects(out)  # held by the bucket
     ticket = core.sync_ticket()
-    pushes = [e for e in core.expedite_pushes(1.002) if isinstance(e, Push)]
+    pushes = push_effects(core.expedite_pushes(1.002))
     assert [r.key for r in pushes[0].batch.routes] == ["k2"]
     core.push_done("b", pushes[0].batch.id, True, "", 1.003)
     assert core.sync_status(ticket) == (["b"], [])
@@ -225,50 +235,29 @@ def test_batches_are_split_by_encoded_size() -> None:
 
 
 def test_node_core_releases_held_batches_on_tick() -> None:
-    from mesh.config import Config
-    from mesh.core.effects import Push
-    from mesh.core.node import NodeCore
-    from mesh.messages import Alive
-
-    core = NodeCore(
-        Config.lan(name="a", push_min_interval=0.05, push_burst=1),
-        addr=("10.0.0.1", 1),
-        rng=random.Random(1),
-        now=0.0,
-    )
-    core.receive(("10.0.0.2", 1), [Alive(1, "b", ("10.0.0.2", 1))], 0.0)
+    core = core_with_peers(push_min_interval=0.05, push_burst=1)
     _, out = core.put_route("k", "http://x", {}, None, 1.0, 1000.0)
-    (push,) = [e for e in out if isinstance(e, Push)]
+    (push,) = push_effects(out)
     core.push_done("b", push.batch.id, True, "", 1.001)
     _, out = core.put_route("k2", "http://y", {}, None, 1.002, 1000.0)
-    assert not [e for e in out if isinstance(e, Push)]
+    assert not push_effects(out)
     assert core.pushes.next_ready_at() == pytest.approx(1.05)
     deadline = core.next_deadline()
     assert deadline is not None
     assert deadline <= 1.05
-    assert not [e for e in core.tick(1.04) if isinstance(e, Push)]
-    pushes = [e for e in core.tick(1.05) if isinstance(e, Push)]
+    assert not push_effects(core.tick(1.04))
+    pushes = push_effects(core.tick(1.05))
     assert [r.key for r in pushes[0].batch.routes] == ["k2"]
 
 
 def test_a_batch_write_goes_out_as_one_delta_batch_per_peer() -> None:
-    from mesh.config import Config
-    from mesh.core.effects import Push
-    from mesh.core.node import NodeCore
-    from mesh.core.routes import OutcomeStatus, Write
-    from mesh.messages import Alive
-
-    core = NodeCore(
-        Config.lan(name="a"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
-    )
-    for i, name in enumerate("bc", start=2):
-        core.receive((f"10.0.0.{i}", 1), [Alive(1, name, (f"10.0.0.{i}", 1))], 0.0)
+    core = core_with_peers("bc")
     writes = [Write(f"k{i}", "http://x") for i in range(50)]
     writes += [Write("k3", "", deleted=True), Write("bad key", "http://x")]
     outcomes, out = core.write_routes(writes, 1.0, 1000.0)
     statuses = [o.status for o in outcomes]
     assert statuses == [OutcomeStatus.APPLIED] * 51 + [OutcomeStatus.INVALID]
-    pushes = [e for e in out if isinstance(e, Push)]
+    pushes = push_effects(out)
     # one batch per peer with every change, k3 coalesced to its delete
     assert sorted(p.batch.peer for p in pushes) == ["b", "c"]
     for push in pushes:
