@@ -11,16 +11,11 @@ Theory of operation. The caller feeds inputs, each with ``now``:
 * ``tcp_probe_done(seq, result, now)``: result of a :class:`ProbeTcp` effect;
 * ``leave(now)``: announce a graceful leave.
 
-Each returns a list of effects to execute in order. The probe cycle is SWIM's with
-Lifeguard (memberlist state.go::probeNode): every ``probe_interval * (health + 1)``
-pick the next member of a shuffled round robin, ping it (with our suspicion of it
-piggybacked, so it can refute at once), after ``probe_timeout * (health + 1)`` ask
-``indirect_checks`` members to ping-req it and try a TCP ping ourselves, and at the
-end of the interval suspect it if nobody acked. A *refused* TCP ping means the host
-is up and nothing listens on the port: the process is gone, so the suspicion runs
-for the short ``refused_suspicion_mult * probe_interval`` instead of Lifeguard's
-range. Gossip is piggybacked on every datagram and sent to ``gossip_nodes`` random
-members each ``gossip_interval`` while the queue is not empty.
+Each returns a list of effects to execute in order. The probe cycle (SWIM with
+Lifeguard) is :class:`~mesh.core.probe.Prober`'s; the node routes pings, acks,
+nacks and ping-reqs to it and runs its timers. Gossip is piggybacked on every
+datagram and sent to ``gossip_nodes`` random members each ``gossip_interval``
+while the queue is not empty.
 
 Member-table exchanges (join, periodic sync, reconnect to dead members) are full
 ``PushPull`` records; the shell carries them over TCP.
@@ -57,18 +52,17 @@ from .effects import (
     ExchangePurpose,
     MemberEvent,
     MemberView,
-    ProbeTcp,
     Push,
     Send,
     TcpProbeResult,
 )
-from .membership import Member, Membership
+from .membership import Membership
+from .probe import Prober
 from .routes import Outcome, Route, RouteTable, Write
 from .sync import PushScheduler, RetryPolicy, SyncTicket
 
 __all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
 
-_SEQ_MASK = (1 << 32) - 1
 _GONE = (EventKind.DEAD, EventKind.LEFT, EventKind.REAP)
 
 
@@ -78,49 +72,6 @@ def push_pull_scale(interval: float, n: int) -> float:
     if n <= 32:
         return interval
     return interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
-
-
-class _Probe:
-    __slots__ = (
-        "acked",
-        "addr",
-        "end_at",
-        "expected_nacks",
-        "indirect_sent",
-        "nacks",
-        "seq",
-        "target",
-        "tcp_acked",
-        "timeout_at",
-    )
-
-    def __init__(
-        self, seq: int, target: Member, timeout_at: float, end_at: float
-    ) -> None:
-        self.seq = seq
-        self.target = target.name
-        self.addr = target.addr
-        self.timeout_at = timeout_at
-        self.end_at = end_at
-        self.acked = False
-        self.indirect_sent = False
-        self.expected_nacks = 0
-        self.nacks = 0
-        self.tcp_acked = False
-
-
-class _Relay:
-    """An indirect probe we run for another member."""
-
-    __slots__ = ("deadline", "nack", "requester", "seq")
-
-    def __init__(
-        self, requester: Address, seq: int, nack: bool, deadline: float
-    ) -> None:
-        self.requester = requester
-        self.seq = seq
-        self.nack = nack
-        self.deadline = deadline
 
 
 @attrs.frozen
@@ -158,10 +109,14 @@ class NodeCore:
             config, addr=addr, incarnation=incarnation, rng=rng, now=now
         )
         self._out: list[Effect] = []
-        self._seq = rng.randrange(1 << 32)
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
-        self._next_probe_at = now + config.probe_interval * rng.random()
+        self.prober = Prober(
+            config,
+            self.membership,
+            rng=rng,
+            now=now,
+            send=self._send,
+            emit=self._out_append,
+        )
         self._next_gossip_at = now
         self._next_sync_at = now + config.push_pull_interval * (0.5 + rng.random() / 2)
         self._next_reconnect_at = now + config.reconnect_interval
@@ -251,20 +206,13 @@ class NodeCore:
         """When ``tick`` must next be called (None: only on input)."""
         # Called after every input (by the shell and the simulator): plain
         # comparisons, no list, and the dead count only when it could matter.
-        t = min(self._next_probe_at, self._next_sync_at, self._next_reap_at)
-        probe = self._probe
-        if probe is not None:
-            p = probe.end_at if probe.indirect_sent or probe.acked else probe.timeout_at
-            if p < t:
-                t = p
+        t = min(self.prober.next_deadline(), self._next_sync_at, self._next_reap_at)
         m = self.membership
         # A lone node has nobody to gossip to: no wake-ups for its queue.
         if self._next_gossip_at < t and len(m.broadcasts) and m.num_live() > 1:
             t = self._next_gossip_at
         if m.suspicions:
             t = min(t, min(s.deadline for s in m.suspicions.values()))
-        if self._relays:
-            t = min(t, min(r.deadline for r in self._relays.values()))
         if self._next_reconnect_at < t and m.count(MemberStatus.DEAD):
             t = self._next_reconnect_at
         if self._join_retry_at is not None and self._join_retry_at < t:
@@ -304,11 +252,12 @@ class NodeCore:
         """One decoded datagram from ``src``."""
         self._last_now = now
         m = self.membership
+        prober = self.prober
         for msg in messages:
             if isinstance(msg, Ping):
-                self._on_ping(src, msg, now)
+                prober.on_ping(src, msg)
             elif isinstance(msg, Ack):
-                self._on_ack(msg, now)
+                prober.on_ack(msg)
             elif isinstance(msg, Alive):
                 m.on_alive(msg, now)
             elif isinstance(msg, Suspect):
@@ -316,9 +265,9 @@ class NodeCore:
             elif isinstance(msg, Dead):
                 m.on_dead(msg, now)
             elif isinstance(msg, PingReq):
-                self._on_ping_req(src, msg, now)
+                prober.on_ping_req(src, msg, now)
             elif isinstance(msg, Nack):
-                self._on_nack(msg)
+                prober.on_nack(msg)
         return self._drain()
 
     def tick(self, now: float, wall: float | None = None) -> list[Effect]:
@@ -335,16 +284,7 @@ class NodeCore:
         self._last_now = now
         if m.suspicions:
             m.expire_suspicions(now)
-        if self._relays:
-            self._expire_relays(now)
-        probe = self._probe
-        if probe is not None:
-            if not probe.acked and not probe.indirect_sent and now >= probe.timeout_at:
-                self._indirect_probe(probe, now)
-            if now >= probe.end_at:
-                self._finish_probe(probe, now)
-        if self._probe is None and now >= self._next_probe_at:
-            self._start_probe(now)
+        self.prober.tick(now)
         if len(m.broadcasts) and now >= self._next_gossip_at:
             self._gossip(now)
             self._next_gossip_at = now + self.config.gossip_interval
@@ -445,17 +385,7 @@ class NodeCore:
         self, seq: int, result: TcpProbeResult, now: float
     ) -> list[Effect]:
         """Result of a :class:`ProbeTcp`."""
-        probe = self._probe
-        if probe is None or probe.seq != seq or probe.acked:
-            return []
-        if result is TcpProbeResult.ACK:
-            probe.tcp_acked = True
-        elif result is TcpProbeResult.REFUSED:
-            # Proof the process is gone: no need to wait out the interval, and
-            # no reason to blame our own health.
-            self.membership.stats["probe_refused"] += 1
-            self._probe = None
-            self._suspect_refused(probe, now)
+        self.prober.tcp_probe_done(seq, result, now)
         return self._drain()
 
     def leave(self, now: float) -> list[Effect]:
@@ -603,130 +533,11 @@ class NodeCore:
         for batch in self.pushes.take_ready(now):
             self._out.append(Push(batch))
 
-    # --- probing ---
-
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & _SEQ_MASK
-        return self._seq
-
-    def _start_probe(self, now: float) -> None:
-        m = self.membership
-        scale = m.awareness.score + 1
-        self._next_probe_at = now + self.config.probe_interval * scale
-        target = m.next_probe_target()
-        if target is None:
-            return
-        if scale > 1:
-            m.stats["probes_degraded"] += 1
-        seq = self._next_seq()
-        probe = _Probe(
-            seq,
-            target,
-            timeout_at=now + self.config.probe_timeout * scale,
-            end_at=now + self.config.probe_interval * scale,
-        )
-        self._probe = probe
-        msgs: list[Message] = [Ping(seq, target.name, self.name)]
-        if target.status is MemberStatus.SUSPECT:
-            msgs.append(Suspect(target.incarnation, target.name, self.name))
-        self._send(target.addr, msgs)
-
-    def _indirect_probe(self, probe: _Probe, now: float) -> None:
-        probe.indirect_sent = True
-        m = self.membership
-        helpers = m.random_members(
-            self.config.indirect_checks, exclude=(self.name, probe.target), now=now
-        )
-        for helper in helpers:
-            probe.expected_nacks += 1
-            req = PingReq(probe.seq, probe.target, probe.addr, self.name, True)
-            self._send(helper.addr, [req])
-        if self.config.tcp_fallback_probe:
-            self._out.append(
-                ProbeTcp(probe.seq, probe.target, probe.addr, probe.end_at)
-            )
-
-    def _finish_probe(self, probe: _Probe, now: float) -> None:
-        self._probe = None
-        m = self.membership
-        if probe.acked:
-            return
-        if probe.tcp_acked:
-            # memberlist warns here: UDP is broken but the member is alive.
-            m.stats["probe_tcp_ack"] += 1
-            return
-        # memberlist probeNode: with nack-capable helpers, only the nacks that
-        # did not come count against us (they prove the helpers could not
-        # reach the target either); without helpers, any failure does.
-        delta = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
-        m.awareness.apply_delta(delta)
-        m.stats["probe_failed"] += 1
-        target = m.get(probe.target)
-        if target is None or target.addr != probe.addr:
-            return
-        m.on_suspect(Suspect(target.incarnation, target.name, self.name), now)
-
-    def _suspect_refused(self, probe: _Probe, now: float) -> None:
-        m = self.membership
-        target = m.get(probe.target)
-        if target is None or target.addr != probe.addr:
-            return
-        suspicion = m.on_suspect(
-            Suspect(target.incarnation, target.name, self.name), now
-        )
-        if suspicion is not None:
-            short = self.config.refused_suspicion_mult * self.config.probe_interval
-            suspicion.deadline = min(suspicion.deadline, now + short)
-
-    def _on_ping(self, src: Address, msg: Ping, now: float) -> None:
-        if msg.target != self.name:
-            # Meant for whoever had this address before us.
-            self.membership.stats["ping_misdirected"] += 1
-            return
-        self._send(src, [Ack(msg.seq)])
-
-    def _on_ack(self, msg: Ack, now: float) -> None:
-        probe = self._probe
-        if probe is not None and probe.seq == msg.seq:
-            if not probe.acked:
-                probe.acked = True
-                if probe.indirect_sent:
-                    self.membership.stats["probe_indirect_ack"] += 1
-                else:
-                    self.membership.stats["probe_ack"] += 1
-                    self.membership.awareness.apply_delta(-1)
-                self._probe = None
-            return
-        relay = self._relays.pop(msg.seq, None)
-        if relay is not None:
-            self._send(relay.requester, [Ack(relay.seq)])
-
-    def _on_nack(self, msg: Nack) -> None:
-        probe = self._probe
-        if probe is not None and probe.seq == msg.seq:
-            probe.nacks += 1
-
-    def _on_ping_req(self, src: Address, msg: PingReq, now: float) -> None:
-        if len(self._relays) >= self.config.max_pending_probes:
-            self.membership.stats["ping_req_dropped"] += 1
-            return
-        seq = self._next_seq()
-        # Nack before the requester's own probe ends: it sent this request
-        # probe_timeout into a probe_interval, so a nack sent a full
-        # probe_timeout after receipt lands after its deadline and is counted
-        # as missing (raising its health score for nothing).
-        deadline = now + self.config.probe_timeout * self.config.nack_timeout_fraction
-        self._relays[seq] = _Relay(src, msg.seq, msg.nack, deadline)
-        self._send(msg.target_addr, [Ping(seq, msg.target, self.name)])
-
-    def _expire_relays(self, now: float) -> None:
-        expired = [s for s, r in self._relays.items() if r.deadline <= now]
-        for seq in expired:
-            relay = self._relays.pop(seq)
-            if relay.nack:
-                self._send(relay.requester, [Nack(relay.seq)])
-
     # --- dissemination ---
+
+    def _out_append(self, effect: Effect) -> None:
+        # (self._out is replaced on every drain: the prober gets this, not the list)
+        self._out.append(effect)
 
     def _send(self, addr: Address, msgs: list[Message]) -> None:
         """Queue a datagram, filling the rest of its budget with gossip."""

@@ -184,7 +184,7 @@ class Churn(SimMachine):
             cfg = node.config
             assert len(m.broadcasts) <= cfg.broadcast_queue_max
             assert len(m) <= cfg.max_members
-            assert len(core._relays) <= cfg.max_pending_probes
+            assert len(core.prober.relays) <= cfg.max_pending_probes
             assert node.backlog_datagrams <= self.net.pause_backlog
             suspects = {x.name for x in m if x.status is MemberStatus.SUSPECT}
             assert set(m.suspicions) == suspects, (node, set(m.suspicions), suspects)

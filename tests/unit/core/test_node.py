@@ -18,10 +18,10 @@ LAN = Config.lan(tcp_fallback_probe=False)
 
 def probe_next(core: NodeCore, target: str, *, at: float) -> None:
     """Make ``target`` the next member ``core`` probes, at time ``at``."""
-    core._probe = None
+    core.prober.probe = None
     core.membership._probe_order = [target]
     core.membership._probe_index = 0
-    core._next_probe_at = at
+    core.prober.next_probe_at = at
     core._planned = None  # timers moved by hand: not a stall
 
 
@@ -342,7 +342,7 @@ def test_failed_probe_with_all_nacks_does_not_hurt_our_health() -> None:
     before = a.health_score
     wire.advance_to(10.99)
     assert a.membership.stats["probe_failed"] == 0
-    probe = a._probe
+    probe = a.prober.probe
     assert probe is not None
     assert probe.nacks == probe.expected_nacks == 2
     wire.advance_to(11.0)
