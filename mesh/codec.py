@@ -1,4 +1,9 @@
-"""msgpack bytes <-> wire messages: the only module that knows the byte layout.
+"""msgpack bytes <-> wire messages: datagrams, push-pull, and the shared rules.
+
+Route batches and their acks (:mod:`mesh.codec_routes`) and anti-entropy bodies
+(:mod:`mesh.codec_ae`) have modules of their own built on the helpers here
+(version check, bounded unpack, field kinds); these three are the only code that
+knows the byte layout.
 
 Theory of operation
 -------------------
@@ -56,7 +61,6 @@ from typing import Any, Final
 
 import msgpack
 
-from .core.routes import Route, Version, validate_route_fields
 from .errors import DecodeError, LocalProtocolError
 from .messages import (
     Ack,
@@ -87,11 +91,6 @@ __all__ = [
     "encoded_tags_size",
     "encode_push_pull",
     "decode_push_pull",
-    "MAX_ROUTES_BODY",
-    "encode_routes",
-    "decode_routes",
-    "encode_routes_ack",
-    "decode_routes_ack",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -634,124 +633,3 @@ def _check_end(unpacker: msgpack.Unpacker, data: bytes) -> None:
             f"{len(data) - unpacker.tell()} trailing bytes after the body",
             reason="malformed",
         )
-
-
-# --- route deltas (peer push and anti-entropy repair) ---
-#
-# Body: [PROTOCOL_VERSION, sender, [[key, target, meta, revision, hlc, origin,
-# deleted], ...]] (+ appended fields ignored). Targets may be 1024 characters of
-# any script, so string caps are in bytes: 4 per character.
-
-MAX_ROUTES_BODY: Final = 16 * 1024 * 1024
-_ROUTE_CAP_STR: Final = 4 * 1024 + 16
-
-
-def route_row(r: Route) -> list[Any]:
-    """One route on the wire (push batches and anti-entropy share it)."""
-    return [
-        r.key,
-        r.target,
-        _encode_tags(r.meta),
-        r.version.revision,
-        r.version.hlc,
-        r.version.origin,
-        r.deleted,
-    ]
-
-
-def encode_routes(sender: str, routes: Sequence[Route]) -> bytes:
-    """Pack a batch of route deltas."""
-    return _PACKER.pack([PROTOCOL_VERSION, sender, [route_row(r) for r in routes]])
-
-
-def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
-    """Unpack a batch of route deltas: (sender, routes).
-
-    Raises:
-        DecodeError: bad msgpack, version or schema, a route outside the
-            contract's limits, or more than ``max_routes`` rows.
-    """
-    document = _unpack_bounded(
-        data,
-        what="route batch",
-        max_size=MAX_ROUTES_BODY,
-        max_str_len=_ROUTE_CAP_STR,
-        max_array_len=max(max_routes, _CAP_ARRAY),
-    )
-    top = _check_version(document, "route batch")
-    if len(top) < 3:
-        raise DecodeError(
-            "route batch must be [version, sender, rows]", reason="schema"
-        )
-    sender = _name(top[1], "routes.sender")
-    rows = top[2]
-    if type(rows) is not list:
-        raise DecodeError("routes.rows must be an array", reason="schema")
-    if len(rows) > max_routes:
-        raise DecodeError(
-            f"route batch must hold at most {max_routes} routes, got {len(rows)}",
-            reason="limit",
-        )
-    origins: set[str] = set()  # a batch's rows mostly share one origin
-    return sender, [_route(row, origins) for row in rows]
-
-
-def _route(row: object, origins: set[str] | None = None) -> Route:
-    """One route row, checked against the contract's limits. ``origins``:
-    names already checked in this batch (the regex runs once per origin)."""
-    if type(row) is not list or len(row) < 7:
-        raise DecodeError(
-            f"route must be a 7-field array, got {_show(row)}", reason="schema"
-        )
-    key, target, meta, revision, hlc, origin, deleted = row[:7]
-    deleted = _bool(deleted, "route.deleted")
-    if type(meta) is not dict:
-        raise DecodeError("route.meta must be a map", reason="schema")
-    error = validate_route_fields(key, "x" if deleted else target, meta)
-    if error is not None or type(target) is not str:
-        raise DecodeError(
-            f"route: {error or 'target must be a string'}", reason="schema"
-        )
-    # (type first: an unhashable origin, a list or map, must not reach the set)
-    if origins is None or type(origin) is not str or origin not in origins:
-        origin = _name(origin, "route.origin")
-        if origins is not None:
-            origins.add(origin)
-    version = Version(_u64(revision, "route.revision"), _u64(hlc, "route.hlc"), origin)
-    return Route(key, target, meta, version, deleted)
-
-
-# --- the ack of a pushed route batch ---
-#
-# Body: {"received": n, <outcome>: count, ...}, a map of non-negative integers
-# (outcome names: applied, stale, duplicate, invalid, full).
-
-
-def encode_routes_ack(received: int, counts: Mapping[str, int]) -> bytes:
-    """The ack of one pushed batch: ``{"received": n, <outcome>: count, ...}``."""
-    return _PACKER.pack({"received": received, **counts})
-
-
-def decode_routes_ack(data: bytes) -> dict[str, int]:
-    """Parse an ack; raises :class:`DecodeError` unless it is a map of
-    non-negative integers holding ``received``."""
-    try:
-        document = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=64,
-            max_bin_len=0,
-            max_array_len=0,
-            max_map_len=32,
-            max_ext_len=0,
-        )
-    except _MSGPACK_ERRORS as exc:
-        raise DecodeError(f"malformed ack: {exc}", reason="malformed") from None
-    if not isinstance(document, dict) or not all(
-        isinstance(k, str) and type(v) is int and v >= 0 for k, v in document.items()
-    ):
-        raise DecodeError("ack must be a map of counts", reason="schema")
-    if "received" not in document:
-        raise DecodeError("ack must hold received", reason="schema")
-    return document

@@ -2,7 +2,7 @@
 
 Layout. Every body is ``[PROTOCOL_VERSION, type, field, ...]``; fields appended
 by newer versions are ignored. Routes use the push batches' row form
-(:func:`mesh.codec.route_row`); coded symbols travel packed, 16 bytes each
+(:func:`mesh.codec_routes.route_row`); coded symbols travel packed, 16 bytes each
 (little-endian XOR u64, checksum u32, count i32), and wanted elements as packed
 u64s, because a digest reply is mostly these and msgpack would add a third.
 
@@ -25,12 +25,11 @@ from .codec import (
     _bool,
     _check_version,
     _name,
-    _route,
     _show,
     _u64,
     _unpack_bounded,
-    route_row,
 )
+from .codec_routes import _route, route_row
 from .core.antientropy import (
     AeChunk,
     AeChunkReply,

@@ -7,9 +7,9 @@ pre-bound TCP socket, see :mod:`mesh.shell.net`) with
   own table out (memberlist's push-pull over TCP);
 * ``GET /mesh/v1/ping?name=NAME``: the TCP fallback probe; 200 only if we are
   NAME, so a process that took over a dead member's port does not vouch for it;
-* ``POST /mesh/v1/routes``: a batch of route deltas (``codec.encode_routes``)
+* ``POST /mesh/v1/routes``: a batch of route deltas (``codec_routes.encode_routes``)
   pushed by a peer; the answer is a small msgpack ack with counts per outcome
-  (:func:`mesh.codec.encode_routes_ack`). One request per batch: a request
+  (:func:`mesh.codec_routes.encode_routes_ack`). One request per batch: a request
   costs CPU on both ends whatever its size (field notes), so deltas never
   travel one by one.
 
@@ -33,13 +33,11 @@ import structlog
 import trio
 from prometheus_client import Counter
 
-from ..codec import (
-    MAX_PUSH_PULL_SIZE,
+from ..codec import MAX_PUSH_PULL_SIZE, decode_push_pull, encode_push_pull
+from ..codec_routes import (
     MAX_ROUTES_BODY,
-    decode_push_pull,
     decode_routes,
     decode_routes_ack,
-    encode_push_pull,
     encode_routes_ack,
 )
 from ..config import Config, parse_address

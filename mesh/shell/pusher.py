@@ -41,7 +41,7 @@ import attrs
 import httpx
 import trio
 
-from ..codec import decode_routes_ack, encode_routes
+from ..codec_routes import decode_routes_ack, encode_routes
 from ..core.effects import Push
 from ..core.sync import Batch, Failure, is_transient
 from ..errors import DecodeError

@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx
 
-from mesh.codec import decode_routes, encode_routes
 from mesh.codec_ae import (
     AeLimits,
     decode_ae_reply,
@@ -52,6 +51,7 @@ from mesh.codec_ae import (
     encode_ae_reply,
     encode_ae_request,
 )
+from mesh.codec_routes import decode_routes, encode_routes
 from mesh.config import Config
 from mesh.core.antientropy import AeOpen, AntiEntropy, Reconcile
 from mesh.core.digest import Symbol

@@ -34,7 +34,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mesh.codec import decode_packet, decode_routes, encode_packet, encode_routes
+from mesh.codec import decode_packet, encode_packet
+from mesh.codec_routes import decode_routes, encode_routes
 from mesh.core.routes import Route, Version
 from mesh.messages import Alive, Ping, Suspect
 from mesh.security import Keyring, Kind, ReplayGuard, encode_key, generate_key

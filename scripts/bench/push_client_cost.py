@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import httpx
 import trio
 
-from mesh.codec import encode_routes
+from mesh.codec_routes import encode_routes
 from mesh.config import Config
 from mesh.core.effects import Push
 from mesh.core.routes import Route, Version

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mesh.codec import decode_routes, encode_routes
+from mesh.codec_routes import decode_routes, encode_routes
 from mesh.config import Config
 from mesh.core.node import NodeCore
 from mesh.core.routes import Route, Version

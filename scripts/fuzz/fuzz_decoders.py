@@ -21,14 +21,14 @@ from collections.abc import Callable
 import atheris
 
 with atheris.instrument_imports(include=["mesh"]):
-    from mesh.codec import decode_packet, decode_push_pull, decode_routes
+    from mesh.codec import decode_packet, decode_push_pull
     from mesh.codec_ae import AeLimits, decode_ae_reply, decode_ae_request
+    from mesh.codec_routes import decode_routes, decode_routes_ack
     from mesh.config import Config
     from mesh.errors import DecodeError
     from mesh.security import Keyring, Kind
     from mesh.shell.asgi import HttpError
     from mesh.shell.keyring_api import _decode_op
-    from mesh.shell.peer_http import decode_routes_ack
 
 #: the fixed test key: seeds sealed with it reach the payload decoders
 KEY = bytes(range(32))

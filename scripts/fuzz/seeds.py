@@ -11,11 +11,11 @@ from pathlib import Path
 
 import msgpack
 
-from mesh.codec import encode_packet, encode_push_pull, encode_routes
+from mesh.codec import encode_packet, encode_push_pull
+from mesh.codec_routes import encode_routes, encode_routes_ack
 from mesh.core.routes import Route, Version
 from mesh.messages import Ack, Alive, MemberState, MemberStatus, Ping, PushPull
 from mesh.security import Keyring, Kind
-from mesh.shell.peer_http import encode_routes_ack
 
 KEY = bytes(range(32))  # fuzz_decoders.KEY
 

@@ -21,7 +21,8 @@ import httpx
 import msgpack
 import pytest
 
-from mesh.codec import PROTOCOL_VERSION, decode_packet, encode_packet, encode_routes
+from mesh.codec import PROTOCOL_VERSION, decode_packet, encode_packet
+from mesh.codec_routes import encode_routes
 from mesh.config import parse_address
 from mesh.core.routes import Route, Version
 from mesh.messages import Ack, Alive, Ping

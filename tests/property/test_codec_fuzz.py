@@ -17,17 +17,16 @@ from mesh.codec import (
     PROTOCOL_VERSION,
     decode_packet,
     decode_push_pull,
-    decode_routes,
     encode_packet,
     encode_push_pull,
     encoded_size,
 )
+from mesh.codec_routes import decode_routes, decode_routes_ack
 from mesh.errors import DecodeError
 from mesh.messages import Message, MessageType, PushPull
 from mesh.security import AuthError, Keyring, Kind
 from mesh.shell.asgi import HttpError
 from mesh.shell.keyring_api import _decode_op
-from mesh.shell.peer_http import decode_routes_ack
 from mesh.testing import strategies as ms
 
 REASONS = {"too_large", "malformed", "bad_version", "schema", "limit"}

@@ -7,7 +7,7 @@ import random
 
 from hypothesis import given, strategies as st
 
-from mesh.codec import decode_routes, encode_routes
+from mesh.codec_routes import decode_routes, encode_routes
 from mesh.core.routes import Route, RouteTable, Version
 
 KEYS = st.sampled_from(["a", "b", "c", "d"])

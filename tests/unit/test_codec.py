@@ -18,12 +18,12 @@ from mesh.codec import (
     PROTOCOL_VERSION,
     decode_packet,
     decode_push_pull,
-    decode_routes,
     encode_packet,
     encode_push_pull,
     encoded_size,
     encoded_tags_size,
 )
+from mesh.codec_routes import decode_routes
 from mesh.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from mesh.messages import (
     Ack,

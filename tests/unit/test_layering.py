@@ -8,7 +8,8 @@ import sys
 
 def test_core_imports_no_io() -> None:
     code = (
-        "import sys, mesh.core.node, mesh.core.membership, mesh.codec;"
+        "import sys, mesh.core.node, mesh.core.membership, mesh.codec,"
+        " mesh.codec_routes;"
         "bad = [m for m in ('trio', 'httpx', 'socket', 'hypercorn', 'asyncio')"
         " if m in sys.modules];"
         "print(','.join(bad))"

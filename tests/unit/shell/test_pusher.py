@@ -20,7 +20,12 @@ import pytest
 import trio
 import trio.testing
 
-from mesh.codec import decode_routes, encode_routes
+from mesh.codec_routes import (
+    decode_routes,
+    decode_routes_ack,
+    encode_routes,
+    encode_routes_ack,
+)
 from mesh.core.routes import Route, Version
 from mesh.core.sync import Batch, Failure, is_transient
 from mesh.messages import Alive, Dead
@@ -28,8 +33,6 @@ from mesh.shell.agent import Agent
 from mesh.shell.peer_http import (
     ACK_LIMIT,
     ROUTES_PATH,
-    decode_routes_ack,
-    encode_routes_ack,
     make_peer_app,
 )
 from mesh.shell.pusher import (
