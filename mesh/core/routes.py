@@ -150,6 +150,22 @@ class Write:
     deleted: bool = False
 
 
+def _unicode(text: str) -> bool:
+    """No lone surrogates. JSON's ``"\\ud800"`` escape decodes to a ``str``
+    that no UTF-8 encoder accepts: stored, it would fail every push and every
+    anti-entropy page that carries it (ASCII, the common case, is one check)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NOT_UNICODE = "strings must be valid Unicode (no lone surrogates)"
+
+
 def validate_route_fields(
     key: object, target: object = "x", meta: object = None
 ) -> str | None:
@@ -158,6 +174,8 @@ def validate_route_fields(
         return f"key must match ^{KEY_RE.pattern}$"
     if not isinstance(target, str) or not 1 <= len(target) <= MAX_TARGET_LEN:
         return f"target must be a string of 1..{MAX_TARGET_LEN} characters"
+    if not _unicode(target):
+        return f"target: {_NOT_UNICODE}"
     if meta is None or meta == {}:
         return None
     # (a dict first: the ABC check is several times slower, on every route)
@@ -170,6 +188,8 @@ def validate_route_fields(
             return "meta keys and values must be strings"
         if len(k) > MAX_META_LEN or len(v) > MAX_META_LEN:
             return f"meta keys and values must be at most {MAX_META_LEN} characters"
+        if not _unicode(k) or not _unicode(v):
+            return f"meta: {_NOT_UNICODE}"
     return None
 
 

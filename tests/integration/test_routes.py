@@ -94,6 +94,36 @@ def test_writes_deletes_and_batches_replicate(cluster: AgentCluster) -> None:
     )
 
 
+def test_strings_no_peer_could_decode_are_refused_and_nobody_crashes(
+    cluster: AgentCluster,
+) -> None:
+    # A lone surrogate is valid JSON ("\\ud800") but not Unicode: once stored,
+    # the push to every peer failed to encode and took the writer down.
+    cluster.start(2)
+    wait_until(cluster.converged, 10.0, what="convergence")
+    n1, n2 = cluster.agents["node1"], cluster.agents["node2"]
+    bodies = [
+        b'{"target": "\\ud800"}',
+        b'{"target": "http://x", "meta": {"k": "\\udfff"}}',
+    ]
+    for body in bodies:
+        response = n1.request("PUT", "/v1/routes/bad.s", content=body)
+        assert response.status_code == 400, response.text
+    batch = b'{"put": [{"key": "bad.b", "target": "t", "meta": {"\\udc80": "v"}}]}'
+    response = n1.request("POST", "/v1/routes", content=batch)
+    assert response.json()["results"][0]["status"] == 400
+    # Both still serve, and a good write after it replicates.
+    put = n1.request("PUT", "/v1/routes/good", json={"target": "caf\u00e9"})
+    assert put.status_code == 200
+    wait_until(
+        lambda: route_of(n2, "good") == put.json(),
+        REPLICATION_DEADLINE,
+        what="the good write on node2",
+    )
+    assert n1.alive() and n2.alive()
+    assert route_of(n1, "bad.s") is None and route_of(n2, "bad.b") is None
+
+
 def test_a_paused_peer_adds_no_latency_and_the_others_get_every_write(
     cluster: AgentCluster,
 ) -> None:

@@ -93,6 +93,11 @@ def test_apply_is_idempotent() -> None:
         ("a", "t", {"k": "v" * 257}, False),
         ("a", "t", {"k": 1}, False),
         ("a", 5, None, False),
+        # lone surrogates (JSON's "\\ud800"): no UTF-8 encoder takes them
+        ("a", "caf\u00e9 \U0001f600", {"k\u00e9": "v\u00e9"}, True),
+        ("a", "t\ud800", None, False),
+        ("a", "t", {"k\udfff": "v"}, False),
+        ("a", "t", {"k": "\udc80"}, False),
     ],
 )
 def test_contract_limits(key: object, target: object, meta: object, ok: bool) -> None:

@@ -143,6 +143,29 @@ async def test_invalid_put_is_400_and_changes_nothing(
     assert len(agent.core.routes) == 0
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"target": "\\ud800"}',
+        b'{"target": "http://x", "meta": {"k": "\\udfff"}}',
+        b'{"target": "http://x", "meta": {"\\udc80": "v"}}',
+    ],
+)
+async def test_lone_surrogates_are_400(
+    agent: Agent, client: httpx.AsyncClient, body: bytes
+) -> None:
+    # Valid JSON, but not Unicode that msgpack (or any UTF-8 encoder) can
+    # carry: stored, it would crash every push of it to a peer.
+    response = await client.put("/v1/routes/k", content=body)
+    assert response.status_code == 400
+    assert "surrogate" in response.json()["error"]
+    batch = b'{"put": [{"key": "k", "target": "ok", "meta": {"\\ud800": "v"}}]}'
+    response = await client.post("/v1/routes", content=batch)
+    assert response.status_code == 200
+    assert response.json()["results"][0]["status"] == 400
+    assert len(agent.core.routes) == 0
+
+
 async def test_optional_fields_may_be_null(client: httpx.AsyncClient) -> None:
     response = await client.put(
         "/v1/routes/k", json={"target": "http://x", "meta": None, "revision": None}
