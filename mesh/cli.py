@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import gc
+import logging
 import math
 import os
 import re
@@ -39,6 +41,14 @@ __all__ = ["build_parser", "load_config", "main"]
 _ENV_PREFIX = "MESH_"
 _ADDRESS_FIELDS = frozenset(("bind", "http", "advertise"))
 _SPLIT = re.compile(r"[\s,]+")
+#: MESH_* variables that are not settings: the client commands' address, and
+#: the TAG and CONFIG spellings of the agent's own
+_ENV_OTHER = frozenset(("MESH_TAG", "MESH_CONFIG", "MESH_HTTP_ADDR"))
+#: what Kubernetes injects for a Service named mesh-* (its "service links")
+_K8S_SERVICE_LINK = re.compile(
+    r"MESH_[A-Z0-9_]*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off"))
 
@@ -239,6 +249,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from .shell.runner import run_agent
 
     configure_logging(log_format=config.log_format, log_level=config.log_level)
+    log = logging.getLogger("mesh.cli")
+    for warning in unknown_environment(os.environ):
+        log.warning("%s", warning)
     # Everything imported so far lives as long as the process: move it out of
     # the cyclic collector's reach, so a full collection scans what the agent
     # allocates, not the ~10^5 objects of its libraries (those scans were
@@ -281,6 +294,35 @@ def load_config(
     if "name" not in values:
         values["name"] = default_name()
     return Config.for_profile(profile, **values)
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``MESH_*`` variable that sets nothing (a misspelt
+    setting, most likely), with the nearest real name.
+
+    A warning, not a start-up error as in the TOML file: the environment is
+    shared with everything else on the host, and Kubernetes alone injects
+    ``MESH_API_SERVICE_HOST`` and friends for our own example Services
+    (those are recognised and not reported).
+    """
+    known = {
+        _ENV_PREFIX + name.upper() for name in _field_types() if name != "tags"
+    } | _ENV_OTHER
+    out = []
+    for var in sorted(environ):
+        if (
+            not var.startswith(_ENV_PREFIX)
+            or var in known
+            or _K8S_SERVICE_LINK.fullmatch(var)
+        ):
+            continue
+        # (on the part after MESH_: the shared prefix would make anything close)
+        near = difflib.get_close_matches(
+            var[len(_ENV_PREFIX) :], [k[len(_ENV_PREFIX) :] for k in known], n=1
+        )
+        hint = f" (did you mean {_ENV_PREFIX}{near[0]}?)" if near else ""
+        out.append(f"ignoring {var}: not a setting{hint}")
+    return out
 
 
 def _from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import structlog
 import trio
 
 from mesh import __version__
-from mesh.cli import build_parser, main
+from mesh.cli import build_parser, main, unknown_environment
 from mesh.logs import configure_logging, get_logger
 
 READY = re.compile(r"mesh agent ready name=(\S+) mesh=(\S+) http=(\S+)")
@@ -112,6 +112,28 @@ def test_bad_log_level_from_env_exits_2(
     assert "log_level" in one_error_line(capsys.readouterr().err)
 
 
+def test_unknown_environment_variables_are_named() -> None:
+    environ = {
+        "MESH_PROBE_INTERVALL": "0.5",  # misspelt
+        "MESH_TAGS": "a=b",  # the variable is MESH_TAG
+        "MESH_PROBE_INTERVAL": "0.5",
+        "MESH_TAG": "a=b",
+        "MESH_CONFIG": "/etc/mesh.toml",
+        "MESH_HTTP_ADDR": "127.0.0.1:8946",  # the client commands'
+        # Kubernetes service links of the example manifest's Services
+        "MESH_API_SERVICE_HOST": "10.0.0.1",
+        "MESH_API_SERVICE_PORT": "8946",
+        "MESH_API_PORT": "tcp://10.0.0.1:8946",
+        "MESH_API_PORT_8946_TCP_ADDR": "10.0.0.1",
+        "HOME": "/root",
+    }
+    assert unknown_environment(environ) == [
+        "ignoring MESH_PROBE_INTERVALL: not a setting"
+        " (did you mean MESH_PROBE_INTERVAL?)",
+        "ignoring MESH_TAGS: not a setting (did you mean MESH_TAG?)",
+    ]
+
+
 def test_oversized_tags_refused_at_start(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["agent", "--name", "n"]
     for i in range(20):
@@ -136,7 +158,9 @@ async def test_agent_process_leaves_on_sigterm_with_status_0() -> None:
         "--name",
         "proc",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a misspelt setting: warned about with the right name, not fatal (the
+    # environment is shared; see test_unknown_environment_variables_are_named)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESH_PROBE_INTERVALL": "0.5"}
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
@@ -156,6 +180,11 @@ async def test_agent_process_leaves_on_sigterm_with_status_0() -> None:
             assert health.json()["name"] == "proc"
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
+            assert process.stderr is not None
+            err = b""
+            while chunk := await process.stderr.receive_some():
+                err += chunk
+            assert b"did you mean MESH_PROBE_INTERVAL?" in err, err
         finally:
             if process.returncode is None:
                 process.kill()
