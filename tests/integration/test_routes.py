@@ -120,8 +120,10 @@ def test_strings_no_peer_could_decode_are_refused_and_nobody_crashes(
         REPLICATION_DEADLINE,
         what="the good write on node2",
     )
-    assert n1.alive() and n2.alive()
-    assert route_of(n1, "bad.s") is None and route_of(n2, "bad.b") is None
+    assert n1.alive()
+    assert n2.alive()
+    assert route_of(n1, "bad.s") is None
+    assert route_of(n2, "bad.b") is None
 
 
 def test_a_paused_peer_adds_no_latency_and_the_others_get_every_write(
