@@ -25,7 +25,8 @@ Command = Callable[[argparse.Namespace], int]
 _CLIENT_EPILOG = """\
 the agent is found at --http (default 127.0.0.1:8946, or MESH_HTTP_ADDR); an
 https:// URL when it serves TLS. --api-token (or MESH_API_TOKEN) is sent as
-Authorization: Bearer. Errors are one line on stderr and exit status 1.
+Authorization: Bearer. Errors are one line on stderr; the exit status is 2
+for a usage error (a flag or argument the parser refuses) and 1 for any other.
 """
 
 
@@ -111,25 +112,56 @@ def add_client_parsers(subparsers: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from .client import DEFAULT_HTTP, Client
+    """The client for ``args``; a bad ``--http``, ``--timeout`` or
+    ``--sync-timeout`` is a ClientError naming it, before anything is sent."""
+    from .client import (
+        DEFAULT_HTTP,
+        MAX_TIMEOUT,
+        Client,
+        ClientError,
+        base_url,
+        timeout_ok,
+    )
 
-    http = args.http or os.environ.get("MESH_HTTP_ADDR") or DEFAULT_HTTP
+    if args.http is not None:
+        http, source = args.http, "--http"
+    else:
+        http, source = (
+            os.environ.get("MESH_HTTP_ADDR") or DEFAULT_HTTP,
+            "MESH_HTTP_ADDR",
+        )
+    try:
+        url = base_url(http)
+    except ClientError as exc:
+        raise ClientError(f"{source}: {exc}") from None
+    for flag, seconds in (
+        ("--timeout", args.timeout),
+        ("--sync-timeout", getattr(args, "sync_timeout", None)),
+    ):
+        if seconds is not None and not timeout_ok(seconds):
+            raise ClientError(
+                f"{flag}: must be a number of seconds in (0, {MAX_TIMEOUT:g}], "
+                f"got {seconds:g}"
+            )
     token = args.api_token or os.environ.get("MESH_API_TOKEN") or None
-    return Client(http, token=token, timeout=args.timeout)
+    return Client(url, token=token, timeout=args.timeout)
 
 
 def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:
-    """Wrap a client command: a ClientError is one line on stderr, exit 1."""
+    """Wrap a client command: an error is one line on stderr, exit 1."""
 
     def command(args: argparse.Namespace) -> int:
-        from .client import ClientError
+        from .client import LIBRARY_ERRORS, ClientError
 
         try:
             with _client(args) as client:
                 run(client, args)
         except ClientError as exc:
-            print(f"mesh: error: {exc}", file=sys.stderr)
-            return 1
+            return _fail(str(exc))
+        # mesh.client turns these into ClientError; should one slip through
+        # (bad input the client did not foresee), it is still one line.
+        except LIBRARY_ERRORS as exc:
+            return _fail(f"{type(exc).__name__}: {exc}")
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:  # `mesh routes watch | head`
@@ -137,6 +169,11 @@ def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:
         return 0
 
     return command
+
+
+def _fail(message: str) -> int:
+    print(f"mesh: error: {message}", file=sys.stderr)
+    return 1
 
 
 def _print_json(document: Any) -> None:
@@ -222,7 +259,13 @@ def _cmd_routes_get(client: Any, args: argparse.Namespace) -> None:
 
 @_client_command
 def _cmd_routes_put(client: Any, args: argparse.Namespace) -> None:
-    meta = parse_pairs(args.meta, "--meta")
+    from .client import ClientError
+    from .errors import ConfigError
+
+    try:
+        meta = parse_pairs(args.meta, "--meta")
+    except ConfigError as exc:  # a client error (exit 1), not the agent's (exit 2)
+        raise ClientError(str(exc)) from None
     document = client.put_route(
         args.key,
         args.target,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -19,12 +20,29 @@ from urllib.parse import quote
 
 import httpx
 
+from .core.routes import KEY_RE
 from .errors import MeshError
 
-__all__ = ["DEFAULT_HTTP", "Client", "ClientError", "base_url"]
+__all__ = [
+    "DEFAULT_HTTP",
+    "MAX_TIMEOUT",
+    "Client",
+    "ClientError",
+    "LIBRARY_ERRORS",
+    "base_url",
+    "timeout_ok",
+]
 
 #: the agent's default client API address (contract.md)
 DEFAULT_HTTP = "127.0.0.1:8946"
+
+#: httpx's exceptions that bad input can raise (InvalidURL is no HTTPError);
+#: :class:`Client` turns them into ClientError, the CLI catches any that slip by
+LIBRARY_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx.InvalidURL)
+
+#: the longest timeout a call accepts, in seconds (a day; far longer overflows
+#: the socket layer)
+MAX_TIMEOUT = 86400.0
 
 
 class ClientError(MeshError):
@@ -43,11 +61,35 @@ class ClientError(MeshError):
 
 
 def base_url(http: str) -> str:
-    """``HOST:PORT`` or a full ``http(s)://`` URL, as a base URL."""
-    http = http.strip()
-    if "://" in http:
-        return http.rstrip("/")
-    return f"http://{http}"
+    """``HOST:PORT`` or a full ``http(s)://`` URL, as a base URL.
+
+    Raises:
+        ClientError: not an address the client can call; the message says why.
+    """
+    text = http.strip()
+    if not text:
+        raise ClientError("empty address: expected HOST:PORT or an http(s):// URL")
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ClientError(f"{http!r} is not HOST:PORT or a URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ClientError(f"{http!r}: the scheme must be http or https")
+    if not url.host or not url.host.isprintable() or any(c.isspace() for c in url.host):
+        raise ClientError(f"{http!r} has no valid host")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ClientError(f"{http!r}: the port must be 1-65535")
+    if url.query or url.fragment:
+        raise ClientError(f"{http!r}: the address takes no query or fragment")
+    return str(url).rstrip("/")
+
+
+def timeout_ok(seconds: float) -> bool:
+    """A timeout the client can use: a finite number of seconds in
+    (0, :data:`MAX_TIMEOUT`]."""
+    return math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT
 
 
 class Client:
@@ -60,6 +102,9 @@ class Client:
         timeout: seconds for each call (a blocking query adds its wait).
         transport: an httpx transport (tests); the network by default.
         verify: TLS verification (a CA bundle path, or False), for https.
+
+    Raises:
+        ClientError: a bad address, token or timeout (before anything is sent).
     """
 
     def __init__(
@@ -71,6 +116,9 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         verify: str | bool = True,
     ) -> None:
+        if token and not (token.isascii() and token.isprintable()):
+            raise ClientError("the API token must be printable ASCII")
+        _check_seconds("timeout", timeout)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = base_url(http)
         self._timeout = timeout
@@ -113,11 +161,16 @@ class Client:
         ``wait`` seconds), a blocking query."""
         params: dict[str, str] = {}
         if prefix:
-            params["prefix"] = prefix
+            params["prefix"] = _text("prefix", prefix)
         if index is not None:
             params["index"] = str(index)
         timeout = self._timeout
         if wait is not None:
+            if not (math.isfinite(wait) and 0 <= wait <= MAX_TIMEOUT):
+                raise ClientError(
+                    f"wait must be a number of seconds in [0, {MAX_TIMEOUT:g}], "
+                    f"got {wait!r}"
+                )
             params["wait"] = f"{wait}s"
             timeout += wait
         return self._call("GET", "/v1/routes", params=params, timeout=timeout)
@@ -135,15 +188,16 @@ class Client:
         sync_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Write a route; with ``sync_timeout``, wait that long for every peer."""
-        body: dict[str, Any] = {"target": target}
+        path = f"/v1/routes/{_key(key)}"
+        body: dict[str, Any] = {"target": _text("target", target)}
         if meta:
-            body["meta"] = dict(meta)
+            body["meta"] = {
+                _text("meta key", k): _text("meta value", v) for k, v in meta.items()
+            }
         if revision is not None:
             body["revision"] = revision
         params, timeout = self._sync(sync_timeout)
-        return self._call(
-            "PUT", f"/v1/routes/{_key(key)}", body=body, params=params, timeout=timeout
-        )
+        return self._call("PUT", path, body=body, params=params, timeout=timeout)
 
     def delete_route(
         self,
@@ -152,12 +206,11 @@ class Client:
         revision: int | None = None,
         sync_timeout: float | None = None,
     ) -> dict[str, Any]:
+        path = f"/v1/routes/{_key(key)}"
         params, timeout = self._sync(sync_timeout)
         if revision is not None:
             params["revision"] = str(revision)
-        return self._call(
-            "DELETE", f"/v1/routes/{_key(key)}", params=params, timeout=timeout
-        )
+        return self._call("DELETE", path, params=params, timeout=timeout)
 
     def leave(self) -> dict[str, Any]:
         return self._call("POST", "/v1/leave")
@@ -171,7 +224,7 @@ class Client:
         ``{"fingerprint": ..., "results": {member: "ok" | error}}``."""
         if op not in ("install", "use", "remove"):
             raise ValueError(f"op must be install, use or remove, got {op!r}")
-        return self._call("POST", f"/v1/keyring/{op}", body={"key": key})
+        return self._call("POST", f"/v1/keyring/{op}", body={"key": _text("key", key)})
 
     def watch_routes(
         self, *, index: int | None = None, prefix: str = ""
@@ -182,7 +235,7 @@ class Client:
         if index is not None:
             params["index"] = str(index)
         if prefix:
-            params["prefix"] = prefix
+            params["prefix"] = _text("prefix", prefix)
         # No read timeout: quiet spells are bounded by the server's heartbeat.
         timeout = httpx.Timeout(self._timeout, read=None)
         try:
@@ -195,7 +248,7 @@ class Client:
                 for line in response.iter_lines():
                     if line.strip():
                         yield _decode(line)
-        except httpx.HTTPError as exc:
+        except LIBRARY_ERRORS as exc:
             raise self._unreachable(exc) from None
 
     # --- plumbing ---
@@ -203,6 +256,7 @@ class Client:
     def _sync(self, sync_timeout: float | None) -> tuple[dict[str, str], float]:
         if sync_timeout is None:
             return {}, self._timeout
+        _check_seconds("sync_timeout", sync_timeout)
         params = {"sync": "all", "timeout": str(sync_timeout)}
         return params, self._timeout + sync_timeout
 
@@ -223,7 +277,7 @@ class Client:
                 json=body,
                 timeout=self._timeout if timeout is None else timeout,
             )
-        except httpx.HTTPError as exc:
+        except LIBRARY_ERRORS as exc:
             raise self._unreachable(exc) from None
         if response.status_code >= 400:
             raise self._error(response)
@@ -232,7 +286,7 @@ class Client:
             raise ClientError(f"{self.url}{path}: answer is not a JSON object")
         return document
 
-    def _unreachable(self, exc: httpx.HTTPError) -> ClientError:
+    def _unreachable(self, exc: Exception) -> ClientError:
         if isinstance(exc, httpx.TimeoutException):
             return ClientError(f"the agent at {self.url} did not answer in time")
         if isinstance(exc, httpx.ConnectError):
@@ -262,9 +316,30 @@ class Client:
 
 
 def _key(key: str) -> str:
-    # Keys may hold characters a path cannot ("/" is refused by the agent,
-    # but it must get the chance to say so).
+    """A route key as a path segment; an invalid key is refused here, before
+    anything is sent: httpx would resolve ``..`` or ``.`` (``GET /v1``), and the
+    agent would only refuse the others (contract.md)."""
+    if not KEY_RE.fullmatch(key):
+        raise ClientError(f"invalid key {key!r}: must match ^{KEY_RE.pattern}$")
     return quote(key, safe="")
+
+
+def _text(what: str, text: str) -> str:
+    """``text``, if it can be sent (UTF-8): a command-line argument that is not
+    valid UTF-8 arrives as lone surrogates."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ClientError(f"{what} is not valid UTF-8: {text!r}") from None
+    return text
+
+
+def _check_seconds(what: str, seconds: float) -> None:
+    if not timeout_ok(seconds):
+        raise ClientError(
+            f"{what} must be a number of seconds in (0, {MAX_TIMEOUT:g}], "
+            f"got {seconds!r}"
+        )
 
 
 def _decode(text: str) -> Any:
@@ -274,7 +349,7 @@ def _decode(text: str) -> Any:
         raise ClientError(f"the agent sent malformed JSON: {text[:80]!r}") from None
 
 
-def _reason(exc: httpx.HTTPError) -> str:
+def _reason(exc: Exception) -> str:
     cause: BaseException | None = exc
     while cause is not None and cause.__cause__ is not None:
         cause = cause.__cause__

@@ -2,13 +2,16 @@
 ``mesh keyring ...``) against real ``mesh agent`` processes on 127.0.0.1.
 
 ``main()`` runs in-process (output captured); the agent is a child process
-started on port 0, readiness from its ready line."""
+started on port 0, readiness from its ready line. Input errors need no agent:
+they point at a port nothing listens on, so a call that is sent anyway shows as
+"cannot reach" instead of the expected error."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import pytest
 
 from mesh.cli import main
 from mesh.client import Client, ClientError
+from mesh.core.routes import KEY_RE
 from mesh.testing.agents import AgentProcess, wait_until
 
 DEADLINE = 15.0
@@ -48,6 +52,33 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound by the kernel, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def nowhere() -> tuple[str, str]:
+    """``--http`` at a port nothing listens on."""
+    return ("--http", f"127.0.0.1:{free_port()}")
+
+
+def one_error_line(
+    capsys: pytest.CaptureFixture[str], *argv: str, code: int = 1
+) -> str:
+    """Run ``mesh *argv``, expecting exit ``code``, nothing on stdout and one
+    ``mesh: error: ...`` line on stderr; that line's message."""
+    got, out, err = run(capsys, *argv)
+    assert (got, out) == (code, ""), err
+    assert err.startswith("mesh: error: ")
+    assert err.endswith("\n")
+    assert err.count("\n") == 1
+    return err.removeprefix("mesh: error: ").rstrip("\n")
 
 
 def test_members_table_and_json(
@@ -122,11 +153,142 @@ def test_put_conflict_and_sync(
 
 
 def test_unreachable_agent_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "members", "--http", "127.0.0.1:1")
-    assert code == 1
-    assert out == ""
-    assert err.count("\n") == 1
-    assert "cannot reach the agent at http://127.0.0.1:1" in err
+    port = free_port()
+    message = one_error_line(capsys, "members", "--http", f"127.0.0.1:{port}")
+    assert message.startswith(f"cannot reach the agent at http://127.0.0.1:{port} (")
+
+
+@pytest.mark.parametrize(
+    "http",
+    [
+        "garbage::",
+        "http://[::1",
+        "\udcff",  # an argument that is not UTF-8
+        "ftp://agent.example",
+        "http://",
+        "",
+        "127.0.0.1:99999",
+        "127.0.0.1:0",
+        "agent.example?x=1",
+    ],
+)
+def test_bad_http_is_one_line(capsys: pytest.CaptureFixture[str], http: str) -> None:
+    message = one_error_line(capsys, "members", "--http", http)
+    assert message.startswith((f"--http: {http!r}", "--http: empty address"))
+
+
+def test_bad_http_from_environment_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESH_HTTP_ADDR", "garbage::")
+    message = one_error_line(capsys, "members")
+    assert message.startswith("MESH_HTTP_ADDR: 'garbage::' is not HOST:PORT or a URL")
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "-inf", "1e10"])
+def test_bad_timeout_is_one_line(
+    capsys: pytest.CaptureFixture[str], nowhere: tuple[str, str], seconds: str
+) -> None:
+    message = one_error_line(capsys, "members", f"--timeout={seconds}", *nowhere)
+    assert message == (
+        f"--timeout: must be a number of seconds in (0, 86400], got {float(seconds):g}"
+    )
+
+
+@pytest.mark.parametrize("seconds", ["0", "-20", "nan", "inf", "-inf"])
+def test_bad_sync_timeout_is_one_line(
+    capsys: pytest.CaptureFixture[str], nowhere: tuple[str, str], seconds: str
+) -> None:
+    for argv in (("put", "k", "t"), ("delete", "k")):
+        message = one_error_line(
+            capsys, "routes", *argv, f"--sync-timeout={seconds}", *nowhere
+        )
+        assert message.startswith("--sync-timeout: must be a number of seconds")
+
+
+@pytest.mark.parametrize("key", ["..", ".", "a/b", "_a", "é", "a b", "k" * 254])
+def test_invalid_key_is_refused_before_sending(
+    capsys: pytest.CaptureFixture[str], nowhere: tuple[str, str], key: str
+) -> None:
+    expected = f"invalid key {key!r}: must match ^{KEY_RE.pattern}$"
+    for argv in (("get", key), ("put", key, "t"), ("delete", key)):
+        assert one_error_line(capsys, "routes", *argv, *nowhere) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("routes", "list", "--prefix", "\udcff"),
+        ("routes", "watch", "--prefix", "\udcff"),
+        ("routes", "put", "k", "\udcff"),
+        ("routes", "put", "k", "t", "--meta", "az=\udcff"),
+        ("keyring", "install", "\udcff"),
+        ("members", "--api-token", "é"),
+        ("members", "--api-token", "a\nb"),
+    ],
+)
+def test_text_that_cannot_be_sent_is_one_line(
+    capsys: pytest.CaptureFixture[str], nowhere: tuple[str, str], argv: tuple[str]
+) -> None:
+    message = one_error_line(capsys, *argv, *nowhere)
+    assert "not valid UTF-8" in message or "printable ASCII" in message
+
+
+def test_bad_meta_is_a_client_error(
+    capsys: pytest.CaptureFixture[str], nowhere: tuple[str, str]
+) -> None:
+    message = one_error_line(capsys, "routes", "put", "k", "t", "--meta", "x", *nowhere)
+    assert message == "--meta must be KEY=VALUE, got 'x'"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("routes", "get"),
+        ("routes", "put", "k"),
+        ("routes", "put", "k", "t", "--revision", "abc"),
+        ("routes", "delete", "k", "--revision", "1.5"),
+        ("routes", "watch", "--index", "x"),
+        ("members", "--timeout", "abc"),
+        ("members", "--no-such-flag"),
+    ],
+)
+def test_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], nowhere: tuple[str, str], argv: tuple[str]
+) -> None:
+    one_error_line(capsys, *argv, *nowhere, code=2)
+
+
+def test_odd_prefix_reaches_the_network(
+    capsys: pytest.CaptureFixture[str], nowhere: tuple[str, str]
+) -> None:
+    # any prefix is fine: it is a query parameter, not part of the path
+    for verb in ("list", "watch"):
+        message = one_error_line(
+            capsys, "routes", verb, "--prefix", "../a b&c#", *nowhere
+        )
+        assert message.startswith("cannot reach the agent at ")
+
+
+def test_odd_keys_and_prefixes_round_trip(
+    agent: AgentProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    http = ("--http", agent.http_addr)
+    key = "odd:key@host-1_x.y"
+    assert run(capsys, "routes", "put", key, "t-odd", *http)[0] == 0
+    code, out, err = run(capsys, "routes", "get", key, *http, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["target"] == "t-odd"
+    code, out, _ = run(
+        capsys, "routes", "list", "--prefix", "odd:key@", *http, "--json"
+    )
+    assert [r["key"] for r in json.loads(out)["routes"]] == [key]
+    for prefix in ("odd:key@host-1_x.y&prefix=", "../odd", "odd key#", "é"):
+        code, out, _ = run(
+            capsys, "routes", "list", "--prefix", prefix, *http, "--json"
+        )
+        assert code == 0
+        assert json.loads(out)["routes"] == []
 
 
 def test_api_token(
