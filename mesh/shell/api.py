@@ -8,8 +8,12 @@ touching this module's dispatch.
 
 Two things need more than a request-in, response-out handler, so
 :class:`ApiApp` (the :class:`Router` the agent serves) adds them: the route
-change stream (``watch_api``), whose body never ends, and the latency metric,
-which needs the request's start time.
+change stream (``watch_api``), whose body never ends (``GET`` and ``HEAD`` of it
+are answered before routing; its route in the table gives other methods their
+405), and the latency metric, which needs the request's start time.
+
+``HEAD`` works wherever ``GET`` does (the :class:`Router` runs the ``GET``
+handler; the server sends no body); on the watch endpoints it answers at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import trio
 
 from .agent import Agent
 from .asgi import (
+    HttpError,
     Receive,
     Request,
     Response,
@@ -38,6 +43,10 @@ __all__ = ["BODY_LIMIT", "ApiApp", "make_api_app", "readiness"]
 
 #: request body limit of the single-item calls (contract: 64 KiB)
 BODY_LIMIT = 64 * 1024
+
+#: what ApiApp answers on the stream path itself (the table's route for it
+#: only makes other methods 405, with Allow)
+_STREAM_METHODS = frozenset(("GET", "HEAD"))
 
 # When the request being handled started: the Router's observer hook runs in
 # the request's task and reads it for the latency histogram.
@@ -82,9 +91,9 @@ class ApiApp(Router):
             return
         start = trio.current_time()
         _started.set(start)
-        if scope["path"] == STREAM_PATH and scope["method"] == "GET":
+        if scope["path"] == STREAM_PATH and scope["method"] in _STREAM_METHODS:
             status = await serve_stream(self.hub, scope, receive, send)
-            self._observe_api("GET", STREAM_PATH, status)
+            self._observe_api(scope["method"], STREAM_PATH, status)
             return
         await super().__call__(scope, receive, send)
 
@@ -129,6 +138,11 @@ def make_api_app(
     async def metrics(request: Request) -> Response:
         return Response(200, agent.metrics.render(), content_type=CONTENT_TYPE)
 
+    async def stream(request: Request) -> Response:
+        # Never reached through ApiApp, which serves GET and HEAD of the
+        # stream before routing: in the table so other methods answer 405.
+        raise HttpError(500, "the route stream is served by ApiApp")
+
     extra = [
         Route(r.method, r.pattern, wrap_list(hub, r.handler))
         if (r.method, r.pattern) == ("GET", "/v1/routes")
@@ -143,6 +157,7 @@ def make_api_app(
             Route("GET", "/v1/members", members),
             Route("POST", "/v1/leave", leave),
             Route("GET", "/metrics", metrics),
+            Route("GET", STREAM_PATH, stream),
             *extra,
         ],
     )

@@ -15,8 +15,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import attrs
+import trio
 
 __all__ = [
+    "CLIENT_GONE",
     "ASGIApp",
     "HttpError",
     "Request",
@@ -26,6 +28,8 @@ __all__ = [
     "json_response",
     "normalize_method",
     "read_body",
+    "until_disconnected",
+    "wait_unless_disconnected",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -164,6 +168,39 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+#: the status of a request whose client went away while its handler waited
+#: (nginx's "client closed request"): never sent, only counted
+CLIENT_GONE = 499
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return once the client has gone (``http.disconnect``); blocks for as
+    long as it stays. Body the handler left unread is read and dropped."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_unless_disconnected(
+    receive: Receive, wait: Callable[[], Awaitable[object]]
+) -> bool:
+    """Run ``wait`` until it returns or the client disconnects, whichever comes
+    first; True when the client went away. The caller's cancel scope (its
+    timeout) bounds both. Costs a task: for long waits only."""
+    gone = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal gone
+            await until_disconnected(receive)
+            gone = True
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await wait()
+        nursery.cancel_scope.cancel()
+    return gone
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -258,7 +295,9 @@ class Router:
 
     Unknown path: 404; known path, other method: 405 with ``Allow``; every error
     is ``{"error": message}``. A handler bug answers 500 instead of dropping the
-    connection, and is reported through ``on_error``.
+    connection, and is reported through ``on_error``. ``HEAD`` runs the ``GET``
+    handler (``request.method`` stays ``"HEAD"``, so a handler that would wait
+    can answer at once instead); the server drops the body (RFC 9110 9.3.2).
     """
 
     def __init__(
@@ -315,9 +354,11 @@ class Router:
             if self._on_error is not None:
                 self._on_error(request, exc)
             response = json_response(500, {"error": "internal error"})
-        await _send(send, response)
-        if self._observe is not None:
-            self._observe(normalize_method(method), label, response.status)
+        try:
+            await _send(send, response)
+        finally:  # counted even when the client is gone (the send failed)
+            if self._observe is not None:
+                self._observe(normalize_method(method), label, response.status)
         if response.after is not None:
             response.after()
 
@@ -328,19 +369,24 @@ class Router:
             for route in routes:
                 self._by_count.setdefault(len(route.segments), []).append(route)
             self._indexed = routes
+        # HEAD is served by the GET handler (the server sends no body).
+        method = request.method
+        wanted = "GET" if method == "HEAD" else method
         allowed: list[str] = []
         for route in self._by_count.get(len(segments), ()):
             params = route.match(segments)
             if params is None:
                 continue
-            if route.method == request.method:
+            if route.method == wanted:
                 request.params = params
                 return route, route.pattern
             allowed.append(route.method)
         if allowed:
+            if "GET" in allowed:
+                allowed.append("HEAD")
             raise HttpError(
                 405,
-                f"method {request.method} not allowed on {request.path}",
+                f"method {method} not allowed on {request.path}",
                 headers=[("allow", ", ".join(sorted(set(allowed))))],
             )
         raise HttpError(404, f"no such path: {request.path}")

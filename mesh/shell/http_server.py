@@ -31,7 +31,15 @@ The ASGI surface is what our apps use (``asgi.py``): ``http`` scopes with
 ``receive``; ``http.response.start`` / ``http.response.body`` to ``send``. A
 response whose whole body comes in one ``send`` goes out in one socket write. No
 lifespan protocol (our apps need none) and no websockets (404-free: the
-connection is closed).
+connection is closed). ``HEAD``: the app answers as for ``GET``; the server
+sends the head only (h11 frames it as GET's, no body).
+
+Disconnects. Once the request body is read, ``receive`` blocks until the client
+closes or breaks the connection, then returns ``http.disconnect`` (ASGI): a long
+wait (a blocking query, the change stream, ``sync=all``) races it in a task of
+its own and ends early. Only such waits pay for it; a plain request never calls
+``receive`` again, so it costs no task and no syscall. A next request pipelined
+meanwhile is not a disconnect: its bytes are kept, and watching stops.
 """
 
 from __future__ import annotations
@@ -391,8 +399,10 @@ class _Connection:
     async def _receive(self) -> Message:
         if self._body_done or self._gone or self._response_done:
             # Nothing more to read. An app that keeps receiving after the body
-            # waits for a disconnect; we do not watch the socket while the app
-            # runs (it runs inline), so it hears "disconnect" at once.
+            # waits for the client to go (ASGI): only long waits do, from a
+            # task of their own, so only they pay for watching the socket.
+            if not (self._gone or self._response_done):
+                await self._until_gone()
             return {"type": "http.disconnect"}
         conn = self.h11
         if conn.they_are_waiting_for_100_continue:
@@ -425,6 +435,46 @@ class _Connection:
             return {"type": "http.request", "body": b"", "more_body": False}
         self._gone = True  # ConnectionClosed mid-body
         return {"type": "http.disconnect"}
+
+    async def _until_gone(self) -> None:
+        """Return once the client closed or broke the connection (the app is
+        still running: its request is read, its response not finished).
+
+        Readable is not gone: it may be the next, pipelined request. Those
+        bytes are left for it (peeked on a plain socket; under TLS, where only
+        decrypting tells, handed to h11's buffer), and then we stop watching:
+        a disconnect behind a pipelined request is noticed by the next write,
+        and a readable socket cannot keep us spinning.
+        """
+        buffered, closed = self.h11.trailing_data
+        if closed:
+            self._gone = True
+            return
+        if not buffered:
+            raw = self.raw
+            if raw is not None:
+                while True:
+                    await trio.lowlevel.wait_readable(raw)
+                    try:
+                        peeked = raw.recv(1, socket.MSG_PEEK)
+                    except BlockingIOError:
+                        continue  # spurious wakeup
+                    except OSError:
+                        peeked = b""
+                    if not peeked:
+                        self._gone = True
+                        return
+                    break
+            else:
+                try:
+                    data = await self.stream.receive_some(_RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    data = b""
+                if not data:
+                    self._gone = True
+                    return
+                self.h11.receive_data(bytes(data))
+        await trio.sleep_forever()  # until the app, done waiting, cancels us
 
     async def _send(self, message: Message) -> None:
         kind = message["type"]

@@ -24,9 +24,14 @@ shared by every stream) and appends the differences to one bounded log
 of their own: a stream that falls off the end gets a fresh ``snapshot``
 (resync) and one whose client does not accept a write within
 ``watch_send_timeout`` is dropped. At most ``watch_max_clients`` blocking
-queries and streams are open at once (429 past it). Waiting costs nothing:
-waiters sleep on :meth:`Agent.wait_routes_changed`, set by the agent when the
-index moves.
+queries and streams are open at once (429 past it); each also waits on
+``receive`` for its client's disconnect, so a client that went away frees its
+place at once, not when its ``wait`` or the next heartbeat ends. Waiting costs
+nothing: waiters sleep on :meth:`Agent.wait_routes_changed`, set by the agent
+when the index moves.
+
+``HEAD`` on either form answers at once with what ``GET`` would start with
+(status and headers, 400 and 429 included), never waiting or taking a place.
 """
 
 from __future__ import annotations
@@ -44,7 +49,18 @@ import trio
 
 from ..core.routes import Route
 from .agent import Agent
-from .asgi import Handler, HttpError, Receive, Request, Response, Scope, Send
+from .asgi import (
+    CLIENT_GONE,
+    Handler,
+    HttpError,
+    Message,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    until_disconnected,
+)
 
 __all__ = [
     "STREAM_CONTENT_TYPE",
@@ -112,16 +128,25 @@ class RouteWatchHub:
         #: blocking queries and streams open now
         self.clients = 0
 
+    def check_room(self) -> None:
+        """Raise the 429 :meth:`client_slot` would, without taking a place or
+        counting a refusal (``HEAD``: GET's status, no watcher)."""
+        if self.clients >= self._max_clients:
+            raise self._too_many()
+
+    def _too_many(self) -> HttpError:
+        return HttpError(
+            429,
+            f"too many route watchers (watch_max_clients={self._max_clients})",
+            headers=[("retry-after", "1")],
+        )
+
     @contextlib.contextmanager
     def client_slot(self) -> Iterator[None]:
         """Hold one of ``watch_max_clients`` places, or raise 429."""
         if self.clients >= self._max_clients:
             self.agent.metrics.route_watch_dropped.labels("too_many").inc()
-            raise HttpError(
-                429,
-                f"too many route watchers (watch_max_clients={self._max_clients})",
-                headers=[("retry-after", "1")],
-            )
+            raise self._too_many()
         self.clients += 1
         self.agent.metrics.route_watchers.set(self.clients)
         try:
@@ -264,9 +289,11 @@ def _parse_index(text: str | None) -> int | None:
     return int(text)
 
 
-async def _wait_for_change(agent: Agent, index: int) -> None:
-    """Return once the table's index differs from ``index`` or the agent is
-    leaving (a leaving agent should not hold clients until their wait ends)."""
+async def _wait_for_change(agent: Agent, index: int, receive: Receive) -> bool:
+    """Return once the table's index differs from ``index``, the agent is
+    leaving (a leaving agent should not hold clients until their wait ends) or
+    the client went away (True: its slot is free at once, not after ``wait``)."""
+    gone = False
     async with trio.open_nursery() as nursery:
 
         async def changed() -> None:
@@ -278,13 +305,24 @@ async def _wait_for_change(agent: Agent, index: int) -> None:
             await agent.shutdown_requested.wait()
             nursery.cancel_scope.cancel()
 
+        async def disconnected() -> None:
+            nonlocal gone
+            await until_disconnected(receive)
+            gone = True
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(changed)
         nursery.start_soon(leaving)
+        nursery.start_soon(disconnected)
+    return gone
 
 
 def wrap_list(hub: RouteWatchHub, inner: Handler) -> Handler:
     """``GET /v1/routes`` with the blocking query around ``inner`` (the plain
-    list handler): every answer gains the index; ``index``/``wait`` block."""
+    list handler): every answer gains the index; ``index``/``wait`` block.
+    ``HEAD`` answers at once (what a ``GET`` would start with: the status, the
+    index and length of the list as it is now), never waiting nor taking a
+    slot."""
     agent = hub.agent
     table = agent.core.routes
 
@@ -295,12 +333,17 @@ def wrap_list(hub: RouteWatchHub, inner: Handler) -> Handler:
             wait = parse_wait(wait_text, agent.config.watch_wait_max)
             # A client index ahead of ours is from before a restart: answer now,
             # as Consul does when an index goes backwards.
-            if index is not None and index == table.index:
-                with hub.client_slot(), trio.move_on_after(wait):
-                    await _wait_for_change(agent, index)
-            elif index is None:
-                with hub.client_slot(), trio.move_on_after(wait):
-                    await _wait_for_change(agent, table.index)
+            if index is None or index == table.index:
+                if request.method == "HEAD":
+                    hub.check_room()
+                else:
+                    gone = False
+                    with hub.client_slot(), trio.move_on_after(wait):
+                        gone = await _wait_for_change(
+                            agent, table.index, request.receive
+                        )
+                    if gone:  # nobody to answer: skip building the list
+                        raise HttpError(CLIENT_GONE, "client disconnected")
         current = table.index  # no checkpoint until inner has read the table
         response = await inner(request)
         if response.status != 200:
@@ -324,29 +367,23 @@ def _line(document: dict[str, Any]) -> bytes:
 async def serve_stream(
     hub: RouteWatchHub, scope: Scope, receive: Receive, send: Send
 ) -> int:
-    """Answer one ``GET /v1/watch/routes`` as raw ASGI; returns the status for
-    the request metric. Ends when the client is too slow or the agent leaves;
-    a client that went away is noticed by the next write failing (a change or
-    the heartbeat), since the server does not watch the socket while the app
-    runs."""
-    agent = hub.agent
+    """Answer one ``GET`` (or ``HEAD``) ``/v1/watch/routes`` as raw ASGI;
+    returns the status for the request metric. Ends when the client goes away
+    (``receive`` says so: its slot is free at once), is too slow, or the agent
+    leaves. ``HEAD`` answers at once with the stream's status and headers (no
+    body, no slot taken: nothing to wait for)."""
     try:
         query = _query(scope)
         index = _parse_index(query.get("index"))
         prefix = query.get("prefix") or ""
+        if scope["method"] == "HEAD":
+            hub.check_room()
+            await send(_stream_start(hub))
+            await send({"type": "http.response.body", "body": b""})
+            return 200
         with hub.client_slot():
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", STREAM_CONTENT_TYPE.encode()),
-                        (b"cache-control", b"no-store"),
-                        (b"x-mesh-index", str(agent.core.routes.index).encode()),
-                    ],
-                }
-            )
-            await _stream(hub, index, prefix, send)
+            await send(_stream_start(hub))
+            await _stream(hub, index, prefix, receive, send)
             return 200
     except HttpError as exc:
         body = json.dumps({"error": exc.message}).encode()
@@ -365,6 +402,20 @@ async def serve_stream(
         return exc.status
 
 
+def _stream_start(hub: RouteWatchHub) -> Message:
+    # No content-length: the body is chunked (and so is the framing h11
+    # announces in answer to HEAD).
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [
+            (b"content-type", STREAM_CONTENT_TYPE.encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-mesh-index", str(hub.agent.core.routes.index).encode()),
+        ],
+    }
+
+
 def _query(scope: Scope) -> dict[str, str]:
     parsed = parse_qs(
         scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
@@ -373,7 +424,7 @@ def _query(scope: Scope) -> dict[str, str]:
 
 
 async def _stream(
-    hub: RouteWatchHub, index: int | None, prefix: str, send: Send
+    hub: RouteWatchHub, index: int | None, prefix: str, receive: Receive, send: Send
 ) -> None:
     agent = hub.agent
     config = agent.config
@@ -416,7 +467,12 @@ async def _stream(
                     break
             nursery.cancel_scope.cancel()
 
+        async def until_gone() -> None:
+            await until_disconnected(receive)
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(until_leaving)
+        nursery.start_soon(until_gone)
         nursery.start_soon(pump)
     with trio.move_on_after(config.watch_send_timeout) as cleanup:
         cleanup.shield = True

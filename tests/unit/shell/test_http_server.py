@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from mesh.shell.asgi import HttpError, Request, Response, Route, Router
 from mesh.shell.http_server import ServerLimits, serve
@@ -94,7 +95,7 @@ async def read_until_closed(stream: trio.SocketStream) -> bytes:
     return b"".join(chunks)
 
 
-async def read_responses(stream: trio.SocketStream, count: int) -> list[bytes]:
+async def read_responses(stream: trio.abc.Stream, count: int) -> list[bytes]:
     """``count`` whole responses (each framed by content-length)."""
     buf = b""
     out: list[bytes] = []
@@ -687,3 +688,153 @@ async def test_a_whole_content_length_body_comes_in_one_message() -> None:
         [(b"ab", True), (b"cde", False)],
         [(b"abc", True), (b"", False)],
     ]
+
+
+# --- disconnect detection while the app waits (ASGI "http.disconnect") ---
+
+
+async def _client(port: int, tls: ssl.SSLContext | None) -> trio.abc.Stream:
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    if tls is None:
+        return tcp
+    stream = trio.SSLStream(tcp, tls, server_hostname="127.0.0.1")
+    await stream.do_handshake()
+    return stream
+
+
+async def _vanish(stream: trio.abc.Stream) -> None:
+    """Close like a killed process: the TCP connection, no TLS close_notify."""
+    if isinstance(stream, trio.SSLStream):
+        await stream.transport_stream.aclose()
+    else:
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_receive_after_the_body_returns_once_the_client_is_gone(
+    tls: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A long wait (blocking query, stream) races receive(): it must hear the
+    # disconnect when the client goes, not at once and not never.
+    server_ctx, client_ctx = _self_signed() if tls else (None, None)
+    waiting = trio.Event()
+    done = trio.Event()
+    client_gone = False
+    heard: list[tuple[str, bool]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        first = await receive()
+        assert first == {"type": "http.request", "body": b"", "more_body": False}
+        waiting.set()
+        message = await receive()
+        heard.append((message["type"], client_gone))
+        done.set()
+        # answering a client that is gone fails quietly (an OSError, per ASGI)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async with running(app, ssl_context=server_ctx) as (port, _):
+        stream = await _client(port, client_ctx)
+        await stream.send_all(b"GET /wait HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(10):
+            await waiting.wait()
+        client_gone = True
+        await _vanish(stream)
+        with trio.fail_after(5):
+            await done.wait()
+    assert heard == [("http.disconnect", True)]
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("when", ["with_the_first", "while_waiting"])
+async def test_a_pipelined_request_is_no_disconnect_and_is_served_next(
+    tls: bool, when: str
+) -> None:
+    # The next request may arrive (or already be buffered) while the app
+    # waits: that is not a disconnect, those bytes must not be lost, and the
+    # server must not spin on the readable socket.
+    server_ctx, client_ctx = _self_signed() if tls else (None, None)
+    waiting = trio.Event()
+    release = trio.Event()
+    heard: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/wait":
+            await receive()
+            async with trio.open_nursery() as nursery:
+
+                async def listen() -> None:
+                    heard.append((await receive())["type"])
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(listen)
+                waiting.set()
+                await release.wait()
+                nursery.cancel_scope.cancel()
+        body = scope["path"].encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    first = b"GET /wait HTTP/1.1\r\nhost: x\r\n\r\n"
+    second = b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n"
+    async with running(app, ssl_context=server_ctx) as (port, _):
+        stream = await _client(port, client_ctx)
+        try:
+            await stream.send_all(first + second if when == "with_the_first" else first)
+            with trio.fail_after(10):
+                await waiting.wait()
+            if when == "while_waiting":
+                await stream.send_all(second)
+            # Every task blocked: the server saw the bytes and is not spinning
+            # on them (a busy loop would never let this return).
+            with trio.fail_after(10):
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert heard == []
+            release.set()
+            with trio.fail_after(10):
+                responses = await read_responses(stream, 2)
+        finally:
+            await stream.aclose()
+    assert [r.rsplit(b"\r\n\r\n", 1)[1] for r in responses] == [b"/wait", b"/next"]
+    assert heard == []
+
+
+# --- HEAD ---
+
+
+async def test_head_answers_with_gets_status_and_headers_and_no_body() -> None:
+    async def fixed(request: Request) -> Response:
+        headers = (("x-a", "1"),)
+        return Response(200, b"hello", content_type="text/plain", headers=headers)
+
+    app = Router([Route("GET", "/fixed", fixed), Route("POST", "/fixed", fixed)])
+    async with running(app) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            # HEAD then GET on one keep-alive connection: the HEAD answer is
+            # exactly the GET head, and no body bytes come between them.
+            await stream.send_all(
+                b"HEAD /fixed HTTP/1.1\r\nhost: x\r\n\r\n"
+                b"GET /fixed HTTP/1.1\r\nhost: x\r\n\r\n"
+            )
+            buf = b""
+            with trio.fail_after(10):
+                while buf.count(b"\r\n\r\n") < 2 or not buf.endswith(b"hello"):
+                    data = await stream.receive_some(65536)
+                    assert data, buf
+                    buf += data
+            # a wrong method lists HEAD wherever GET is allowed
+            await stream.send_all(b"PUT /fixed HTTP/1.1\r\nhost: x\r\n\r\n")
+            with trio.fail_after(10):
+                (refused,) = await read_responses(stream, 1)
+        finally:
+            await stream.aclose()
+    head_end = buf.index(b"\r\n\r\n") + 4
+    head, get = buf[:head_end], buf[head_end:]
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"content-length: 5\r\n" in head
+    assert get == head + b"hello"
+    assert refused.startswith(b"HTTP/1.1 405 ")
+    assert b"allow: GET, HEAD, POST\r\n" in refused

@@ -235,10 +235,10 @@ async def test_get_unknown_is_404(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("POST", "/v1/routes/k", "DELETE, GET, PUT"),
-        ("PATCH", "/v1/routes/k", "DELETE, GET, PUT"),
-        ("PUT", "/v1/routes", "GET, POST"),
-        ("DELETE", "/v1/routes", "GET, POST"),
+        ("POST", "/v1/routes/k", "DELETE, GET, HEAD, PUT"),
+        ("PATCH", "/v1/routes/k", "DELETE, GET, HEAD, PUT"),
+        ("PUT", "/v1/routes", "GET, HEAD, POST"),
+        ("DELETE", "/v1/routes", "GET, HEAD, POST"),
     ],
 )
 async def test_wrong_method_is_405(
@@ -248,6 +248,35 @@ async def test_wrong_method_is_405(
     assert response.status_code == 405
     assert response.headers["allow"] == allow
     assert set(response.json()) == {"error"}
+
+
+async def test_head_answers_as_get_does_without_waiting(
+    agent: Agent, client: httpx.AsyncClient
+) -> None:
+    # RFC 9110: HEAD wherever GET works, same status and headers (the server
+    # drops the body: test_http_server). Used to be 405 everywhere.
+    await client.put("/v1/routes/k", json={"target": "http://x"})
+    for path in (
+        "/v1/health",
+        "/v1/members",
+        "/v1/routes",
+        "/v1/routes?prefix=k",
+        "/v1/routes/k",
+        "/v1/routes/missing",
+        "/v1/routes/bad%20key",
+    ):
+        get = await client.get(path)
+        head = await client.head(path)
+        assert head.status_code == get.status_code, path
+        assert head.headers == get.headers, path
+    metrics = await client.head("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    sample = agent.metrics.registry.get_sample_value(
+        "mesh_api_requests_total",
+        {"method": "HEAD", "path": "/v1/routes/{key}", "code": "404"},
+    )
+    assert sample == 1
 
 
 async def test_delete_leaves_a_tombstone_that_reads_as_404(

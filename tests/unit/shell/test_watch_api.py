@@ -12,6 +12,7 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from mesh.shell.asgi import Message
 from mesh.shell.net import format_address
@@ -23,10 +24,10 @@ from .conftest import MakeAgent, local_config
 DEADLINE = 10.0
 
 
-async def wait_for(check: Callable[[], bool]) -> None:
+async def wait_for(check: Callable[[], bool], deadline: float = DEADLINE) -> None:
     """Until ``check`` holds: state another task (the server's handler)
     changes, with no event of its own to await."""
-    with trio.fail_after(DEADLINE):
+    with trio.fail_after(deadline):
         while not check():  # noqa: ASYNC110 - no event to await, see docstring
             await trio.sleep(0.01)
 
@@ -155,6 +156,119 @@ async def test_watchers_are_bounded(node: Open) -> None:
         await client.put("/v1/routes/k", json={"target": "t"})  # frees the slot
     scrape = running.agent.metrics.render().decode()
     assert 'mesh_route_watch_dropped_total{reason="too_many"} 2.0' in scrape
+
+
+#: "promptly": a disconnect must free its slot well within this (the old
+#: behaviour held it for the whole wait, or until the next heartbeat)
+PROMPTLY = 2.0
+
+
+def watchers_gauge(running: RunningAgent) -> float | None:
+    return running.agent.metrics.registry.get_sample_value("mesh_route_watchers")
+
+
+@pytest.mark.parametrize(
+    "target", ["/v1/routes?index=0&wait=60s", "/v1/routes?wait=60s", STREAM_PATH]
+)
+async def test_a_watcher_whose_client_left_frees_its_slot_at_once(
+    node: Open, target: str
+) -> None:
+    running, client = await node(watch_max_clients=1)
+    host, port = running.addresses.http
+    sock = await trio.open_tcp_stream(host, port)
+    await sock.send_all(f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    await wait_for(lambda: running.watch.clients == 1)
+    assert watchers_gauge(running) == 1
+    async with client:
+        refused = await client.get("/v1/routes?index=0&wait=1ms")
+        assert refused.status_code == 429
+        await sock.aclose()  # the client goes (killed, timed out)
+        await wait_for(lambda: running.watch.clients == 0, PROMPTLY)
+        assert watchers_gauge(running) == 0
+        again = await client.get("/v1/routes?index=0&wait=1ms")
+        assert again.status_code == 200
+    if target.startswith("/v1/routes"):
+        gone = running.agent.metrics.registry.get_sample_value(
+            "mesh_api_requests_total",
+            {"method": "GET", "path": "/v1/routes", "code": "499"},
+        )
+        assert gone == 1
+
+
+async def test_a_watcher_with_a_pipelined_request_keeps_its_slot(node: Open) -> None:
+    # The next request on the connection is not a disconnect: the query goes
+    # on waiting, then both are answered in order.
+    running, client = await node()
+    host, port = running.addresses.http
+    sock = await trio.open_tcp_stream(host, port)
+    try:
+        await sock.send_all(
+            b"GET /v1/routes?index=0&wait=30s HTTP/1.1\r\nhost: x\r\n\r\n"
+        )
+        await wait_for(lambda: running.watch.clients == 1)
+        await sock.send_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(DEADLINE):
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert running.watch.clients == 1
+        async with client:
+            await client.put("/v1/routes/k", json={"target": "t"})
+        with trio.fail_after(DEADLINE):
+            bodies = await read_json_responses(sock, 2)
+    finally:
+        await sock.aclose()
+    assert [r["key"] for r in bodies[0]["routes"]] == ["k"]
+    assert bodies[1]["status"] == "ok"
+
+
+async def read_json_responses(
+    sock: trio.SocketStream, count: int
+) -> list[dict[str, Any]]:
+    """``count`` JSON bodies from a keep-alive connection, in order."""
+    conn = h11.Connection(h11.CLIENT)
+    bodies: list[dict[str, Any]] = []
+    body = b""
+    while len(bodies) < count:
+        if conn.our_state is h11.IDLE:  # h11 parses what answers a request
+            conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+            conn.send(h11.EndOfMessage())
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await sock.receive_some(65536))
+        elif isinstance(event, h11.Data):
+            body += bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            bodies.append(json.loads(body))
+            body = b""
+            conn.start_next_cycle()
+    return bodies
+
+
+async def test_head_on_watch_endpoints_answers_at_once(node: Open) -> None:
+    running, client = await node(watch_max_clients=1)
+    async with client:
+        with trio.fail_after(5):  # a HEAD that waited would take 60 s
+            stream = await client.head(STREAM_PATH)
+            query = await client.head("/v1/routes?index=0&wait=60s")
+            listing = await client.get("/v1/routes")
+            bad = await client.head(f"{STREAM_PATH}?index=x")
+        assert running.watch.clients == 0  # no slot taken
+        assert stream.status_code == 200
+        assert stream.headers["content-type"] == "application/x-ndjson"
+        assert stream.headers["x-mesh-index"] == "0"
+        assert stream.headers["transfer-encoding"] == "chunked"  # as GET's
+        assert query.status_code == 200
+        assert query.headers == listing.headers
+        assert bad.status_code == 400
+        # full: HEAD gets the 429 a GET would, without being counted a watcher
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.get, "/v1/routes?index=0&wait=30s")
+            await wait_for(lambda: running.watch.clients == 1)
+            assert (await client.head(STREAM_PATH)).status_code == 429
+            assert (await client.head("/v1/routes?wait=5s")).status_code == 429
+            await client.put("/v1/routes/k", json={"target": "t"})  # frees it
+    scrape = running.agent.metrics.render().decode()
+    assert 'mesh_route_watch_dropped_total{reason="too_many"}' not in scrape
+    assert 'method="HEAD",path="/v1/watch/routes"' in scrape
 
 
 class NdjsonStream:
