@@ -147,11 +147,15 @@ def _too_large(limit: int) -> HttpError:
     return HttpError(413, f"request body must be at most {limit} bytes")
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+async def read_body(
+    receive: Receive, limit: int, on_chunk: Callable[[int], None] | None = None
+) -> bytes:
     """Read an ASGI request body, refusing more than ``limit`` bytes.
 
     Checked chunk by chunk, so a chunked upload without a content-length cannot
-    make us buffer more than ``limit`` plus one chunk.
+    make us buffer more than ``limit`` plus one chunk. ``on_chunk(size)`` sees
+    each chunk first: a budget shared across requests (the peer port's) charges
+    it there and raises its own HttpError past the budget.
     """
     chunks: list[bytes] = []
     size = 0
@@ -161,6 +165,8 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             raise HttpError(400, "client disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
+        if on_chunk is not None:
+            on_chunk(len(chunk))
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)

@@ -32,7 +32,7 @@ from ..security import (
     overhead,
     parse_header,
 )
-from .asgi import ASGIApp, HttpError, Message, Receive, Scope, Send
+from .asgi import ASGIApp, HttpError, Message, Receive, Scope, Send, read_body
 from .metrics import Metrics
 
 __all__ = ["PEER_BODY_LIMIT", "Sealer"]
@@ -220,24 +220,15 @@ class Sealer:
             HttpError: 413 past the body limit, 503 past the budget, 400 on a
                 disconnect.
         """
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise HttpError(400, "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            charged[0] += len(chunk)
-            self._buffered += len(chunk)
-            if size > PEER_BODY_LIMIT:
-                raise HttpError(413, f"body over {PEER_BODY_LIMIT} bytes")
+
+        def charge(size: int) -> None:
+            charged[0] += size
+            self._buffered += size
             if self._buffered > self._buffer_max:
                 self._metrics.auth_failures.labels("peer_http", "busy").inc()
                 raise HttpError(503, "too many peer request bytes at once")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+
+        return await read_body(receive, PEER_BODY_LIMIT, charge)
 
     async def _serve_charged(
         self,
@@ -249,7 +240,9 @@ class Sealer:
     ) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > PEER_BODY_LIMIT:
-            await _send_error(send, 413, f"body over {PEER_BODY_LIMIT} bytes")
+            await _send_error(
+                send, 413, f"request body must be at most {PEER_BODY_LIMIT} bytes"
+            )
             return
         body = b""
         with trio.move_on_after(self._read_timeout) as cancel:
