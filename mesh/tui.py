@@ -130,7 +130,7 @@ def _act(cluster: AgentCluster, key: str, keys: _Keys) -> str:
 
 def _render(cluster: AgentCluster, message: str, plain: bool) -> None:
     agents = list(cluster.agents.values())
-    views = {a.name: (a.statuses() if a.alive() else {}) for a in agents}
+    views = {a.name: (a.statuses() if _can_answer(a) else {}) for a in agents}
     mark = _PLAIN if plain else _MARK
     width = max(8, *(len(a.name) for a in agents))
     lines = [
@@ -171,7 +171,7 @@ def _render(cluster: AgentCluster, message: str, plain: bool) -> None:
 
 def _activity(agents: list[AgentProcess], width: int) -> list[str]:
     """One line per agent from its /metrics: routes and replication."""
-    scrapes = {a.name: _scrape(a) if a.alive() else {} for a in agents}
+    scrapes = {a.name: _scrape(a) if _can_answer(a) else {} for a in agents}
     with_ae = any(
         key.startswith("mesh_antientropy_") for m in scrapes.values() for key in m
     )
@@ -248,6 +248,12 @@ def _total(
         for have, value in metrics.get(name, ())
         if all(have.get(k) == v for k, v in labels.items())
     )
+
+
+def _can_answer(agent: AgentProcess) -> bool:
+    """Worth asking: a stopped process would hold each frame for the client's
+    whole timeout (two requests: 4 s a frame while anyone is paused)."""
+    return _process_state(agent) == "running"
 
 
 def _process_state(agent: AgentProcess) -> str:

@@ -3,10 +3,14 @@ plain-text run against real agents."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
-from mesh.tui import _total, parse_metrics
+import pytest
+
+from mesh.tui import _process_state, _render, _total, parse_metrics
 
 SAMPLE = """\
 # HELP mesh_routes Routes in this node's table by state
@@ -48,3 +52,51 @@ def test_up_shows_routes_and_push_activity() -> None:
     rows = [line.split() for line in last[2:4]]
     assert [r[1] for r in rows] == ["node1", "node2"]
     assert all(r[2] == "0" for r in rows)  # nothing written yet
+
+
+class _StoppedAgent:
+    """A stopped process posing as an agent: asking it would wait out the
+    client's timeout, so any request is a failure here."""
+
+    name = "node1"
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def statuses(self) -> dict[str, str]:
+        raise AssertionError("asked a paused agent for its members")
+
+    def get(self, path: str, **kw: object) -> object:
+        raise AssertionError(f"asked a paused agent for {path}")
+
+
+class _Cluster:
+    def __init__(self, agent: _StoppedAgent) -> None:
+        self.agents = {agent.name: agent}
+
+    def live(self) -> list[_StoppedAgent]:
+        return [a for a in self.agents.values() if a.alive()]
+
+
+def test_a_paused_agent_is_not_asked_and_shows_as_paused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while _process_state(_StoppedAgent(proc)) != "paused":  # type: ignore[arg-type]
+            assert time.monotonic() < deadline, "the process never stopped"
+            time.sleep(0.01)
+        _render(_Cluster(_StoppedAgent(proc)), "", plain=True)  # type: ignore[arg-type]
+    finally:
+        proc.kill()
+        proc.wait()
+    out = capsys.readouterr().out
+    assert "node1    paused" in out
