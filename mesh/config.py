@@ -78,6 +78,11 @@ def parse_pairs(items: Sequence[Any], source: str) -> dict[str, str]:
     return pairs
 
 
+#: anti-entropy bodies are refused past 16 MiB (codec_ae.MAX_AE_BODY); the
+#: byte budget estimates sizes from above, so it may come close
+_AE_MAX_BYTES = 12 * 1024 * 1024
+
+
 def _positive(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
         raise ConfigError(f"{attr.name} must be > 0, got {value!r}")
@@ -291,6 +296,13 @@ class Config:
     antientropy_fold_batch: int = attrs.field(default=512, validator=_at_least_one)
     #: routes per chunk of a full transfer (join bootstrap, fallback)
     antientropy_chunk_routes: int = attrs.field(default=1000, validator=_at_least_one)
+    #: a chunk or a repair holds routes up to about this many bytes (at least
+    #: one route), whatever the counts above allow: 1,000 routes at the
+    #: contract's limits are 18-70 MB, over what a peer accepts in one body
+    #: (16 MiB); the rest follows in the next chunk or round
+    antientropy_max_bytes: int = attrs.field(
+        default=4 * 1024 * 1024, validator=_at_least_one
+    )
     #: a tombstone is forgotten this long after its delete; an entry older than
     #: that for a key a caught-up node does not hold is refused (it may be a
     #: write whose delete was forgotten). Must exceed the longest partition or
@@ -380,6 +392,11 @@ class Config:
         if self.udp_buffer_size < 512 or self.udp_buffer_size > 65_000:
             raise ConfigError(
                 f"udp_buffer_size must be in 512..65000, got {self.udp_buffer_size}"
+            )
+        if self.antientropy_max_bytes > _AE_MAX_BYTES:
+            raise ConfigError(
+                f"antientropy_max_bytes must be <= {_AE_MAX_BYTES} (what a peer "
+                f"accepts in one body, with room), got {self.antientropy_max_bytes!r}"
             )
         if self.push_retry_budget >= self.push_request_timeout:
             raise ConfigError(

@@ -45,6 +45,7 @@ from ..config import Config
 from ..messages import Address
 from .digest import Symbol, estimate_difference, peel
 from .routes import OutcomeStatus, Route, RouteTable, Version
+from .sync import route_size
 
 __all__ = [
     "AeChunk",
@@ -381,9 +382,12 @@ class AntiEntropy:
         self.behind = len(other)
         cap = self.config.antientropy_repair_max
         routes = []
+        budget = _Budget(self.config.antientropy_max_bytes)
         for element in mine:
             route = self.table.by_element(element)
             if route is not None:  # else rewritten since: goes by push
+                if not budget.take(route):
+                    break  # the rest goes in the next round
                 routes.append(route)
                 if len(routes) >= cap:
                     break
@@ -522,14 +526,23 @@ class AntiEntropy:
             refused = self._apply(request.routes[:cap], self.horizon(wall), wall)
             self._honour(request.drops, wall)
             routes = []
+            budget = _Budget(cfg.antientropy_max_bytes)
             for element in request.want[:cap]:
                 route = table.by_element(element)
                 if route is not None:
+                    if not budget.take(route):
+                        break  # the initiator's next round asks again
                     routes.append(route)
             self.stats["routes_served"] += len(routes)
             return AeRepaired(tuple(routes), tuple(refused))
         limit = max(1, min(request.limit, cfg.antientropy_chunk_routes))
         routes, more = table.chunk(request.after, limit)
+        budget = _Budget(cfg.antientropy_max_bytes)
+        for i, route in enumerate(routes):
+            if not budget.take(route):
+                # The next chunk starts after the last key sent.
+                routes, more = routes[:i], True
+                break
         self.stats["routes_served"] += len(routes)
         return AeChunkReply(tuple(routes), more, len_all(table))
 
@@ -543,6 +556,26 @@ class AntiEntropy:
             len_all(self.table),
             tuple(symbols),
         )
+
+
+class _Budget:
+    """Bytes left for routes in one reply or request: the first route always
+    fits (a chunk must make progress), the rest while the sizes add up to at
+    most ``antientropy_max_bytes``. Sizes are upper bounds (``route_size``)."""
+
+    __slots__ = ("left", "taken")
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.taken = 0
+
+    def take(self, route: Route) -> bool:
+        size = route_size(route)
+        if self.taken and size > self.left:
+            return False
+        self.left -= size
+        self.taken += 1
+        return True
 
 
 class _UnexpectedReplyError(Exception):

@@ -48,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "SyncTicket",
     "is_transient",
+    "route_size",
 ]
 
 
@@ -164,12 +165,19 @@ class _Peer:
         return min(float(burst), self.tokens + (now - self.tokens_at) / interval)
 
 
-def _route_size(route: Route) -> int:
-    """Upper bound of a route's encoded size (msgpack adds <= 5 bytes per
-    string and 9 per integer)."""
-    meta = sum(len(k) + len(v) + 10 for k, v in route.meta.items())
-    chars = len(route.key) + len(route.target) + len(route.version.origin)
-    return 4 * chars + 4 * meta + 48
+def route_size(route: Route) -> int:
+    """Upper bound of a route's encoded size: its strings' UTF-8 bytes (exact
+    for ASCII, the common case; 4 per character otherwise) plus msgpack's
+    headers (<= 5 bytes per string, 9 per integer)."""
+    size = 48 + _text_size(route.key) + _text_size(route.target)
+    size += _text_size(route.version.origin)
+    for k, v in route.meta.items():
+        size += _text_size(k) + _text_size(v) + 10
+    return size
+
+
+def _text_size(text: str) -> int:
+    return len(text) if text.isascii() else 4 * len(text)
 
 
 @attrs.frozen
@@ -234,7 +242,7 @@ class PushScheduler:
         if not changes:
             return
         stats = self.stats
-        sized = [(index, route, _route_size(route)) for index, route in changes]
+        sized = [(index, route, route_size(route)) for index, route in changes]
         for name, addr in peers:
             peer = self._peers.get(name)
             if peer is None or peer.addr != addr:

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from mesh.codec_ae import AeLimits, encode_ae_reply, encode_ae_request
+from mesh.codec_ae import MAX_AE_BODY, AeLimits, encode_ae_reply, encode_ae_request
 from mesh.config import Config
+from mesh.errors import ConfigError
 from mesh.core.antientropy import (
     AeChunk,
     AeChunkReply,
@@ -254,6 +255,62 @@ def test_a_drop_never_removes_a_newer_entry() -> None:
     assert a.table.get("k") == new
     # and nothing above the horizon is ever dropped
     assert not a.table.drop("k", new.version, int(WALL * 1000))
+
+
+#: a route at the contract's limits: 1,024-character target, 32 meta entries
+#: of 256 + 256 characters (~18 KB of msgpack each in ASCII)
+BIG_META = {f"{i:02d}" + "k" * 254: "v" * 256 for i in range(32)}
+
+
+def put_big(side: Side, key: str) -> Route:
+    outcome = side.table.write(
+        key, "t" * 1024, BIG_META, revision=None, wall_ms=int(WALL * 1000)
+    )
+    assert outcome.route is not None
+    return outcome.route
+
+
+def test_chunks_and_repairs_of_big_routes_fit_a_peers_body_limit() -> None:
+    # 1,000 routes at the limits are ~18 MB: a chunk or repair of them all
+    # was refused by the receiver (16 MiB), so a joiner never caught up.
+    source = Side("s")
+    joiner = Side("j", caught_up=False)
+    for i in range(1200):
+        put_big(source, f"k{i:04d}")
+    joiner.ae._next_at = 0.0
+    (effect,) = joiner.ae.tick(
+        1.0, WALL, picker([("s", ("127.0.0.1", 1))]), joined=True
+    )
+    chunks = 0
+    while True:
+        reply = source.ae.handle(effect.request, WALL)
+        assert len(encode_ae_reply(reply)) <= MAX_AE_BODY
+        chunks += 1
+        effects = joiner.ae.done(effect.token, reply, 2.0, WALL)
+        if not effects:
+            break
+        (effect,) = effects
+    assert chunks > 1
+    assert joiner.ae.caught_up
+    assert joiner.view() == source.view()
+    # Repairs both ways: each side holds 600 big routes the other lacks.
+    a, b = Side("a"), Side("b")
+    for i in range(600):
+        put_big(a, f"a{i:03d}")
+        put_big(b, f"b{i:03d}")
+    rounds = 0
+    while a.view() != b.view():
+        rounds += 1
+        assert rounds <= 10, "repair made no progress"
+        for q, r in round_between(a, b):
+            assert len(encode_ae_request(q)) <= MAX_AE_BODY  # type: ignore[arg-type]
+            assert len(encode_ae_reply(r)) <= MAX_AE_BODY  # type: ignore[arg-type]
+    assert rounds > 1
+
+
+def test_the_byte_budget_is_validated() -> None:
+    with pytest.raises(ConfigError, match="antientropy_max_bytes"):
+        Config.local(name="a", antientropy_max_bytes=64 * 1024 * 1024)
 
 
 def test_hostile_requests_are_answered_within_bounds() -> None:
