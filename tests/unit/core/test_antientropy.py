@@ -9,7 +9,6 @@ import pytest
 
 from mesh.codec_ae import MAX_AE_BODY, AeLimits, encode_ae_reply, encode_ae_request
 from mesh.config import Config
-from mesh.errors import ConfigError
 from mesh.core.antientropy import (
     AeChunk,
     AeChunkReply,
@@ -23,6 +22,7 @@ from mesh.core.antientropy import (
     SymbolsStatus,
 )
 from mesh.core.routes import OutcomeStatus, Route, RouteTable, Version
+from mesh.errors import ConfigError
 
 TTL = 100.0
 WALL = 1_000_000.0  # seconds: any fixed "now" for the wall clock
