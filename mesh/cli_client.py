@@ -24,9 +24,11 @@ Command = Callable[[argparse.Namespace], int]
 
 _CLIENT_EPILOG = """\
 the agent is found at --http (default 127.0.0.1:8946, or MESH_HTTP_ADDR); an
-https:// URL when it serves TLS. --api-token (or MESH_API_TOKEN) is sent as
-Authorization: Bearer. Errors are one line on stderr; the exit status is 2
-for a usage error (a flag or argument the parser refuses) and 1 for any other.
+https:// URL when it serves TLS, verified against --tls-ca (or MESH_TLS_CA)
+when given, else the system's trust store. --api-token (or MESH_API_TOKEN) is
+sent as Authorization: Bearer. Errors are one line on stderr; the exit status
+is 2 for a usage error (a flag or argument the parser refuses) and 1 for any
+other.
 """
 
 
@@ -46,10 +48,21 @@ def add_client_parsers(subparsers: Any) -> None:
         help="API token (default: MESH_API_TOKEN)",
     )
     common.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        default=None,
+        help="CA bundle to verify an https:// agent against (default: MESH_TLS_CA, "
+        "the variable the agent reads for its own --tls-ca, so the CA the mesh "
+        "trusts is trusted here too; else the system's trust store)",
+    )
+    common.add_argument(
         "--json", action="store_true", help="print JSON (for scripts), not a table"
     )
     common.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds per call (default 10)"
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per call (default 10; 30 for keyring install, use, remove)",
     )
 
     def add(parent: Any, name: str, help: str, func: Command) -> Any:
@@ -109,6 +122,12 @@ def add_client_parsers(subparsers: Any) -> None:
     ):
         p = add(ops, op, text, _cmd_keyring_op)
         p.add_argument("key", help="base64 key (see `mesh keygen`)")
+        # The agent gives each member up to its tcp_timeout (10 s with lan):
+        # a shorter wait here would lose the per-member results exactly when
+        # one does not answer.
+        # (not set_defaults(timeout=...): the parent's --timeout action is
+        # shared by every subcommand, so that would change them all)
+        p.set_defaults(default_timeout=30.0)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -134,6 +153,8 @@ def _client(args: argparse.Namespace) -> Any:
         url = base_url(http)
     except ClientError as exc:
         raise ClientError(f"{source}: {exc}") from None
+    if args.timeout is None:
+        args.timeout = getattr(args, "default_timeout", 10.0)
     for flag, seconds in (
         ("--timeout", args.timeout),
         ("--sync-timeout", getattr(args, "sync_timeout", None)),
@@ -144,7 +165,16 @@ def _client(args: argparse.Namespace) -> Any:
                 f"got {seconds:g}"
             )
     token = args.api_token or os.environ.get("MESH_API_TOKEN") or None
-    return Client(url, token=token, timeout=args.timeout)
+    verify: str | bool = True
+    if args.tls_ca is not None:
+        ca, ca_source = args.tls_ca, "--tls-ca"
+    else:
+        ca, ca_source = os.environ.get("MESH_TLS_CA") or "", "MESH_TLS_CA"
+    if ca:
+        if not os.path.isfile(ca):
+            raise ClientError(f"{ca_source}: no such file: {ca!r}")
+        verify = ca
+    return Client(url, token=token, timeout=args.timeout, verify=verify)
 
 
 def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import re
+import ssl
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -101,10 +102,13 @@ class Client:
         token: the API token, sent as ``Authorization: Bearer``.
         timeout: seconds for each call (a blocking query adds its wait).
         transport: an httpx transport (tests); the network by default.
-        verify: TLS verification (a CA bundle path, or False), for https.
+        verify: TLS verification, for https: True (the system's trust store,
+            certifi's bundle), a CA bundle path (``--tls-ca``: the agent's
+            private CA), an ``ssl.SSLContext``, or False.
 
     Raises:
-        ClientError: a bad address, token or timeout (before anything is sent).
+        ClientError: a bad address, token, timeout or CA bundle (before
+            anything is sent).
     """
 
     def __init__(
@@ -114,7 +118,7 @@ class Client:
         token: str | None = None,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
-        verify: str | bool = True,
+        verify: str | bool | ssl.SSLContext = True,
     ) -> None:
         if token and not (token.isascii() and token.isprintable()):
             raise ClientError("the API token must be printable ASCII")
@@ -122,6 +126,8 @@ class Client:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = base_url(http)
         self._timeout = timeout
+        if isinstance(verify, str):
+            verify = _ca_context(verify)
         self._http = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -332,6 +338,15 @@ def _text(what: str, text: str) -> str:
     except UnicodeEncodeError:
         raise ClientError(f"{what} is not valid UTF-8: {text!r}") from None
     return text
+
+
+def _ca_context(path: str) -> ssl.SSLContext:
+    """A client TLS context that trusts the CA bundle at ``path``."""
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror or exc
+        raise ClientError(f"cannot load the CA bundle {path!r}: {reason}") from None
 
 
 def _check_seconds(what: str, seconds: float) -> None:

@@ -391,14 +391,24 @@ class Agent:
 
     async def _run_exchange(self, effect: Exchange) -> None:
         assert self.peers is not None
+        join = effect.purpose is ExchangePurpose.JOIN
+        # Why a join failed is the operator's first question (a TLS
+        # verification error, a refused port): the reasons go in the log line.
+        errors: list[str] | None = [] if join else None
         try:
-            replies = await self.peers.exchange(effect.target, effect.request)
+            replies = await self.peers.exchange(
+                effect.target, effect.request, errors=errors
+            )
         finally:
             self._io_inflight -= 1
-        if not replies and effect.purpose is ExchangePurpose.JOIN:
+        if not replies and join:
             target = effect.target
             seed = target if isinstance(target, str) else format_address(target)
-            self.log.info("join attempt failed; will retry", seed=seed)
+            self.log.info(
+                "join attempt failed; will retry",
+                seed=seed,
+                error="; ".join(errors or ()) or "no answer",
+            )
         self._dispatch(
             self.core.exchange_done(effect.token, replies, trio.current_time())
         )

@@ -3,13 +3,21 @@
 Client API (JSON)::
 
     GET  /v1/keyring                 -> 200 {"keys": [{"fingerprint", "primary"}]}
+                                        (409 without --encrypt, as the POSTs)
     POST /v1/keyring/install|use|remove  {"key": "<base64>"}
         -> 200 {"fingerprint": str, "results": {member: "ok" | "<error>"}}
 
 A POST applies the operation here first (400 for a malformed key, 409 when it
 conflicts: removing the primary, using a key that is not installed, no keyring
-at all), then asks every live member to apply it too, over the peer port with
-the request sealed like any other peer body, and reports each answer. One
+at all), then asks every other member it knows that has not left (alive,
+suspect *and dead*) to apply it too, over the peer port with the request sealed
+like any other peer body, and reports each answer: ``results`` names every
+known member that has not left, so "every result is ok" means every member.
+A dead member is asked too (it may only have been paused or cut off, and a
+member that answers is a member that now holds the key); the attempt is
+bounded by ``tcp_timeout`` and runs alongside the others, and a failure is
+reported as ``"member is dead: <why>"``, never left out. (Serf's keyring query
+reports the same thing the other way round: responses out of members.) One
 member's failure does not undo the others: the operator reads ``results`` and
 repeats the call (each operation is idempotent) before the next step. Key
 material is never answered nor logged, only fingerprints.
@@ -61,8 +69,7 @@ def keyring_endpoints(agent: Agent) -> list[Route]:
     """The client API routes of the keyring."""
 
     async def list_keys(request: Request) -> Response:
-        keyring = agent.sealer.keyring
-        infos = keyring.list() if keyring is not None else []
+        infos = _keyring(agent).list()  # 409 without --encrypt, as the POSTs
         keys = [{"fingerprint": i.fingerprint, "primary": i.primary} for i in infos]
         return json_response(200, {"keys": keys})
 
@@ -90,13 +97,13 @@ def keyring_endpoints(agent: Agent) -> list[Route]:
 
 
 async def _distribute(agent: Agent, op: str, key: bytes) -> dict[str, str]:
-    """Ask every live member (alive or suspect) at once; each answer or error."""
+    """Ask every other member that has not left (alive, suspect or dead) at
+    once; each answer or error, a dead member's failure marked as such."""
     results: dict[str, str] = {}
     targets = [
         view
         for view in agent.core.members()
-        if view.name != agent.core.name
-        and view.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+        if view.name != agent.core.name and view.status is not MemberStatus.LEFT
     ]
     peers = agent.peers
     if peers is None:
@@ -105,13 +112,17 @@ async def _distribute(agent: Agent, op: str, key: bytes) -> dict[str, str]:
     # As many at once as route pushes: a large mesh is asked in waves.
     limiter = trio.CapacityLimiter(agent.config.push_concurrency)
 
-    async def one(name: str, addr: tuple[str, int]) -> None:
+    async def one(name: str, addr: tuple[str, int], dead: bool) -> None:
         async with limiter:
-            results[name] = await peers.keyring_op(addr, op, key)
+            answer = await peers.keyring_op(addr, op, key)
+        if dead and answer != "ok":
+            answer = f"member is dead: {answer}"
+        results[name] = answer
 
     async with trio.open_nursery() as nursery:
         for view in targets:
-            nursery.start_soon(one, view.name, view.addr)
+            dead = view.status is MemberStatus.DEAD
+            nursery.start_soon(one, view.name, view.addr, dead)
     return results
 
 

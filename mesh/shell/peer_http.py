@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -265,25 +266,38 @@ class PeerClient:
         self._max_members = max_members
 
     async def exchange(
-        self, target: Address | str, request: PushPull
+        self,
+        target: Address | str,
+        request: PushPull,
+        *,
+        errors: list[str] | None = None,
     ) -> list[PushPull]:
         """Exchange tables with ``target``: an address, or a seed ``HOST:PORT``
         whose host resolves to any number of A/AAAA records, all tried at once
         (a Kubernetes headless Service as the seed list).
+
+        Args:
+            errors: when given, why each address failed is appended to it
+                (``"HOST:PORT: reason: ExceptionClass: message"``), for the
+                join failure log: a TLS verification error shows there.
 
         Returns:
             The decoded replies of those that answered within ``tcp_timeout``.
         """
         replies: list[PushPull] = []
         body = encode_push_pull(request)
-        with trio.move_on_after(self._tcp_timeout):
-            addrs = await self._resolve(target)
+        with trio.move_on_after(self._tcp_timeout) as scope:
+            addrs = await self._resolve(target, errors)
             async with trio.open_nursery() as nursery:
                 for addr in addrs:
-                    nursery.start_soon(self._exchange_one, addr, body, replies)
+                    nursery.start_soon(self._exchange_one, addr, body, replies, errors)
+        if scope.cancelled_caught and errors is not None and not replies:
+            errors.append(f"no answer within tcp_timeout ({self._tcp_timeout:g} s)")
         return replies
 
-    async def _resolve(self, target: Address | str) -> list[Address]:
+    async def _resolve(
+        self, target: Address | str, errors: list[str] | None = None
+    ) -> list[Address]:
         if not isinstance(target, str):
             return [target]
         try:
@@ -292,6 +306,8 @@ class PeerClient:
         except (ConfigError, OSError) as exc:
             self._metrics.exchange_errors.labels("client", "resolve").inc()
             self._log.debug("cannot resolve seed", seed=target, error=str(exc))
+            if errors is not None:
+                errors.append(f"{target}: cannot resolve: {exc}")
             return []
         addrs: dict[Address, None] = {}
         for *_, sockaddr in infos:
@@ -299,26 +315,39 @@ class PeerClient:
         return list(addrs)
 
     async def _exchange_one(
-        self, addr: Address, body: bytes, replies: list[PushPull]
+        self,
+        addr: Address,
+        body: bytes,
+        replies: list[PushPull],
+        errors: list[str] | None = None,
     ) -> None:
-        data = await self.call(addr, EXCHANGE_PATH, body, limit=MAX_PUSH_PULL_SIZE)
+        data = await self.call(
+            addr, EXCHANGE_PATH, body, limit=MAX_PUSH_PULL_SIZE, errors=errors
+        )
         if data is None:
             return  # the failure is counted
         try:
             reply = decode_push_pull(data, max_members=self._max_members)
         except DecodeError as exc:
-            self._failed(addr, exc.reason, exc)
+            self._failed(addr, exc.reason, exc, errors)
             return
         replies.append(reply)
 
-    def _failed(self, addr: Address, reason: str, exc: Exception | None = None) -> None:
+    def _failed(
+        self,
+        addr: Address,
+        reason: str,
+        exc: Exception | None = None,
+        errors: list[str] | None = None,
+    ) -> None:
         self._metrics.exchange_errors.labels("client", reason).inc()
+        error = _describe(exc) if exc is not None else None
         self._log.debug(
-            "exchange failed",
-            peer=format_address(addr),
-            reason=reason,
-            error=str(exc) if exc is not None else None,
+            "exchange failed", peer=format_address(addr), reason=reason, error=error
         )
+        if errors is not None:
+            text = f"{format_address(addr)}: {reason}"
+            errors.append(f"{text}: {error}" if error else text)
 
     async def probe(self, addr: Address, name: str, deadline: float) -> TcpProbeResult:
         """TCP fallback ping of ``name`` at ``addr``, giving up at ``deadline``.
@@ -376,7 +405,13 @@ class PeerClient:
         return f"error {response.status_code}: {message}"
 
     async def call(
-        self, addr: Address, path: str, body: bytes, *, limit: int
+        self,
+        addr: Address,
+        path: str,
+        body: bytes,
+        *,
+        limit: int,
+        errors: list[str] | None = None,
     ) -> bytes | None:
         """POST ``body`` to ``path`` at ``addr`` (sealed when we hold keys):
         the opened answer of a 200, else None (the failure counted by reason,
@@ -388,16 +423,17 @@ class PeerClient:
                 "POST", url, content=sealed, headers={"content-type": MSGPACK}
             ) as response:
                 if response.status_code != 200:
-                    self._failed(addr, f"status_{response.status_code // 100}xx")
+                    reason = f"status_{response.status_code // 100}xx"
+                    self._failed(addr, reason, errors=errors)
                     return None
                 data = await read_limited(response, limit)
             return self.open(data, nonce)
         except httpx.HTTPError as exc:
-            self._failed(addr, _error_reason(exc), exc)
+            self._failed(addr, _error_reason(exc), exc, errors)
         except BodyTooLargeError:
-            self._failed(addr, "too_large")
+            self._failed(addr, "too_large", errors=errors)
         except DecodeError as exc:
-            self._failed(addr, exc.reason, exc)
+            self._failed(addr, exc.reason, exc, errors)
         return None
 
     def seal(self, method: str, path: str, body: bytes) -> tuple[bytes, bytes]:
@@ -454,6 +490,17 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes:
             raise BodyTooLargeError
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Class: message`` of the innermost cause that says something (httpx
+    wraps httpcore's error, which wraps the ``ssl.SSLCertVerificationError``
+    or ``OSError`` that tells the operator what went wrong)."""
+    causes = list(_chain(exc))
+    tls = [c for c in causes if isinstance(c, ssl.SSLError)]
+    best = tls[0] if tls else next((c for c in causes if str(c)), exc)
+    text = str(best)
+    return f"{type(best).__name__}: {text}" if text else type(best).__name__
 
 
 def _error_reason(exc: httpx.HTTPError) -> str:

@@ -506,3 +506,30 @@ def test_flood_from_one_source_does_not_starve_probing(cluster: AgentCluster) ->
     # direct ack in 6 s.
     assert acks >= 15
     assert cluster.converged()
+
+
+def test_keyring_results_report_a_dead_member_and_the_cli_fails(
+    cluster: AgentCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A paused member, once the others declare it dead, is still named in
+    ``results`` (not ok), so the CLI counts it and exits 1."""
+    from mesh.cli import main
+
+    agents = keyed(cluster, 3)
+    paused = agents[2]
+    paused.pause()
+    try:
+        wait_until(
+            lambda: agents[0].statuses().get(paused.name) == "dead",
+            DEADLINE,
+            what="the paused member declared dead",
+        )
+        code = main(["keyring", "install", K2, "--http", agents[0].http_addr])
+        out, err = capsys.readouterr()
+        assert code == 1, (out, err)
+        lines = out.splitlines()
+        assert lines[0] == f"install {fingerprint(decode_key(K2))}: 2/3 member(s) ok"
+        assert lines[1].startswith(f"  {paused.name}: member is dead: "), out
+        assert err == "mesh: error: keyring install failed on 1 member(s)\n"
+    finally:
+        paused.resume()

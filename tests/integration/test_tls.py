@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import socket
 import ssl
 from pathlib import Path
@@ -161,3 +162,46 @@ def test_mutual_tls_mesh(
     assert alive(rogue, rogue_ca) == {"rogue"}
     for agent in agents:
         assert alive(agent, ca) == names
+
+
+def test_without_tls_ca_join_failure_says_why_and_cli_trusts_tls_ca(
+    cluster: AgentCluster,
+    pki: dict[str, tuple[Path, Path, Path]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca, cert, key = pki["good"]
+    # Server TLS only: peers verify against the system trust store, which
+    # does not know a private CA, so the second member cannot join ...
+    flags = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    first = cluster.add("first", extra=flags)
+    second = cluster.add("second", join=[first.mesh_addr], extra=flags)
+    assert second.log_path is not None
+    log = Path(second.log_path)
+
+    def reason_logged() -> bool:
+        return any(
+            "join attempt failed" in line and "certificate verify failed" in line
+            for line in log.read_text().splitlines()
+        )
+
+    # ... and its log says why (the TLS verification error), at info.
+    wait_until(reason_logged, DEADLINE, what="the join failure's reason logged")
+
+    # The client commands verify the agent against --tls-ca (or MESH_TLS_CA).
+    from mesh.cli import main
+
+    monkeypatch.delenv("MESH_TLS_CA", raising=False)
+    url = f"https://{first.http_addr}"
+    assert main(["members", "--http", url, "--json"]) == 1
+    _, err = capsys.readouterr()
+    assert "certificate verify failed" in err, err
+    assert main(["members", "--http", url, "--tls-ca", str(ca), "--json"]) == 0
+    out, _ = capsys.readouterr()
+    assert "first" in {m["name"] for m in json.loads(out)}
+    monkeypatch.setenv("MESH_TLS_CA", str(ca))
+    assert main(["members", "--http", url, "--json"]) == 0
+    capsys.readouterr()
+    assert main(["members", "--http", url, "--tls-ca", "/nonexistent.pem"]) == 1
+    _, err = capsys.readouterr()
+    assert err.startswith("mesh: error: --tls-ca: no such file"), err

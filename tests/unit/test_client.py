@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -199,3 +199,45 @@ def test_httpx_errors_become_client_errors(exc: Exception) -> None:
             client.members()
         with pytest.raises(ClientError, match=re.escape(str(exc))):
             list(client.watch_routes())
+
+
+class HttpxSpy:
+    """Stands in for ``httpx.Client``: keeps the arguments it was built with."""
+
+    calls: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, **kw: Any) -> None:
+        HttpxSpy.calls.append(kw)
+
+    def close(self) -> None:
+        pass
+
+
+def test_ca_bundle_path_reaches_httpx_as_a_verifying_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ssl
+
+    import certifi
+
+    monkeypatch.setattr(HttpxSpy, "calls", [])
+    monkeypatch.setattr(httpx, "Client", HttpxSpy)
+    Client("https://127.0.0.1:8946", verify=certifi.where()).close()
+    Client("https://127.0.0.1:8946").close()
+    verify = HttpxSpy.calls[0]["verify"]
+    assert isinstance(verify, ssl.SSLContext)
+    assert verify.verify_mode is ssl.CERT_REQUIRED
+    assert verify.check_hostname
+    assert verify.get_ca_certs()  # the bundle's CAs were loaded
+    assert HttpxSpy.calls[1]["verify"] is True  # default: the system trust store
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_unloadable_ca_bundle_is_a_client_error(
+    tmp_path: Any, content: str | None
+) -> None:
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ClientError, match="cannot load the CA bundle"):
+        Client("https://127.0.0.1:8946", verify=str(path))

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh.cli import main
+from mesh.cli import build_parser, main
+from mesh.cli_client import _client
 from mesh.client import Client, ClientError
 from mesh.core.routes import KEY_RE
 from mesh.testing.agents import AgentProcess, wait_until
@@ -378,3 +379,62 @@ def test_client_error_carries_status(agent: AgentProcess) -> None:
     with Client(agent.http_addr) as client, pytest.raises(ClientError) as info:
         client.get_route("no.such.key")
     assert info.value.status == 404
+
+
+def test_tls_ca_option_and_environment_reach_the_client(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import certifi
+
+    import mesh.client
+
+    seen: list[object] = []
+
+    class Spy(Client):
+        def __init__(self, http: str, **kw: object) -> None:
+            seen.append(kw["verify"])
+            raise ClientError("stop here")
+
+    monkeypatch.setattr(mesh.client, "Client", Spy)
+    monkeypatch.delenv("MESH_TLS_CA", raising=False)
+    url = "https://127.0.0.1:1"
+    assert run(capsys, "members", "--http", url)[0] == 1
+    assert run(capsys, "members", "--http", url, "--tls-ca", certifi.where())[0] == 1
+    monkeypatch.setenv("MESH_TLS_CA", certifi.where())
+    assert run(capsys, "keyring", "list", "--http", url)[0] == 1
+    assert seen == [True, certifi.where(), certifi.where()]
+    code, _, err = run(capsys, "members", "--http", url, "--tls-ca", "/nonexistent")
+    assert code == 1
+    assert err == "mesh: error: --tls-ca: no such file: '/nonexistent'\n"
+    monkeypatch.setenv("MESH_TLS_CA", "/nonexistent")
+    _, _, err = run(capsys, "members", "--http", url)
+    assert err == "mesh: error: MESH_TLS_CA: no such file: '/nonexistent'\n"
+
+
+def test_keyring_list_without_encryption_is_one_line(
+    agent: AgentProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "keyring", "list", "--http", agent.http_addr)
+    assert (code, out) == (1, "")
+    assert err == (
+        "mesh: error: GET /v1/keyring: 409 gossip encryption is off on this node; "
+        "start it with --encrypt\n"
+    )
+
+
+def test_keyring_operations_wait_longer_than_one_members_tcp_timeout() -> None:
+    # The agent waits up to tcp_timeout (10 s) per member; the CLI's usual
+    # 10 s would cut the answer, and its per-member results, at that edge.
+    parser = build_parser()
+
+    def timeout(argv: list[str]) -> float:
+        args = parser.parse_args(argv)
+        client = _client(args)
+        client.close()
+        return float(args.timeout)
+
+    for op in ("install", "use", "remove"):
+        assert timeout(["keyring", op, "K"]) == 30.0
+        assert timeout(["keyring", op, "K", "--timeout", "5"]) == 5.0
+    assert timeout(["members"]) == 10.0
+    assert timeout(["keyring", "list"]) == 10.0

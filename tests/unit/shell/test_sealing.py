@@ -319,9 +319,10 @@ async def test_keyring_api_without_encryption_is_409(make_agent: MakeAgent) -> N
     agent = make_agent("a")
     app = make_api_app(agent, routes=keyring_endpoints(agent))
     async with client_for(app) as http:
-        assert (await http.get("/v1/keyring")).json() == {"keys": []}
+        listed = await http.get("/v1/keyring")
         response = await http.post("/v1/keyring/install", json={"key": K2})
     assert response.status_code == 409
+    assert (listed.status_code, listed.json()) == (409, response.json())
 
 
 async def test_keyring_distributed_to_a_peer(make_agent: MakeAgent) -> None:
