@@ -10,6 +10,7 @@ a tunable constant.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -109,6 +110,28 @@ def _address(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be (host, port), got {value!r}")
 
 
+def _advertise(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    """An IP address peers can send to: a hostname would be resolved on
+    every datagram (the UDP path refuses to, ``send_bad_address``), and the
+    wildcard reaches nobody. Unset: derived from ``bind`` by the shell."""
+    if value is None:
+        return
+    _address(_inst, attr, value)
+    host = value[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"{attr.name} must be an IP address (peers send to it as given), "
+            f"got host {host!r}"
+        ) from None
+    if ip.is_unspecified:
+        raise ConfigError(
+            f"{attr.name} must be an IP address peers can reach, not the "
+            f"wildcard {host!r}"
+        )
+
+
 def _tags_converter(value: Mapping[str, str] | None) -> dict[str, str]:
     return dict(value or {})
 
@@ -127,7 +150,7 @@ class Config:
     #: the mesh port: UDP for SWIM, TCP (same number) for HTTP peer sync
     bind: Address = attrs.field(default=("0.0.0.0", 7946), validator=_address)
     #: the address peers should use; None: derived from ``bind`` by the shell
-    advertise: Address | None = None
+    advertise: Address | None = attrs.field(default=None, validator=_advertise)
     #: the client API address
     http: Address = attrs.field(default=("127.0.0.1", 8946), validator=_address)
     #: seed addresses, ``HOST:PORT`` or a DNS name resolving to many records

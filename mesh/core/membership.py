@@ -12,9 +12,18 @@ incarnation number only the member itself increases. Precedence, as memberlist:
   the member itself means it left gracefully, status ``left``.
 * About ourselves, a suspect or dead at ``i >= ours`` is refuted: incarnation
   becomes ``i + 1`` and a fresh alive is broadcast (health score +1).
-* A member at a new address is accepted when it is dead or left, or when its alive
-  carries a higher incarnation (a restarted process with the same name); otherwise
-  it is a name conflict and ignored.
+* A member at a new address is accepted only when it is dead or left (a process
+  restarted under the same name on another address takes over once the old one
+  is declared dead). An alive naming a live (alive or suspect) member at another
+  address is refused whatever its incarnation, as memberlist's "Conflicting
+  address": the first holder keeps the name, so third parties do not flip
+  between two processes. Each refusal is counted (``alive_conflicts``) and the
+  first of an episode is queued in ``conflicts`` for the shell to log; the
+  latest refused claim is kept, and applied the moment the holder is declared
+  dead or left (a restart on a new address then switches at once). About
+  ourselves, such an alive is still refuted (``name_conflicts``): our
+  incarnation must stay above any other claim to our name, or a dead or suspect
+  about the other process would apply to us once we take the name over.
 
 Invariants: incarnations never decrease; the local member never becomes suspect or
 dead in its own view (it refutes instead), only ``left`` by its own leave. Every
@@ -31,8 +40,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+
+import attrs
 
 from ..codec import encoded_size
 from ..config import Config
@@ -50,9 +61,30 @@ from .broadcast import BroadcastQueue, retransmit_limit
 from .effects import Effect, EventKind, MemberEvent, MemberView
 from .suspicion import Suspicion, suspicion_timeout
 
-__all__ = ["Member", "Membership"]
+__all__ = ["Conflict", "Member", "Membership"]
 
 _LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+#: conflict episodes kept until the shell takes them (older ones are dropped)
+_CONFLICTS_KEPT = 64
+#: a conflict episode ends after this many push-pull intervals without a
+#: conflicting alive (the other process re-announces itself at least once per
+#: push-pull round to some member), so a name clash that stops and starts again
+#: is reported again
+_CONFLICT_QUIET_ROUNDS = 10
+
+
+@attrs.frozen
+class Conflict:
+    """An alive refused because another address holds the name (one per episode).
+
+    ``member`` is the row kept (for ``local``, ourselves after refuting);
+    ``other`` and ``incarnation`` are those of the refused claim.
+    """
+
+    member: MemberView
+    other: Address
+    incarnation: int
+    local: bool
 
 
 class Member:
@@ -62,6 +94,7 @@ class Member:
         "_hash",
         "_state",
         "addr",
+        "conflict",
         "incarnation",
         "name",
         "state_change_at",
@@ -84,6 +117,8 @@ class Member:
         self.status = status
         self.tags = tags
         self.state_change_at = now
+        #: the current conflict episode: (latest refused claim, when)
+        self.conflict: tuple[Alive, float] | None = None
         self._state: MemberState | None = None
         self._hash: tuple[int, MemberStatus, int] | None = None
 
@@ -168,6 +203,8 @@ class Membership:
         self.out: list[Effect] = []
         #: counters exported as metrics
         self.stats: Counter[str] = Counter()
+        #: name conflicts, one per episode, for the shell to log and take
+        self.conflicts: deque[Conflict] = deque(maxlen=_CONFLICTS_KEPT)
         # Probe order: shuffled round robin over the other members.
         self._probe_order: list[str] = []
         self._probe_index = 0
@@ -301,13 +338,17 @@ class Membership:
                 if msg.incarnation >= member.incarnation:
                     self.stats["name_conflicts"] += 1
                     self.refute(msg.incarnation, now)
+                    self._conflict(member, msg, now)
                 return
-            if not (
-                member.status in (MemberStatus.DEAD, MemberStatus.LEFT)
-                or msg.incarnation > member.incarnation
-            ):
-                self.stats["name_conflicts"] += 1
+            if member.status in _LIVE:
+                # memberlist "Conflicting address": the live holder keeps the
+                # name, whatever the incarnation (a higher one is what two
+                # processes refuting each other produce).
+                self.stats["alive_conflicts"] += 1
+                self._conflict(member, msg, now)
                 return
+            # Dead or left: reclaimed by the new address at once.
+            member.conflict = None
         if is_local:
             if msg.incarnation < member.incarnation:
                 return
@@ -389,6 +430,15 @@ class Membership:
             self._set_status(member, MemberStatus.DEAD, now)
             self.stats["deaths"] += 1
             self._event(EventKind.DEAD, member)
+        claim = member.conflict
+        if claim is not None and member is not self.local and self._recent(claim, now):
+            # A process at another address claimed the name while this one
+            # lived (a restart on a new address before the old one was found
+            # dead): it takes over now, instead of when its next alive happens
+            # by (its next push-pull, up to push_pull_interval away). Gone
+            # since? It is probed and declared dead like any crash.
+            self.stats["conflicts_taken_over"] += 1
+            self.on_alive(claim[0], now)
 
     def _stale_accusation(self, member: Member) -> None:
         """An accusation of us at an old incarnation: the accuser missed our
@@ -530,6 +580,20 @@ class Membership:
         self._count[status] += 1
         member.status = status
         member.state_change_at = now
+
+    def _conflict(self, member: Member, msg: Alive, now: float) -> None:
+        """Queue a conflict when it starts an episode: a new other address, or
+        the same after a quiet period."""
+        last = member.conflict
+        member.conflict = (msg, now)
+        if last is not None and last[0].addr == msg.addr and self._recent(last, now):
+            return
+        self.conflicts.append(
+            Conflict(member.view(), msg.addr, msg.incarnation, member is self.local)
+        )
+
+    def _recent(self, claim: tuple[Alive, float], now: float) -> bool:
+        return now - claim[1] < _CONFLICT_QUIET_ROUNDS * self.config.push_pull_interval
 
     def _event(self, kind: EventKind, member: Member) -> None:
         self.out.append(MemberEvent(kind, member.view()))

@@ -48,6 +48,7 @@ from ..core.effects import (
     Send,
     TcpProbeResult,
 )
+from ..core.membership import Conflict
 from ..core.node import NodeCore
 from ..core.routes import Outcome, Route, Write
 from ..core.sync import Batch
@@ -312,6 +313,9 @@ class Agent:
                 self._execute(self._queue.popleft())
         finally:
             self._dispatching = False
+        conflicts = self.core.membership.conflicts
+        while conflicts:
+            self._log_conflict(conflicts.popleft())
         if self.core.routes.index != self._routes_index:
             self._routes_index = self.core.routes.index
             self._routes_changed.set()
@@ -321,6 +325,21 @@ class Agent:
             self._wake.set()
         if self.core.membership.leaving and self._leave_spread():
             self.leave_done.set()
+
+    def _log_conflict(self, c: Conflict) -> None:
+        """Two processes under one name: an operator error worth a warning
+        (once per episode: the core queues only an episode's first refusal)."""
+        self.log.warning(
+            "name conflict: our name is claimed at another address"
+            if c.local
+            else "name conflict: alive at another address refused",
+            peer=c.member.name,
+            addr=format_address(c.member.addr),
+            other=format_address(c.other),
+            status=c.member.status.value,
+            incarnation=c.member.incarnation,
+            other_incarnation=c.incarnation,
+        )
 
     def _leave_spread(self) -> bool:
         # Done when the core has gossiped our leave enough, or when nobody alive

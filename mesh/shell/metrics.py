@@ -86,6 +86,16 @@ class _CoreCollector:
             "Accusations against this node it refuted",
             stats["refutations"],
         )
+        conflicts = CounterMetricFamily(
+            "mesh_name_conflicts",
+            "Alives naming a member at another address than the live one we "
+            "hold, by kind: refused (another process claims a member's name), "
+            "ours (our own name, refuted)",
+            labels=["kind"],
+        )
+        conflicts.add_metric(["refused"], stats["alive_conflicts"])
+        conflicts.add_metric(["ours"], stats["name_conflicts"])
+        yield conflicts
         yield CounterMetricFamily(
             "mesh_deaths_declared",
             "Members this node declared dead (its suspicion timer ran out)",

@@ -8,10 +8,11 @@ dead. Every wait is a condition polled under a deadline.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from mesh.testing.agents import AgentCluster, wait_until
+from mesh.testing.agents import AgentCluster, AgentProcess, wait_until
 
 
 def test_five_nodes_join_and_converge(cluster: AgentCluster) -> None:
@@ -90,6 +91,39 @@ def test_restart_with_same_name_rejoins(cluster: AgentCluster) -> None:
     }
     assert view["node3"]["incarnation"] > old_inc
     assert view["node3"]["addr"] == cluster.agents["node3"].mesh_addr
+
+
+def _conflicts_refused(agent: AgentProcess) -> float:
+    text = agent.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith('mesh_name_conflicts_total{kind="refused"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_second_process_under_a_taken_name_is_refused_and_logged(
+    cluster: AgentCluster, tmp_path: Path
+) -> None:
+    # memberlist's "Conflicting address": the first holder keeps the name;
+    # before, the others' view flipped between the two every few seconds.
+    cluster.start(2)
+    wait_until(cluster.converged, 10.0, what="convergence")
+    n1, first = cluster.agents["node1"], cluster.agents["node2"]
+    impostor = AgentProcess(
+        "node2",
+        join=[n1.mesh_addr],
+        log_path=str(tmp_path / "impostor.log"),
+    )
+    try:
+        impostor.start()
+        wait_until(lambda: _conflicts_refused(n1) >= 3, 15.0, what="refusals counted")
+        view = {m["name"]: m for m in n1.get("/v1/members").json()["members"]}
+        assert view["node2"]["addr"] == first.mesh_addr
+        assert view["node2"]["status"] == "alive"
+        log = (tmp_path / "node1.log").read_text()
+        assert log.count("name conflict: alive at another address refused") == 1
+    finally:
+        impostor.close()
 
 
 def test_join_retries_until_a_seed_answers(cluster: AgentCluster) -> None:

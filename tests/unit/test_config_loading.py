@@ -159,3 +159,55 @@ def test_oversized_tag_set_is_refused() -> None:
     tags = [f"key{i}=" + "v" * 40 for i in range(20)]
     with pytest.raises(ConfigError, match="over max_tags_bytes"):
         load({"tag": tags})
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file"),
+    [
+        ({"advertise": "localhost:7946"}, {}, None),
+        ({}, {"MESH_ADVERTISE": "mesh-0.mesh.svc:7946"}, None),
+        ({}, {}, 'advertise = "node1.example:7946"\n'),
+        ({"advertise": "0.0.0.0:7946"}, {}, None),
+        ({"advertise": "[::]:7946"}, {}, None),
+    ],
+)
+def test_advertise_must_be_an_ip_address(
+    tmp_path: Path, flags: dict[str, Any], env: dict[str, str], file: str | None
+) -> None:
+    # A hostname would half work (UDP refuses to resolve per datagram:
+    # send_bad_address), the wildcard reaches nobody: start-up errors.
+    if file is not None:
+        flags = {**flags, "config": write(tmp_path, file)}
+    with pytest.raises(ConfigError, match="advertise must be an IP address"):
+        load(flags, env)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("192.0.2.7:7946", ("192.0.2.7", 7946)),
+        ("[2001:db8::7]:7946", ("2001:db8::7", 7946)),
+        ("[fe80::1%eth0]:7946", ("fe80::1%eth0", 7946)),
+        ("192.0.2.7:0", ("192.0.2.7", 0)),  # port 0: the bound port
+    ],
+)
+def test_advertise_ip_addresses_are_accepted(
+    value: str, expected: tuple[str, int]
+) -> None:
+    assert load({"advertise": value}).advertise == expected
+
+
+def test_wildcard_bind_without_advertise_is_fine() -> None:
+    # The shell derives the advertised address from the host's interfaces.
+    config = load({"bind": "0.0.0.0:7946"})
+    assert config.advertise is None
+
+
+def test_hostname_advertise_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from mesh.cli import main
+
+    assert main(["agent", "--name", "n", "--advertise", "localhost:7946"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mesh: error: ")
+    assert "advertise must be an IP address" in err
+    assert "'localhost'" in err

@@ -216,22 +216,6 @@ def test_refute_accusations_about_ourselves() -> None:
     assert core.membership.stats["refutations"] == 2
 
 
-def test_restarted_member_at_new_address_is_accepted() -> None:
-    core = NodeCore(
-        Config.lan(name="me"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
-    )
-    core.receive(("10.0.0.2", 1), [Alive(5, "x", ("10.0.0.2", 1))], 0.0)
-    # Same name at another address with a stale incarnation: conflict, ignored.
-    core.receive(("10.0.0.3", 1), [Alive(5, "x", ("10.0.0.3", 1))], 1.0)
-    assert core.member("x").addr == ("10.0.0.2", 1)  # type: ignore[union-attr]
-    # A restart carries a higher incarnation: accepted at the new address.
-    core.receive(("10.0.0.3", 1), [Alive(9, "x", ("10.0.0.3", 1))], 2.0)
-    view = core.member("x")
-    assert view is not None
-    assert view.addr == ("10.0.0.3", 1)
-    assert view.incarnation == 9
-
-
 def test_ping_for_another_name_is_not_acked() -> None:
     core = NodeCore(
         Config.lan(name="me"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
