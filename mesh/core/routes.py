@@ -41,6 +41,7 @@ import bisect
 import enum
 import heapq
 import re
+import sys
 from collections.abc import Iterator, Mapping
 
 import attrs
@@ -273,14 +274,40 @@ class RouteTable:
 
     def live(self, prefix: str = "") -> list[Route]:
         """Live routes whose key starts with ``prefix``, sorted by key."""
-        return sorted(
-            (
-                r
-                for r in self._routes.values()
-                if not r.deleted and r.key.startswith(prefix)
-            ),
-            key=lambda r: r.key,
-        )
+        keys, entries = self.sorted_snapshot(prefix)
+        return [r for k in keys if not (r := entries[k]).deleted]
+
+    def sorted_snapshot(self, prefix: str = "") -> tuple[list[str], dict[str, Route]]:
+        """The keys starting with ``prefix`` in order (tombstones included)
+        and a copy of the entries: the table at this instant (entries are
+        immutable), for a caller that walks it in slices while the table
+        changes. Two C-level copies (a few ms at 100,000 routes): no sort of
+        the table, which keeps its sorted key list (:meth:`chunk`'s) and
+        bisects to the prefix."""
+        keys = self._sorted_keys()
+        start = bisect.bisect_left(keys, prefix) if prefix else 0
+        if not prefix:
+            page = keys[:]
+        elif ord(prefix[-1]) < sys.maxunicode:
+            # Every key with the prefix sorts before the prefix with its last
+            # character bumped, and every later key from ``start`` does not.
+            bumped = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            page = keys[start : bisect.bisect_left(keys, bumped, start)]
+        else:
+            page = [k for k in keys[start:] if k.startswith(prefix)]
+        return page, self._routes.copy()
+
+    def _sorted_keys(self) -> list[str]:
+        """Every key (tombstones included), sorted; kept up to date lazily."""
+        if self._sorted is None:
+            self._sorted = sorted(self._routes)
+            self._unsorted.clear()
+        elif self._unsorted:
+            # two sorted runs: timsort merges them in linear time
+            self._sorted += sorted(self._unsorted)
+            self._sorted.sort()
+            self._unsorted.clear()
+        return self._sorted
 
     def write(
         self,
@@ -430,15 +457,7 @@ class RouteTable:
     def chunk(self, after: str, limit: int) -> tuple[list[Route], bool]:
         """Up to ``limit`` entries with keys after ``after`` in key order, and
         whether more follow: a bounded page of a full transfer (bootstrap)."""
-        if self._sorted is None:
-            self._sorted = sorted(self._routes)
-            self._unsorted.clear()
-        elif self._unsorted:
-            # two sorted runs: timsort merges them in linear time
-            self._sorted += sorted(self._unsorted)
-            self._sorted.sort()
-            self._unsorted.clear()
-        keys = self._sorted
+        keys = self._sorted_keys()
         start = bisect.bisect_right(keys, after) if after else 0
         page = keys[start : start + limit]
         routes = self._routes

@@ -35,6 +35,7 @@ from .asgi import (
     Scope,
     Send,
     json_response,
+    normalize_method,
 )
 from .metrics import CONTENT_TYPE
 from .watch_api import STREAM_PATH, RouteWatchHub, serve_stream, wrap_list
@@ -96,6 +97,20 @@ class ApiApp(Router):
             self._observe_api(scope["method"], STREAM_PATH, status)
             return
         await super().__call__(scope, receive, send)
+
+    def observe_refusal(self, scope: Scope, code: int) -> None:
+        """Count a request refused before it reached this app (the API token
+        check's 401) in ``mesh_api_requests_total``, labelled as it would
+        have been: the route pattern it matches, else ``unmatched``."""
+        method = str(scope.get("method", ""))
+        wanted = "GET" if method == "HEAD" else method
+        segments = str(scope.get("path", "")).split("/")
+        label = "unmatched"
+        for route in self.routes:
+            if route.method == wanted and route.match(segments) is not None:
+                label = route.pattern
+                break
+        self.agent.metrics.observe_api(normalize_method(method), label, code)
 
     def _observe_api(self, method: str, path: str, code: int) -> None:
         # ``method`` is already a label: the Router normalizes it.

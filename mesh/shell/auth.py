@@ -22,7 +22,7 @@ from __future__ import annotations
 import hmac
 import json
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -80,8 +80,11 @@ def require_token(
     metrics: Metrics,
     log: structlog.typing.FilteringBoundLogger | None = None,
     exempt: Iterable[str] = EXEMPT_PATHS,
+    on_refused: Callable[[Scope, int], None] | None = None,
 ) -> ASGIApp:
-    """``app`` behind a Bearer token check (see module docstring)."""
+    """``app`` behind a Bearer token check (see module docstring).
+    ``on_refused(scope, 401)`` counts a refusal where the app counts its own
+    answers (``mesh_api_requests_total``): error rates must see them."""
     expected = token.encode()
     exempt_paths = frozenset(exempt)
     refusal = json.dumps({"error": "missing or invalid API token"}).encode()
@@ -96,6 +99,8 @@ def require_token(
             await app(scope, receive, send)
             return
         metrics.auth_failures.labels("api", reason).inc()
+        if on_refused is not None:
+            on_refused(scope, 401)
         if log is not None:
             log.debug(
                 "refused API request",

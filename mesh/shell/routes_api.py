@@ -8,14 +8,26 @@ seconds, for every member live at write time to acknowledge; it re-checks the
 core's ticket each time a push batch ends (:meth:`Agent.wait_push_progress`),
 never by polling.
 
+The list (``GET /v1/routes``) answers a snapshot of the table taken at one
+instant with its index, encoded in slices with the loop running between
+(:func:`mesh.shell.watch_api.encode_route_list`): a 100,000-route list never
+stalls probes or other requests for more than a few ms at a stretch.
+
+A write refused with 400 here, before the core (a bad body, key, revision or
+``sync`` query; each such item of a batch; a batch call refused whole counts
+once), is counted as ``mesh_route_writes_total{result="invalid"}``, like the
+ones the core refuses.
+
 Targets and meta may carry access tokens: they are never logged; debug lines
 name keys only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -26,6 +38,7 @@ from ..core.sync import SyncTicket
 from .agent import Agent
 from .api import BODY_LIMIT
 from .asgi import HttpError, Request, Response, Route, json_response
+from .watch_api import encode_route_list
 
 __all__ = ["BATCH_BODY_LIMIT", "BATCH_MAX_ITEMS", "routes_endpoints"]
 
@@ -65,28 +78,30 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         return json_response(200, route.to_json())
 
     async def put_one(request: Request) -> Response:
-        document = await request.json(BODY_LIMIT)
-        key = _path_key(request)
-        timeout = _sync_timeout(request, sync_max)
-        parsed = _parse_put(document, _PUT_FIELDS)
-        if isinstance(parsed, str):
-            raise HttpError(400, parsed)
+        with _count_invalid(agent):
+            document = await request.json(BODY_LIMIT)
+            key = _path_key(request)
+            timeout = _sync_timeout(request, sync_max)
+            parsed = _parse_put(document, _PUT_FIELDS)
+            if isinstance(parsed, str):
+                raise HttpError(400, parsed)
         status, body = _put(agent, key, parsed)
         if timeout is not None and status == 200:
             body.update(await _sync_all(agent, timeout))
         return json_response(status, body)
 
     async def delete_one(request: Request) -> Response:
-        # Read (and bound) any body: an unread one would stall keep-alive.
-        await request.body(BODY_LIMIT)
-        key = _path_key(request)
-        timeout = _sync_timeout(request, sync_max)
-        text = request.query_one("revision")
-        revision: int | None = None
-        if text is not None:
-            if not _REVISION_RE.fullmatch(text):
-                raise HttpError(400, "revision must be a non-negative integer")
-            revision = int(text)
+        with _count_invalid(agent):
+            # Read (and bound) any body: an unread one would stall keep-alive.
+            await request.body(BODY_LIMIT)
+            key = _path_key(request)
+            timeout = _sync_timeout(request, sync_max)
+            text = request.query_one("revision")
+            revision: int | None = None
+            if text is not None:
+                if not _REVISION_RE.fullmatch(text):
+                    raise HttpError(400, "revision must be a non-negative integer")
+                revision = int(text)
         status, body = _delete(agent, key, revision)
         if timeout is not None and status == 200:
             body.update(await _sync_all(agent, timeout))
@@ -94,13 +109,19 @@ def routes_endpoints(agent: Agent) -> list[Route]:
 
     async def list_all(request: Request) -> Response:
         prefix = request.query_one("prefix") or ""
-        routes = [r.to_json() for r in agent.core.routes.live(prefix)]
-        return json_response(200, {"routes": routes, "count": len(routes)})
+        # The table and its index at one instant; encoding a long list then
+        # yields to the loop between slices, reading only this snapshot.
+        table = agent.core.routes
+        keys, entries = table.sorted_snapshot(prefix)
+        index = table.index
+        body = await encode_route_list(keys, entries, index)
+        return Response(200, body, headers=(("x-mesh-index", str(index)),))
 
     async def batch(request: Request) -> Response:
-        document = await request.json(BATCH_BODY_LIMIT)
-        timeout = _sync_timeout(request, sync_max)
-        puts, deletes = _parse_batch(document)
+        with _count_invalid(agent):  # the whole call refused: one count
+            document = await request.json(BATCH_BODY_LIMIT)
+            timeout = _sync_timeout(request, sync_max)
+            puts, deletes = _parse_batch(document)
         # Items are checked first and the valid ones written in one core call
         # (in order, each as if alone), so they reach peers as one batch.
         results: list[dict[str, Any]] = []
@@ -113,6 +134,8 @@ def routes_endpoints(agent: Agent) -> list[Route]:
                     slots.append(len(results))
                     writes.append(parsed)
                     parsed = {}
+                else:  # refused here, before the core (which counts its own)
+                    agent.metrics.route_write(OutcomeStatus.INVALID.value)
                 results.append(parsed)
         if writes:
             outcomes = agent.write_routes(writes)
@@ -140,6 +163,19 @@ def routes_endpoints(agent: Agent) -> list[Route]:
 
 
 # --- writes ---
+
+
+@contextlib.contextmanager
+def _count_invalid(agent: Agent) -> Iterator[None]:
+    """Count a write refused with 400 before it reached the core as
+    ``mesh_route_writes_total{result="invalid"}`` (the core counts the
+    writes it refuses itself, through the agent)."""
+    try:
+        yield
+    except HttpError as exc:
+        if exc.status == 400:
+            agent.metrics.route_write(OutcomeStatus.INVALID.value)
+        raise
 
 
 def _put(agent: Agent, key: str, put: _Put) -> Result:

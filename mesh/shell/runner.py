@@ -201,7 +201,11 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
                         api_app
                         if api_token is None
                         else require_token(
-                            api_app, api_token, metrics=agent.metrics, log=agent.log
+                            api_app,
+                            api_token,
+                            metrics=agent.metrics,
+                            log=agent.log,
+                            on_refused=api_app.observe_refusal,
                         ),
                         api_sock,
                         SERVER_KEEP_ALIVE,

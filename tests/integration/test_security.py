@@ -358,6 +358,24 @@ def test_garbage_leaves_every_agent_up_and_intact(
         response = target.request(method, path, **kw)
         assert response.status_code == status, (method, path, response.text)
         assert "error" in response.json(), (method, path)
+    # Refusals by the token check count with the API's requests (error-rate
+    # dashboards are built on that metric), labelled by the route they aimed at.
+    metrics = target.get("/metrics", headers=auth).text
+    refused = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("mesh_api_requests_total{") and 'code="401"' in line
+    ]
+    # (the garbage sent to the API port before adds refusals of its own)
+    counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in refused}
+    assert (
+        counts['mesh_api_requests_total{code="401",method="GET",path="/v1/members"}']
+        == 2
+    )
+    assert (
+        counts['mesh_api_requests_total{code="401",method="POST",path="/v1/leave"}']
+        == 1
+    )
     # Over the body limit: on a connection of its own, as the server closes it
     # rather than drain a large unread body.
     response = httpx.put(

@@ -168,3 +168,59 @@ def test_chunk_pages_stay_in_key_order_through_writes_and_collection(
             assert more == (len(expected) > 5)
     page, _ = t.chunk("", 1000)
     assert [r.key for r in page] == sorted(r.key for r in t)
+
+
+# --- sorted snapshots (the list answer's source) ---
+
+
+def _reference(t: RouteTable, prefix: str) -> list[Route]:
+    return sorted(
+        (r for r in t if not r.deleted and r.key.startswith(prefix)),
+        key=lambda r: r.key,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    first=st.lists(st.from_regex(r"[a-c][a-c.]{0,3}", fullmatch=True), max_size=20),
+    later=st.lists(st.from_regex(r"[a-c][a-c.]{0,3}", fullmatch=True), max_size=20),
+    deleted=st.lists(st.integers(0, 39), max_size=8),
+    prefix=st.from_regex(r"[a-d.]{0,3}", fullmatch=True),
+)
+def test_live_matches_a_filtered_sort(
+    first: list[str], later: list[str], deleted: list[int], prefix: str
+) -> None:
+    t = RouteTable(origin="a", max_routes=1000, hlc_max_skew_ms=60_000)
+    for key in first:
+        t.write(key, "http://x", {}, revision=None, wall_ms=1)
+    assert t.live(prefix) == _reference(t, prefix)  # builds the sorted keys
+    for key in later:  # new keys after the sorted list exists, and rewrites
+        t.write(key, "http://y", {}, revision=None, wall_ms=2)
+    keys = first + later
+    for i in deleted:
+        if i < len(keys):
+            t.write(keys[i], "", {}, revision=None, wall_ms=3, deleted=True)
+    t.collect(horizon_ms=10**15)  # forgets tombstones: keys leave the list
+    assert t.live(prefix) == _reference(t, prefix)
+    assert t.live() == _reference(t, "")
+
+
+def test_sorted_snapshot_is_a_copy_at_one_instant() -> None:
+    t = table()
+    for key in ("b.1", "a.1", "b.2", "c.1"):
+        t.write(key, f"http://{key}", {}, revision=None, wall_ms=1)
+    keys, entries = t.sorted_snapshot("b.")
+    assert keys == ["b.1", "b.2"]
+    before = dict(entries)
+    t.write("b.0", "http://new", {}, revision=None, wall_ms=2)
+    t.write("b.1", "http://changed", {}, revision=None, wall_ms=2)
+    assert (keys, entries) == (["b.1", "b.2"], before)
+    assert [r.key for r in t.live("b.")] == ["b.0", "b.1", "b.2"]
+
+
+def test_live_with_the_last_code_point_in_the_prefix() -> None:
+    t = table()
+    t.write("a", "http://x", {}, revision=None, wall_ms=1)
+    assert t.live(chr(0x10FFFF)) == []
+    assert t.live("a" + chr(0x10FFFF)) == []
+    assert [r.key for r in t.live("a")] == ["a"]

@@ -23,6 +23,7 @@ from mesh.shell.asgi import (
     read_body,
 )
 from mesh.shell.peer_http import EXCHANGE_PATH, PING_PATH, make_peer_app
+from mesh.shell.routes_api import routes_endpoints
 
 from .conftest import MakeAgent
 
@@ -222,6 +223,32 @@ async def test_unknown_methods_share_one_metric_label(make_agent: MakeAgent) -> 
     assert agent.metrics.registry.get_sample_value(
         "mesh_api_requests_total", labels
     ) == pytest.approx(3)
+
+
+async def test_a_refusal_before_the_app_is_counted_under_its_route(
+    make_agent: MakeAgent,
+) -> None:
+    """The API token check (outside the app) reports its 401s here."""
+    agent = make_agent()
+    app = make_api_app(agent, routes=routes_endpoints(agent))
+    for method, path in [
+        ("GET", "/v1/routes/a.b"),
+        ("HEAD", "/v1/routes"),
+        ("GET", "/v1/watch/routes"),
+        ("GET", "/nowhere"),
+        ("BREW", "/metrics"),
+    ]:
+        app.observe_refusal({"type": "http", "method": method, "path": path}, 401)
+    registry = agent.metrics.registry
+    for method, path in [
+        ("GET", "/v1/routes/{key}"),
+        ("HEAD", "/v1/routes"),
+        ("GET", "/v1/watch/routes"),
+        ("GET", "unmatched"),
+        ("OTHER", "unmatched"),
+    ]:
+        labels = {"method": method, "path": path, "code": "401"}
+        assert registry.get_sample_value("mesh_api_requests_total", labels) == 1
 
 
 # --- the peer app ---

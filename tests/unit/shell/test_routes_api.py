@@ -16,10 +16,12 @@ import trio
 import trio.testing
 
 from mesh.core.effects import Push
+from mesh.core.routes import Route, Write
 from mesh.messages import Alive
 from mesh.shell.agent import Agent
 from mesh.shell.api import make_api_app
 from mesh.shell.routes_api import BATCH_BODY_LIMIT, BATCH_MAX_ITEMS, routes_endpoints
+from mesh.shell.watch_api import LIST_SLICE_ROUTES, encode_route_list
 
 from .conftest import MakeAgent
 
@@ -599,3 +601,103 @@ async def test_targets_and_meta_are_never_logged(make_agent: MakeAgent) -> None:
             await client.delete("/v1/routes/k")
     assert logs  # debug lines name the keys
     assert all(secret not in repr(entry) for entry in logs)
+
+
+# --- invalid writes are counted ---
+
+
+async def test_writes_refused_with_400_count_as_invalid(
+    agent: Agent, client: httpx.AsyncClient
+) -> None:
+    refused = [
+        await client.put("/v1/routes/k", json={"target": ""}),
+        await client.put("/v1/routes/k", json={"target": "x" * 2000}),
+        await client.put("/v1/routes/k", json={"target": "x", "meta": {"a": 1}}),
+        await client.put("/v1/routes/-k", json={"target": "x"}),
+        await client.put("/v1/routes/k", content=b"{not json"),
+        await client.put("/v1/routes/k?sync=all", json={"target": "x"}),
+        await client.delete("/v1/routes/k", params={"revision": "-1"}),
+        await client.delete("/v1/routes/-k"),
+        await client.post("/v1/routes", json=[]),  # the whole call: one
+    ]
+    assert [r.status_code for r in refused] == [400] * len(refused)
+    assert writes(agent, "invalid") == len(refused)
+    batch = await client.post(
+        "/v1/routes",
+        json={
+            "put": [{"key": "ok", "target": "x"}, {"key": "bad", "target": ""}],
+            "delete": [{"key": "-k"}],
+        },
+    )
+    assert [r["status"] for r in batch.json()["results"]] == [200, 400, 400]
+    assert writes(agent, "invalid") == len(refused) + 2
+    assert writes(agent, "applied") == 1
+    # A read refused with 400 is not a write.
+    assert (await client.get("/v1/routes/-k")).status_code == 400
+    assert writes(agent, "invalid") == len(refused) + 2
+
+
+# --- long lists: encoded in slices, the loop running between ---
+
+
+def _old_list_body(agent: Agent, index: int) -> bytes:
+    """The list answer as the agent built it before slicing."""
+    routes = [r.to_json() for r in agent.core.routes.live()]
+    document = {"routes": routes, "count": len(routes), "index": index}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+async def test_a_long_list_lets_other_tasks_run_and_answers_its_snapshot(
+    agent: Agent, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 3 * LIST_SLICE_ROUTES + 7
+    agent.write_routes(
+        [Write(f"k{i:05d}", f"http://t{i}", {"i": str(i)}) for i in range(n)]
+    )
+    agent.write_routes([Write("k00003", "", deleted=True)])  # a tombstone
+    index = agent.core.routes.index
+    expected = _old_list_body(agent, index)
+    encoded = 0
+    real_to_json = Route.to_json
+
+    def counting_to_json(route: Route) -> dict[str, object]:
+        nonlocal encoded
+        encoded += 1
+        return real_to_json(route)
+
+    monkeypatch.setattr(Route, "to_json", counting_to_json)
+    seen: list[int] = []  # how far the encoding was each time we ran
+    done = False
+
+    async def meanwhile() -> None:
+        while not done:
+            seen.append(encoded)
+            if 0 < encoded < n - 1 and agent.core.routes.get("k00000.new") is None:
+                # A write while the list is being encoded: not in the answer.
+                agent.write_routes([Write("k00000.new", "http://new")])
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(meanwhile)
+        response = await client.get("/v1/routes")
+        done = True
+    assert [s for s in seen if 0 < s < n - 1], "nothing ran while the list was encoded"
+    assert response.status_code == 200
+    assert response.content == expected
+    assert response.headers["x-mesh-index"] == str(index)
+    assert response.headers["content-length"] == str(len(expected))
+    assert agent.core.routes.index == index + 1  # the write landed meanwhile
+
+
+async def test_a_short_list_is_encoded_without_a_checkpoint(agent: Agent) -> None:
+    agent.write_routes([Write(f"k{i}", "http://t") for i in range(LIST_SLICE_ROUTES)])
+    keys, entries = agent.core.routes.sorted_snapshot()
+    coroutine = encode_route_list(keys, entries, 5)
+    with pytest.raises(StopIteration) as finished:  # done on its first step
+        coroutine.send(None)
+    document = json.loads(finished.value.value)
+    assert (document["count"], document["index"]) == (LIST_SLICE_ROUTES, 5)
+    empty = encode_route_list([], {}, 0)
+    with pytest.raises(StopIteration) as finished:
+        empty.send(None)
+    assert finished.value.value == b'{"routes":[],"count":0,"index":0}'

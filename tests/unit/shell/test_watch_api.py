@@ -14,10 +14,18 @@ import pytest
 import trio
 import trio.testing
 
+from mesh.core.routes import Write
 from mesh.shell.asgi import Message
 from mesh.shell.net import format_address
 from mesh.shell.runner import RunningAgent, open_agent
-from mesh.shell.watch_api import STREAM_PATH, RouteWatchHub, parse_wait, serve_stream
+from mesh.shell.watch_api import (
+    LIST_SLICE_ROUTES,
+    STREAM_PATH,
+    RouteWatchHub,
+    _with_index,
+    parse_wait,
+    serve_stream,
+)
 
 from .conftest import MakeAgent, local_config
 
@@ -92,6 +100,35 @@ async def test_blocking_query_returns_on_change(node: Open) -> None:
     assert document["index"] == 1
     assert [r["key"] for r in document["routes"]] == ["k"]
     assert hub.clients == 0
+
+
+async def test_blocking_query_on_a_long_list_answers_the_same_bytes(
+    node: Open,
+) -> None:
+    running, client = await node()
+    agent = running.agent
+    n = 2 * LIST_SLICE_ROUTES + 3
+    agent.write_routes([Write(f"k{i:04d}", f"http://t{i}") for i in range(n)])
+    start = agent.core.routes.index
+    async with client, trio.open_nursery() as nursery:
+        answer: list[httpx.Response] = []
+
+        async def query() -> None:
+            answer.append(await client.get(f"/v1/routes?index={start}&wait=30s"))
+
+        nursery.start_soon(query)
+        await wait_for(lambda: running.watch.clients == 1)
+        agent.write_routes([Write("k0001", "http://changed")])
+        await wait_for(lambda: bool(answer))
+        listed = await client.get("/v1/routes?prefix=k000")
+    # What the answer was before lists were encoded in slices.
+    routes = [r.to_json() for r in agent.core.routes.live()]
+    document = {"routes": routes, "count": n, "index": start + 1}
+    assert answer[0].content == json.dumps(document, separators=(",", ":")).encode()
+    assert answer[0].headers["x-mesh-index"] == str(start + 1)
+    assert [r["key"] for r in listed.json()["routes"]] == [
+        f"k{i:04d}" for i in range(10)
+    ]
 
 
 async def test_blocking_query_times_out_unchanged(node: Open) -> None:
@@ -462,3 +499,10 @@ async def test_slow_stream_is_dropped(make_agent: MakeAgent) -> None:
     assert hub.clients == 0
     scrape = agent.metrics.render().decode()
     assert 'mesh_route_watch_dropped_total{reason="slow"} 1.0' in scrape
+
+
+def test_an_index_is_added_to_a_list_answer_that_lacks_it() -> None:
+    body = b'{"routes":[{"key":"a"}],"count":1}'
+    assert _with_index(body, 7) == b'{"routes":[{"key":"a"}],"count":1,"index":7}'
+    assert _with_index(b"{}", 0) == b'{"index":0}'
+    assert json.loads(_with_index(b'{"count": 0}', 2)) == {"count": 0, "index": 2}
