@@ -342,13 +342,24 @@ class Config:
     max_pending_probes: int = attrs.field(default=1024, validator=_at_least_one)
     #: messages in one compound datagram
     max_compound_messages: int = attrs.field(default=128, validator=_at_least_one)
-    #: HTTP connections each server (client API, mesh port) serves at once;
-    #: more wait in the listen backlog
+    #: HTTP connections each server (client API, mesh port) serves at once.
+    #: When all are taken, the one idle longest (silent since its accept
+    #: first, then between keep-alive requests) is closed to admit a new one;
+    #: only with every one mid-request do new ones wait in the listen backlog
     http_max_connections: int = attrs.field(default=1000, validator=_at_least_one)
     #: request line plus headers, in bytes (431 past it)
     http_max_header_bytes: int = attrs.field(default=16 * 1024, validator=_at_least_one)
-    #: a client must send a request's head within this (slow clients dropped)
+    #: a client must send a request's head within this (slow clients
+    #: dropped): a new connection its first head within this of being
+    #: accepted (TLS handshake included; a silent one is closed then), a
+    #: keep-alive one each later head within this of its first byte
     http_header_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: a keep-alive connection idle this long between requests is closed
+    #: (both servers). Must exceed push_keepalive_expiry, how long peers keep
+    #: an idle connection to us pooled: a peer reusing one we close at that
+    #: moment sees its request fail. The 15 s margin of the default covers the
+    #: round trip and a busy peer's loop
+    http_keepalive_timeout: float = attrs.field(default=75.0, validator=_positive)
     #: longest wait for one request body chunk, or one write of the response
     http_io_timeout: float = attrs.field(default=30.0, validator=_positive)
 
@@ -430,6 +441,12 @@ class Config:
             raise ConfigError(
                 "push_deadline must be >= push_request_timeout, got "
                 f"{self.push_deadline!r} < {self.push_request_timeout!r}"
+            )
+        if self.http_keepalive_timeout <= self.push_keepalive_expiry:
+            raise ConfigError(
+                "http_keepalive_timeout must be > push_keepalive_expiry (peers "
+                "would reuse connections we close), got "
+                f"{self.http_keepalive_timeout!r} <= {self.push_keepalive_expiry!r}"
             )
         _check_security(self)
         if self.log_format not in ("text", "json"):

@@ -12,13 +12,15 @@ What it does, and nothing more:
   requests answered in order; the app runs inline in the connection's task, one
   request at a time per connection (no task per request);
 * limits: the request line plus headers (``max_header_bytes``: 431 past it), the
-  time a client may take to send them (``header_timeout``: a slow client is
-  dropped), the wait for each body chunk and for each write to the client
-  (``io_timeout``); body limits are the app's (it reads with a bound; a body the
-  app left unread is drained up to ``max_drain_bytes`` or the connection is
-  closed);
-* at most ``max_connections`` connections at once: past it, new connections wait
-  in the kernel's listen backlog instead of being accepted;
+  time a client may take to send them (``header_timeout``, see below: a slow or
+  silent client is dropped), the idle time between keep-alive requests
+  (``keep_alive_timeout``), the wait for each body chunk and for each write to
+  the client (``io_timeout``); body limits are the app's (it reads with a
+  bound; a body the app left unread is drained up to ``max_drain_bytes`` or the
+  connection is closed);
+* at most ``max_connections`` connections at once, and idle ones make room for
+  new ones (see below); past it, with none idle, new connections wait in the
+  kernel's listen backlog instead of being accepted;
 * graceful shutdown: when ``shutdown_trigger`` returns, stop accepting, close
   idle connections, let requests in progress finish (their responses carry
   ``connection: close``) for at most ``graceful_timeout``, then cancel the rest;
@@ -33,6 +35,42 @@ response whose whole body comes in one ``send`` goes out in one socket write. No
 lifespan protocol (our apps need none) and no websockets (404-free: the
 connection is closed). ``HEAD``: the app answers as for ``GET``; the server
 sends the head only (h11 frames it as GET's, no body).
+
+Connection slots. Every connection holds one of ``max_connections`` slots
+until it closes, so whatever holds a slot without working must be bounded, or
+anyone who can reach the port fills them all with idle sockets and the port is
+shut for new connections (peer pushes, anti-entropy rounds, joins, health
+checks). Two bounds see to it:
+
+* a new connection must send its first request's whole head (after the TLS
+  handshake, if any) within ``header_timeout`` of being accepted: a socket that
+  sends nothing is closed then, not after the keep-alive timeout. A later
+  request's head must complete within ``header_timeout`` of its first byte (the
+  wait before that byte is the keep-alive idle time);
+* when all slots are taken and a client waits in the backlog, the connection
+  idle longest is closed to admit it, as nginx reuses its keep-alive
+  connections when out of ``worker_connections``. Idle means waiting for a
+  request: connections that have not sent a byte yet go first, oldest first
+  (a real client sends its request right after connecting: one silent since
+  is most likely part of a flood, and closing it rarely costs anyone a
+  request), then keep-alive connections between requests, longest idle first
+  (a client may be about to reuse one: it sees the connection closed, which
+  our peers' push client retries, see ``mesh/shell/pusher.py``). A
+  connection whose next bytes have already arrived is not idle. A connection
+  in the middle of a request or response (head partly read, the app running,
+  the response being written) is never closed to make room: only when every
+  slot is busy do new connections wait in the backlog, each busy one bounded
+  by ``header_timeout``, ``io_timeout`` and the app's own limits (a client
+  trickling heads in still holds a slot up to ``header_timeout``).
+
+``on_drop`` (a callback of :func:`serve`) is told of each eviction
+(``"evicted"``) and each connection closed for not sending its head in time
+(``"header_timeout"``); the first eviction in a minute is also logged as a
+warning.
+
+The keep-alive timeout must exceed how long the clients keep an idle connection
+pooled (ours: ``push_keepalive_expiry``, checked in ``mesh/config.py``): a client
+reusing a connection at the moment the server closes it sees its request fail.
 
 Disconnects. Once the request body is read, ``receive`` blocks until the client
 closes or breaks the connection, then returns ``http.disconnect`` (ASGI): a long
@@ -64,6 +102,9 @@ __all__ = ["ServerLimits", "serve"]
 _log = logging.getLogger("mesh.http_server")
 
 _RECEIVE_SIZE = 65536
+_NEVER = float("inf")
+#: at most one "connection limit reached" warning this often, per server
+_FULL_WARNING_INTERVAL = 60.0
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 #: the versions we serve, as the ASGI scope spells them
 _HTTP_VERSIONS = {b"1.0": "1.0", b"1.1": "1.1"}
@@ -74,15 +115,19 @@ _REASONS = {431: "request head too large", 505: "HTTP version not supported"}
 class ServerLimits:
     """Bounds of one server; the defaults suit the client API."""
 
-    #: close a keep-alive connection idle this long between requests
+    #: close a keep-alive connection idle this long between requests; above
+    #: the clients' own idle expiry (Config.http_keepalive_timeout)
     keep_alive_timeout: float = 75.0
-    #: a client must send a request's line and headers within this
+    #: a new connection must send its first request's line and headers within
+    #: this of its accept (TLS handshake included); a later request's, within
+    #: this of its first byte
     header_timeout: float = 10.0
     #: the longest wait for one body chunk from, or one write to, the client
     io_timeout: float = 30.0
     #: request line plus headers, in bytes (431 past it)
     max_header_bytes: int = 16 * 1024
-    #: connections served at once; more wait in the listen backlog
+    #: connections served at once; past it the longest idle one is closed to
+    #: admit a new one, and with none idle new ones wait in the listen backlog
     max_connections: int = 1000
     #: listen backlog
     backlog: int = 1024
@@ -112,9 +157,21 @@ class _Connection:
         raw: socket.socket | None,
         client: tuple[str, int] | None,
         local: tuple[str, int] | None,
+        *,
+        accepted: float,
+        sock: socket.socket | None,
+        handshake: trio.SSLStream[trio.SocketStream] | None,
     ) -> None:
         self.server = server
         self.stream = stream
+        #: trio time of the accept: the first request's head is due by
+        #: accepted + header_timeout
+        self.accepted = accepted
+        #: the TCP socket, only to peek whether bytes wait (under TLS too)
+        self.sock = sock
+        #: the TLS stream while its handshake is still to do (the first wait
+        #: for a request does it)
+        self.handshake = handshake
         # The plain TCP socket under ``stream`` (None under TLS): a read or a
         # write the kernel can do at once goes to it directly, skipping the
         # cancel scope and scheduler round trip trio spends on each operation
@@ -125,8 +182,11 @@ class _Connection:
         self.h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes
         )
-        self.idle = True
+        #: the scope of the current wait for a request: shutdown and eviction
+        #: cancel it
         self.cancel_scope = trio.CancelScope()
+        #: closed to make room for a new connection
+        self.evicted = False
         # per request
         self._response_started = False
         self._head_sent = False
@@ -163,11 +223,14 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
 
-    async def _receive_data(self, wait: float) -> None:
-        """Feed h11 the next chunk from the socket, within ``wait`` seconds."""
+    async def _receive_data(self, wait: float | None, deadline: float = _NEVER) -> None:
+        """Feed h11 the next chunk from the socket, within ``wait`` seconds
+        (None: no bound of its own) and by ``deadline`` (trio time)."""
         data = self._try_receive()
         if data is None:
-            with trio.move_on_after(wait):
+            if wait is not None:
+                deadline = min(deadline, trio.current_time() + wait)
+            with trio.move_on_at(deadline):
                 data = await self._wait_receive()
             if data is None:  # the wait was cut short
                 raise _ClientGoneError("timed out")
@@ -240,15 +303,13 @@ class _Connection:
 
     async def run(self) -> None:
         limits = self.server.limits
+        first = True
         try:
             while True:
                 if self.server.stopping:
                     return
-                self.idle = True
-                # Idle until the request starts, then the head must complete
-                # within header_timeout: measured from the first byte.
                 try:
-                    head = await self._next_request(limits)
+                    head = await self._next_request(limits, first)
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint
                     reason = _REASONS.get(status, "bad request")
@@ -256,7 +317,7 @@ class _Connection:
                     return
                 if head is None:
                     return
-                self.idle = False
+                first = False
                 await self._handle(*head)
                 if not await self._finish_cycle():
                     return
@@ -266,30 +327,29 @@ class _Connection:
             await _close(self.stream)
 
     async def _next_request(
-        self, limits: ServerLimits
+        self, limits: ServerLimits, first: bool
     ) -> tuple[h11.Request, list[tuple[bytes, bytes]]] | None:
         """The next request and its headers, or None when the client is
         done."""
         event = self.h11.next_event()
         if event is h11.NEED_DATA:
-            # Between requests: wait for the first byte under the idle timeout,
-            # in the scope shutdown cancels (either ends the connection, so one
-            # scope serves both). No read is tried first: a client that waits
-            # for each answer has not sent its next request yet.
-            self.cancel_scope = trio.CancelScope(
-                deadline=trio.current_time() + limits.keep_alive_timeout
-            )
-            data: bytes | None = None
-            with self.cancel_scope:
-                data = await self._wait_receive()
-            if data is None:  # idle too long, or shutting down
+            data = await self._wait_for_request(limits, first)
+            if not data:  # gone, silent or idle too long, evicted, shutdown
                 return None
             self.h11.receive_data(data)
-            # The whole head within header_timeout of its first byte, however
-            # it trickles in (a per-read bound lets a byte a second go on).
-            deadline = trio.current_time() + limits.header_timeout
-            while (event := self.h11.next_event()) is h11.NEED_DATA:
-                await self._receive_data(deadline - trio.current_time())
+            # The whole head within header_timeout: of the accept for the
+            # first request, of its first byte for a later one, however it
+            # trickles in (a per-read bound lets a byte a second go on).
+            deadline = (
+                self.accepted if first else trio.current_time()
+            ) + limits.header_timeout
+            try:
+                while (event := self.h11.next_event()) is h11.NEED_DATA:
+                    await self._receive_data(None, deadline)
+            except _ClientGoneError:
+                if trio.current_time() >= deadline:
+                    self.server.dropped("header_timeout")
+                raise
         else:
             # Pipelined, already read: yield all the same, so a client that
             # keeps its socket full cannot starve the other connections (and
@@ -311,6 +371,64 @@ class _Connection:
             return event, headers
         # ConnectionClosed, or bytes after a "connection: close" request
         return None
+
+    async def _wait_for_request(
+        self, limits: ServerLimits, first: bool
+    ) -> bytes | None:
+        """The first bytes of the next request (b"" or None when the
+        connection should end instead).
+
+        The connection is idle meanwhile: registered with the server as
+        evictable, in the scope that the deadline, shutdown and eviction cancel
+        (each ends the connection, so one scope serves all three). A new
+        connection's wait (its TLS handshake included) ends at ``accepted +
+        header_timeout``; a keep-alive connection's after
+        ``keep_alive_timeout``.
+        """
+        server = self.server
+        if first:
+            # A client sends its request as soon as it is connected: usually
+            # there by now, so try a read first (not under TLS: handshake).
+            data = self._try_receive()
+            if data is not None:
+                return data
+            deadline = self.accepted + limits.header_timeout
+            waiting = server.fresh
+        else:
+            # No read is tried first: a client that waits for each answer has
+            # not sent its next request yet.
+            deadline = trio.current_time() + limits.keep_alive_timeout
+            waiting = server.idle
+        scope = self.cancel_scope = trio.CancelScope(deadline=deadline)
+        server.went_idle(self, waiting)
+        data = None
+        try:
+            with scope:
+                if self.handshake is not None:
+                    try:
+                        await self.handshake.do_handshake()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return None
+                    self.handshake = None
+                data = await self._wait_receive()
+        finally:
+            waiting.pop(self, None)
+        if data is None and first and not (self.evicted or server.stopping):
+            server.dropped("header_timeout")
+        return data
+
+    def has_input(self) -> bool:
+        """True when bytes (or the end of the stream) are waiting to be read:
+        the connection is about to be busy (or to close by itself)."""
+        if self.sock is None:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # broken: it is ending by itself
+        return True
 
     async def _finish_cycle(self) -> bool:
         """After a response: drain what the app left unread, then True when
@@ -526,82 +644,147 @@ class _Server:
         app: ASGIApp,
         limits: ServerLimits,
         ssl_context: ssl.SSLContext | None,
+        on_drop: Callable[[str], object] | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
         self.ssl_context = ssl_context
         self.scheme = "https" if ssl_context is not None else "http"
+        self.on_drop = on_drop
         self.stopping = False
-        self.connections: set[_Connection] = set()
-        self.limiter = trio.CapacityLimiter(limits.max_connections)
+        #: connections holding a slot (the accept in progress included)
+        self.open = 0
+        # Idle connections, evictable, in the order they became idle (a dict
+        # keeps insertion order; a connection is removed when it gets busy):
+        #: new connections that have not sent a byte yet
+        self.fresh: dict[_Connection, None] = {}
+        #: keep-alive connections waiting for their next request
+        self.idle: dict[_Connection, None] = {}
+        #: set when a slot frees or a connection goes idle, while the accept
+        #: loop waits for room
+        self._room: trio.Event | None = None
+        self._next_full_warning = -_NEVER
+
+    def went_idle(self, conn: _Connection, waiting: dict[_Connection, None]) -> None:
+        waiting[conn] = None
+        if self._room is not None:
+            self._room.set()
+
+    def dropped(self, reason: str) -> None:
+        if self.on_drop is not None:
+            self.on_drop(reason)
 
     async def accept_loop(
         self, listener: trio.SocketListener, nursery: trio.Nursery
     ) -> None:
         while True:
-            token = object()
-            # A slot first: past max_connections, clients wait in the backlog.
-            await self.limiter.acquire_on_behalf_of(token)
+            if self.open >= self.limits.max_connections:
+                await self._make_room(listener.socket)
+            # A slot first: taken while the accept waits for a client.
+            self.open += 1
             try:
                 stream = await listener.accept()
             except OSError as exc:  # EMFILE and the like: back off, go on
-                self.limiter.release_on_behalf_of(token)
+                self._release()
                 _log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
             except BaseException:
-                self.limiter.release_on_behalf_of(token)
+                self._release()
                 raise
-            nursery.start_soon(self._connection, stream, token)
+            nursery.start_soon(self._connection, stream, trio.current_time())
 
-    async def _connection(self, stream: trio.SocketStream, token: object) -> None:
+    async def _make_room(self, listening: trio.socket.SocketType) -> None:
+        """Return once a connection can be accepted within max_connections.
+
+        Nothing is closed until a client waits in the listen backlog; then the
+        idle connection chosen by :meth:`_evict_one` is closed, and its slot
+        taken once its task has ended. With none idle, wait until one goes
+        idle or closes.
+        """
+        await trio.lowlevel.wait_readable(listening)
         try:
-            await self._serve_connection(stream)
+            while self.open >= self.limits.max_connections:
+                room = self._room = trio.Event()
+                if self._evict_one():
+                    self.dropped("evicted")
+                    now = trio.current_time()
+                    if now >= self._next_full_warning:
+                        self._next_full_warning = now + _FULL_WARNING_INTERVAL
+                        _log.warning(
+                            "%d HTTP connections open on %s (http_max_connections):"
+                            " closing the longest idle ones to admit new ones",
+                            self.open,
+                            _addr(listening.getsockname()),
+                        )
+                await room.wait()
+        finally:
+            self._room = None
+
+    def _evict_one(self) -> bool:
+        """Close the connection idle longest, silent new ones first (module
+        docstring); False when every connection is busy."""
+        for waiting in (self.fresh, self.idle):
+            for conn in waiting:  # oldest first
+                # Bytes already there: its task is about to read them (or
+                # it is closing by itself). Closing it would lose a request.
+                if not conn.has_input():
+                    del waiting[conn]
+                    conn.evicted = True
+                    conn.cancel_scope.cancel()
+                    return True
+        return False
+
+    def _release(self) -> None:
+        self.open -= 1
+        if self._room is not None:
+            self._room.set()
+
+    async def _connection(self, stream: trio.SocketStream, accepted: float) -> None:
+        try:
+            await self._serve_connection(stream, accepted)
         except Exception:  # a bug here must not stop the whole server
             _log.exception("HTTP connection failed")
             await _close(stream)
         finally:
-            self.limiter.release_on_behalf_of(token)
+            self._release()
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(
+        self, stream: trio.SocketStream, accepted: float
+    ) -> None:
         try:
             client = _addr(stream.socket.getpeername())
             local = _addr(stream.socket.getsockname())
+            # The stdlib socket: direct reads and writes of _Connection (plain
+            # TCP), and peeking for waiting bytes before an eviction (both).
+            stream, sock = own_socket(stream)
         except OSError:
             await _close(stream)
             return
         served: trio.abc.Stream = stream
-        raw: socket.socket | None = None
-        if self.ssl_context is None:
-            # the direct reads and writes of _Connection
-            try:
-                served, raw = own_socket(stream)
-            except OSError:
-                return
-        else:
-            tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
-            handshaken = False
-            with trio.move_on_after(self.limits.header_timeout):
-                try:
-                    await tls.do_handshake()
-                    handshaken = True
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            if not handshaken:
-                await _close(stream)
-                return
-            served = tls
-        conn = _Connection(self, served, raw, client, local)
-        self.connections.add(conn)
-        try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
+        raw: socket.socket | None = sock
+        tls: trio.SSLStream[trio.SocketStream] | None = None
+        if self.ssl_context is not None:
+            # The handshake is done by the first wait for a request, under
+            # its deadline (header_timeout from the accept), evictable.
+            served = tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
+            raw = None
+        conn = _Connection(
+            self,
+            served,
+            raw,
+            client,
+            local,
+            accepted=accepted,
+            sock=sock,
+            handshake=tls,
+        )
+        await conn.run()
 
     def begin_shutdown(self) -> None:
         self.stopping = True
-        for conn in list(self.connections):
-            if conn.idle:
+        for waiting in (self.fresh, self.idle):
+            for conn in list(waiting):
                 conn.cancel_scope.cancel()
 
 
@@ -627,6 +810,7 @@ async def serve(
     shutdown_trigger: ShutdownTrigger,
     limits: ServerLimits = ServerLimits(),
     ssl_context: ssl.SSLContext | None = None,
+    on_drop: Callable[[str], object] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the bound TCP socket ``sock`` until ``shutdown_trigger``
@@ -634,11 +818,14 @@ async def serve(
 
     ``sock`` is put in listening state here; the caller keeps owning it (closing
     it after we return is harmless). ``task_status.started()`` is called once
-    connections are accepted.
+    connections are accepted. ``on_drop``, if given, is called with
+    ``"evicted"`` for each idle connection closed to make room for a new one
+    and ``"header_timeout"`` for each connection closed for not sending a
+    request's head in time (a metric's counter, say).
     """
     sock.listen(limits.backlog)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-    server = _Server(app, limits, ssl_context)
+    server = _Server(app, limits, ssl_context, on_drop)
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as acceptor:
             acceptor.start_soon(server.accept_loop, listener, connections)

@@ -361,6 +361,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.http_dropped = Counter(
+            "mesh_http_connections_dropped",
+            "Connections a server (api, mesh) closed to keep its slots for "
+            "clients: evicted (idle, to admit a new one when all "
+            "http_max_connections were taken) or header_timeout (no request "
+            "head within http_header_timeout)",
+            ["server", "reason"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "mesh_auth_failures",
             "Input refused by authentication, by channel (udp, peer_http, "

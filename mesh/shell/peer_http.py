@@ -181,13 +181,6 @@ def refuse_body(
     return HttpError(400, str(exc))
 
 
-#: how long the server keeps an idle peer connection open
-SERVER_KEEP_ALIVE = 75.0
-#: how long the client keeps one for reuse: shorter than the server's, so the
-#: client never picks a connection the server is closing at that moment
-CLIENT_KEEP_ALIVE = 60.0
-
-
 # --- client ---
 
 
@@ -210,7 +203,9 @@ async def open_peer_client(
     """
     transport = H11Transport(
         max_connections=config.max_pending_probes,
-        keepalive_expiry=CLIENT_KEEP_ALIVE,
+        # below the servers' http_keepalive_timeout (Config checks it), so we
+        # never pick a connection the server is closing at that moment
+        keepalive_expiry=config.push_keepalive_expiry,
         ssl_context=client_ssl_context(config),
     )
     timeout = httpx.Timeout(config.tcp_timeout)

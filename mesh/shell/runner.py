@@ -41,6 +41,7 @@ from .api import make_api_app
 from .auth import load_api_token, require_token, server_ssl_context
 from .http_server import ServerLimits
 from .keyring_api import keyring_endpoints, peer_keyring_route
+from .metrics import Metrics
 from .net import (
     advertise_address,
     bind_mesh_sockets,
@@ -48,11 +49,7 @@ from .net import (
     format_address,
     resolve_bind,
 )
-from .peer_http import (
-    SERVER_KEEP_ALIVE,
-    make_peer_app,
-    open_peer_client,
-)
+from .peer_http import make_peer_app, open_peer_client
 from .pusher import open_pusher
 from .routes_api import routes_endpoints
 from .udp import UdpEndpoint
@@ -171,9 +168,6 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
     api_app = make_api_app(
         agent, routes=[*routes_endpoints(agent), *keyring_endpoints(agent)], hub=hub
     )
-    # Peers pool connections to our mesh port for push_keepalive_expiry; we keep
-    # them open longer, so a peer never reuses one we are closing at that moment.
-    peer_keep_alive = max(SERVER_KEEP_ALIVE, config.push_keepalive_expiry + 15.0)
     addresses = AgentAddresses(config.name, mesh_bound, advertise, http_bound)
     try:
         async with (
@@ -188,16 +182,17 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
             nursery.start_soon(agent.run_timers)
             stop_servers = trio.Event()
             async with trio.open_nursery() as servers:
-                for app, sock, keep_alive, tls in (
+                for server, app, sock, tls in (
                     # Sealing wraps the whole peer app: every endpoint, even
                     # one added later, is behind authentication and bounds.
                     (
+                        "mesh",
                         agent.sealer.wrap_peer_app(peer_app),
                         tcp_sock,
-                        peer_keep_alive,
                         peer_tls,
                     ),
                     (
+                        "api",
                         api_app
                         if api_token is None
                         else require_token(
@@ -208,7 +203,6 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
                             on_refused=api_app.observe_refusal,
                         ),
                         api_sock,
-                        SERVER_KEEP_ALIVE,
                         api_tls,
                     ),
                 ):
@@ -219,13 +213,14 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
                             sock,
                             shutdown_trigger=stop_servers.wait,
                             limits=ServerLimits(
-                                keep_alive_timeout=keep_alive,
+                                keep_alive_timeout=config.http_keepalive_timeout,
                                 header_timeout=config.http_header_timeout,
                                 io_timeout=config.http_io_timeout,
                                 max_header_bytes=config.http_max_header_bytes,
                                 max_connections=config.http_max_connections,
                             ),
                             ssl_context=tls,
+                            on_drop=partial(_count_drop, agent.metrics, server),
                         )
                     )
                 agent.start()
@@ -353,3 +348,8 @@ async def _watch_signals(agent: Agent) -> None:
                 # Impatient operator: stop waiting for the leave to spread
                 # and for pushes to flush.
                 agent.hurry.set()
+
+
+def _count_drop(metrics: Metrics, server: str, reason: str) -> None:
+    """A connection the server closed to keep its slots (http_server.serve)."""
+    metrics.http_dropped.labels(server, reason).inc()

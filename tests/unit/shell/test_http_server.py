@@ -3,6 +3,7 @@ keep-alive, pipelining, slow and vanishing clients, graceful shutdown, TLS."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import socket
 import ssl
@@ -33,6 +34,7 @@ async def running(
     app: App,
     limits: ServerLimits | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    on_drop: Callable[[str], object] | None = None,
 ) -> AsyncIterator[tuple[int, trio.Event]]:
     """Serve ``app`` on a free port: yields (port, shutdown trigger)."""
     sock = _bound()
@@ -48,6 +50,7 @@ async def running(
                     shutdown_trigger=stop.wait,
                     limits=limits or ServerLimits(),
                     ssl_context=ssl_context,
+                    on_drop=on_drop,
                     task_status=task_status,
                 )
 
@@ -367,22 +370,111 @@ async def test_path_is_decoded_and_raw_path_kept() -> None:
     assert scope["client"][0] == "127.0.0.1"
 
 
-async def test_connections_beyond_the_bound_wait_in_the_backlog() -> None:
-    limits = ServerLimits(max_connections=1)
+# --- connection slots: silent connections, eviction of idle ones ---
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout() -> (
+    None
+):
+    # Not at the keep-alive timeout: the head's clock starts at the accept,
+    # not at a first byte that never comes.
+    dropped: list[str] = []
+    limits = ServerLimits(header_timeout=0.2, keep_alive_timeout=60)
+    async with running(router(), limits, on_drop=dropped.append) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(10):
+            assert await read_until_closed(stream) == b""
+    assert dropped == ["header_timeout"]
+
+
+async def test_a_tls_client_that_sends_no_request_is_closed_at_the_header_timeout() -> (
+    None
+):
+    server_ctx, client_ctx = _self_signed()
+    limits = ServerLimits(header_timeout=0.5, keep_alive_timeout=60)
+    async with running(router(), limits, ssl_context=server_ctx) as (port, _):
+        # handshakes, then says nothing
+        stream = await _client(port, client_ctx)
+        # closed without close_notify (BrokenResourceError) is closed too
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            assert await stream.receive_some(65536) == b""
+        await stream.aclose()
+
+
+async def test_silent_connections_holding_every_slot_make_room_for_a_client() -> None:
+    # Timeouts far past the test's deadline: only eviction can admit the client.
+    dropped: list[str] = []
+    limits = ServerLimits(max_connections=3, header_timeout=60, keep_alive_timeout=60)
+    async with running(router(), limits, on_drop=dropped.append) as (port, _):
+        silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await client.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await read_responses(client, 1))[0].endswith(b"GET a 0")
+            # the oldest silent one made room
+            assert await read_until_closed(silent[0]) == b""
+        assert dropped == ["evicted"]
+        for stream in [client, *silent[1:]]:
+            await stream.aclose()
+
+
+async def test_silent_connections_are_evicted_before_keep_alive_ones() -> None:
+    limits = ServerLimits(max_connections=2, header_timeout=60, keep_alive_timeout=60)
     async with running(router(), limits) as (port, _):
-        first = await trio.open_tcp_stream("127.0.0.1", port)
-        await first.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n\r\n")
-        assert (await read_responses(first, 1))[0].endswith(b"GET a 0")
+        kept = await trio.open_tcp_stream("127.0.0.1", port)
+        await kept.send_all(b"GET /echo/a HTTP/1.1\r\nhost: x\r\n\r\n")
+        await read_responses(kept, 1)  # now idle between requests, the older
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await client.send_all(b"GET /echo/b HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await read_responses(client, 1))[0].endswith(b"GET b 0")
+            assert await read_until_closed(silent) == b""
+            # the keep-alive connection still serves
+            await kept.send_all(b"GET /echo/c HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await read_responses(kept, 1))[0].endswith(b"GET c 0")
+            # and, idle again, makes room in turn: longest idle first
+            other = await trio.open_tcp_stream("127.0.0.1", port)
+            await other.send_all(b"GET /echo/d HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await read_responses(other, 1))[0].endswith(b"GET d 0")
+            assert await read_until_closed(client) == b""
+        await kept.aclose()
+        await other.aclose()
+
+
+async def test_a_request_in_flight_is_not_evicted_and_new_ones_wait() -> None:
+    release = trio.Event()
+    started = trio.Event()
+
+    async def slow(request: Request) -> Response:
+        started.set()
+        await release.wait()
+        return Response(200, b"done", content_type="text/plain")
+
+    app = Router(
+        [Route("GET", "/slow", slow), Route("GET", "/echo/{key}", echo_handler)]
+    )
+    dropped: list[str] = []
+    limits = ServerLimits(max_connections=1, header_timeout=60, keep_alive_timeout=60)
+    async with running(app, limits, on_drop=dropped.append) as (port, _):
+        busy = await trio.open_tcp_stream("127.0.0.1", port)
+        await busy.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        await started.wait()
         # The kernel completes the second handshake, but the server does not
-        # accept it while the first connection is open.
+        # accept it while the only slot is busy.
         second = await trio.open_tcp_stream("127.0.0.1", port)
         await second.send_all(b"GET /echo/b HTTP/1.1\r\nhost: x\r\n\r\n")
         with trio.move_on_after(0.3) as waited:
             await second.receive_some(65536)
         assert waited.cancelled_caught
-        await first.aclose()
+        release.set()
         with trio.fail_after(10):
+            # the request in flight was answered whole...
+            assert (await read_responses(busy, 1))[0].endswith(b"done")
+            # ...then, idle, it made room for the waiting one
             assert (await read_responses(second, 1))[0].endswith(b"GET b 0")
+            assert await read_until_closed(busy) == b""
+        assert dropped == ["evicted"]
         await second.aclose()
 
 
