@@ -317,6 +317,25 @@ async def encode_route_list(
     return b"".join(parts)  # one copy of the whole body
 
 
+async def snapshot_line(index: int, routes: Sequence[Route]) -> bytes:
+    """The stream's ``snapshot`` line, byte for byte what :func:`_line` makes
+    of ``{"event": "snapshot", "index": index, "routes": [...]}``, encoded
+    :data:`LIST_SLICE_ROUTES` routes at a time with a checkpoint between, as
+    :func:`encode_route_list` does: a stream opened on a 100,000-route table
+    must not hold the loop for the whole table. ``routes`` is a snapshot
+    (immutable routes in a list of its own)."""
+    encode = _COMPACT_JSON.encode
+    parts = [f'{{"event":"snapshot","index":{index},"routes":['.encode()]
+    for start in range(0, len(routes), LIST_SLICE_ROUTES):
+        if start:
+            await trio.lowlevel.checkpoint()
+            parts.append(b",")
+        page = [r.to_json() for r in routes[start : start + LIST_SLICE_ROUTES]]
+        parts.append(encode(page)[1:-1].encode())
+    parts.append(b"]}\n")
+    return b"".join(parts)
+
+
 def _with_index(body: bytes, index: int) -> bytes:
     """A compact JSON object's body with ``"index"`` added last: what
     re-encoding the parsed document with the field would build, without
@@ -526,9 +545,7 @@ async def _stream(
                 if batch is None:
                     lines = [_line({"event": "heartbeat", "index": hub.index})]
                 elif batch.snapshot:
-                    routes = [r.to_json() for r in batch.routes]
-                    snapshot = {"event": "snapshot", "index": batch.index}
-                    lines = [_line({**snapshot, "routes": routes})]
+                    lines = [await snapshot_line(batch.index, batch.routes)]
                 else:
                     lines = [_line(e.to_json()) for e in batch.events]
                 if not await write(lines):

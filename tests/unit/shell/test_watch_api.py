@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from mesh.core.routes import Write
+from mesh.core.routes import Route, Version, Write
 from mesh.shell.asgi import Message
 from mesh.shell.net import format_address
 from mesh.shell.runner import RunningAgent, open_agent
@@ -22,9 +22,11 @@ from mesh.shell.watch_api import (
     LIST_SLICE_ROUTES,
     STREAM_PATH,
     RouteWatchHub,
+    _line,
     _with_index,
     parse_wait,
     serve_stream,
+    snapshot_line,
 )
 
 from .conftest import MakeAgent, local_config
@@ -506,3 +508,39 @@ def test_an_index_is_added_to_a_list_answer_that_lacks_it() -> None:
     assert _with_index(body, 7) == b'{"routes":[{"key":"a"}],"count":1,"index":7}'
     assert _with_index(b"{}", 0) == b'{"index":0}'
     assert json.loads(_with_index(b'{"count": 0}', 2)) == {"count": 0, "index": 2}
+
+
+@pytest.mark.parametrize("n", [0, 1, LIST_SLICE_ROUTES, 2 * LIST_SLICE_ROUTES + 5])
+async def test_the_snapshot_line_is_the_documents_encoding_in_slices(n: int) -> None:
+    # A stream opened on a big table encoded its whole snapshot in one go
+    # (100,000 routes: most of a second with the loop held).
+    routes = [
+        Route(f"k{i}", f"http://t/{i}\u00e9", {"m": "\u2603"}, Version(1, i, "n1"))
+        for i in range(n)
+    ]
+    expected = _line(
+        {
+            "event": "snapshot",
+            "index": 9,
+            "routes": [r.to_json() for r in routes],
+        }
+    )
+    ticks = 0
+    running = True
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while running:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        await trio.lowlevel.checkpoint()  # it has started
+        before = ticks
+        line = await snapshot_line(9, routes)
+        others_ran = ticks > before
+        running = False
+    assert line == expected
+    # Between slices, and only then, the loop runs other tasks.
+    assert others_ran is (n > LIST_SLICE_ROUTES)
