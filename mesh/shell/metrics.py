@@ -309,7 +309,8 @@ class Metrics:
         )
         self.route_writes = Counter(
             "mesh_route_writes",
-            "Client writes and deletes, by outcome (applied, conflict, invalid, full)",
+            "Client writes and deletes, by outcome (applied, conflict, invalid: "
+            "refused with 400, each batch item on its own, full)",
             ["result"],
             registry=self.registry,
         )
