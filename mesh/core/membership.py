@@ -205,6 +205,9 @@ class Membership:
         self.stats: Counter[str] = Counter()
         #: name conflicts, one per episode, for the shell to log and take
         self.conflicts: deque[Conflict] = deque(maxlen=_CONFLICTS_KEPT)
+        #: the address our name was last heard at, when not ours and no peer
+        #: has since shown us at ours (readiness: we are not a member)
+        self.local_conflict: Address | None = None
         # Probe order: shuffled round robin over the other members.
         self._probe_order: list[str] = []
         self._probe_index = 0
@@ -333,12 +336,16 @@ class Membership:
         moved = member.addr != msg.addr
         if moved:
             if is_local:
-                # Someone claims our name elsewhere (or stale gossip from our
-                # previous life): out-incarnate it.
+                # Someone holds our name elsewhere: another process, or our
+                # previous life not yet declared dead. Until peers hold us at
+                # our address we are no member (they refuse our alive): say so
+                # (readiness, a warning), and out-incarnate a claim that
+                # could otherwise override us.
+                self.stats["name_conflicts"] += 1
+                self.local_conflict = msg.addr
                 if msg.incarnation >= member.incarnation:
-                    self.stats["name_conflicts"] += 1
                     self.refute(msg.incarnation, now)
-                    self._conflict(member, msg, now)
+                self._conflict(member, msg, now)
                 return
             if member.status in _LIVE:
                 # memberlist "Conflicting address": the live holder keeps the
@@ -350,6 +357,8 @@ class Membership:
             # Dead or left: reclaimed by the new address at once.
             member.conflict = None
         if is_local:
+            # A peer holds us at our own address: any conflict is over.
+            self.local_conflict = None
             if msg.incarnation < member.incarnation:
                 return
             if msg.incarnation == member.incarnation and msg.tags == member.tags:

@@ -38,6 +38,7 @@ from .asgi import (
     normalize_method,
 )
 from .metrics import CONTENT_TYPE
+from .net import format_address
 from .watch_api import STREAM_PATH, RouteWatchHub, serve_stream, wrap_list
 
 __all__ = ["BODY_LIMIT", "ApiApp", "make_api_app", "readiness"]
@@ -66,6 +67,12 @@ def readiness(agent: Agent) -> dict[str, Any]:
         reason = sync.reason or "route table not caught up"
         if reason not in reasons:
             reasons.append(reason)
+    other = core.membership.local_conflict
+    if other is not None:
+        reasons.append(
+            f"name conflict: {core.name} is held at {format_address(other)} "
+            "(another process, or this one's previous life not yet found dead)"
+        )
     if agent.shutdown_requested.is_set():
         reasons.append("leaving")
     return {

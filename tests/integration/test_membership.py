@@ -122,6 +122,18 @@ def test_a_second_process_under_a_taken_name_is_refused_and_logged(
         assert view["node2"]["status"] == "alive"
         log = (tmp_path / "node1.log").read_text()
         assert log.count("name conflict: alive at another address refused") == 1
+        # The newcomer knows it is no member: it says so, and is not ready.
+        wait_until(
+            lambda: (
+                "name conflict: our name is claimed at another address"
+                in (tmp_path / "impostor.log").read_text()
+            ),
+            10.0,
+            what="the newcomer's warning",
+        )
+        health = impostor.get("/v1/health?ready")
+        assert health.status_code == 503
+        assert health.json()["reasons"][0].startswith("name conflict: node2 is held")
     finally:
         impostor.close()
 

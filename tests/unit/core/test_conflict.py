@@ -248,3 +248,23 @@ def test_stale_claim_is_not_applied_when_the_holder_dies() -> None:
     assert view is not None
     assert (view.addr, view.status) == (X1, MemberStatus.DEAD)
     assert m.stats["conflicts_taken_over"] == 0
+
+
+def test_a_newcomer_whose_name_is_held_elsewhere_knows_it_is_no_member() -> None:
+    # The second process under a taken name (its incarnation, the wall clock,
+    # is the higher): peers refuse its alive and show it the holder's row. It
+    # used to say nothing and report itself ready.
+    core = _core(incarnation=100)
+    m = core.membership
+    core.receive(X2, [Alive(40, "me", X2)], 1.0)
+    assert core.incarnation == 100  # nothing to out-incarnate
+    assert m.local_conflict == X2
+    assert [(c.other, c.incarnation, c.local) for c in m.conflicts] == [(X2, 40, True)]
+    # Told again (every exchange with a peer carries the row): one report.
+    core.receive(X2, [Alive(40, "me", X2)], 2.0)
+    assert len(m.conflicts) == 1
+    assert m.local_conflict == X2
+    # Once a peer holds us at our own address (the other was found dead and
+    # we took over), the conflict is over.
+    core.receive(X1, [Alive(100, "me", ("10.0.0.1", 7946))], 3.0)
+    assert m.local_conflict is None

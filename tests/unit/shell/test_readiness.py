@@ -52,3 +52,17 @@ async def test_route_sync_reason_and_leaving(make_agent: MakeAgent) -> None:
     assert document["routes_caught_up"] is False
     assert document["routes_behind"] == 7
     assert document["reasons"] == ["catching up from b", "leaving"]
+
+
+async def test_a_name_held_at_another_address_is_not_ready(
+    make_agent: MakeAgent,
+) -> None:
+    agent = make_agent()
+    agent.core.membership.local_conflict = ("10.0.0.9", 7946)
+    async with client_for(make_api_app(agent)) as client:
+        response = await client.get("/v1/health?ready")
+    assert response.status_code == 503
+    (reason,) = response.json()["reasons"]
+    assert reason.startswith(
+        f"name conflict: {agent.core.name} is held at 10.0.0.9:7946"
+    )
