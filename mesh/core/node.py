@@ -142,6 +142,7 @@ class NodeCore:
             max_routes=config.max_routes,
             hlc_max_skew_ms=int(config.hlc_max_skew * 1000),
             max_symbols=config.antientropy_max_symbols,
+            change_log_max=config.watch_log_max,
         )
         self.pushes = PushScheduler(
             queue_max=config.push_queue_max,

@@ -42,6 +42,7 @@ import enum
 import heapq
 import re
 import sys
+from collections import deque
 from collections.abc import Iterator, Mapping
 
 import attrs
@@ -237,6 +238,7 @@ class RouteTable:
         max_routes: int,
         hlc_max_skew_ms: int,
         max_symbols: int = 4096,
+        change_log_max: int = 0,
     ) -> None:
         self.origin = origin
         self.max_routes = max_routes
@@ -259,6 +261,11 @@ class RouteTable:
         self._unsorted: set[str] = set()
         #: tombstones garbage-collected (a metric)
         self.collected = 0
+        # the last change_log_max changes, (index, key, entry or None when it
+        # was forgotten), one per index: watchers resume from any of them
+        self._changes: deque[tuple[int, str, Route | None]] | None = (
+            deque(maxlen=change_log_max) if change_log_max > 0 else None
+        )
 
     def __len__(self) -> int:
         """Live routes (tombstones excluded)."""
@@ -406,6 +413,8 @@ class RouteTable:
         self._keys[element] = key
         self._toggle(element, 1)
         self.index += 1
+        if self._changes is not None:
+            self._changes.append((self.index, key, route))
         return Outcome(OutcomeStatus.APPLIED, route)
 
     def _unindex(self, key: str) -> None:
@@ -509,3 +518,26 @@ class RouteTable:
             if i < len(self._sorted) and self._sorted[i] == key:
                 del self._sorted[i]
         self.index += 1
+        if self._changes is not None:
+            self._changes.append((self.index, key, None))
+
+    def changes_after(self, index: int) -> list[tuple[int, str, Route | None]] | None:
+        """The changes after ``index``, oldest first, each with its own index
+        (the entry it stored, or None when the key was forgotten); None when
+        the change log no longer reaches back that far, or ``index`` is
+        ahead of the table: the caller starts over from a snapshot."""
+        if index > self.index:
+            return None
+        if index == self.index:
+            return []
+        log = self._changes
+        # one entry per index, so the log covers (log[0].index - 1, index]
+        if not log or log[0][0] > index + 1:
+            return None
+        out = []
+        for entry in reversed(log):
+            if entry[0] <= index:
+                break
+            out.append(entry)
+        out.reverse()
+        return out

@@ -17,11 +17,10 @@ Two forms, for two kinds of client (docs/contract.md, "Watching routes"):
   ``watch_heartbeat_interval`` of quiet. Given an ``index`` still covered by the
   change log, the stream starts with the changes since it instead of a snapshot.
 
-Bounds. The core keeps no per-key change index, so :class:`RouteWatchHub`
-derives changes itself: when a stream asks and the table's index has moved,
-it compares the table with the copy it saw last (identity checks, one pass,
-shared by every stream) and appends the differences to one bounded log
-(``watch_log_max``). Streams hold only a position in that log, never a queue
+Bounds. The route table keeps its last ``watch_log_max`` changes, each with
+its own index (:meth:`RouteTable.changes_after`), so a client may resume
+after any event it saw, in the middle of a batch too. Streams hold only a
+position in that log, never a queue
 of their own: a stream that falls off the end gets a fresh ``snapshot``
 (resync) and one whose client does not accept a write within
 ``watch_send_timeout`` is dropped. At most ``watch_max_clients`` blocking
@@ -48,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -136,16 +134,14 @@ class RouteWatchHub:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self._table = agent.core.routes
-        self._log_max = agent.config.watch_log_max
         self._max_clients = agent.config.watch_max_clients
-        self._seen: dict[str, Route] = {r.key: r for r in self._table}
-        #: the table index ``_seen`` reflects
-        self.index = self._table.index
-        #: streams may resume from an index >= base_index (older ones resync)
-        self.base_index = self.index
-        self._log: deque[RouteEvent] = deque()
         #: blocking queries and streams open now
         self.clients = 0
+
+    @property
+    def index(self) -> int:
+        """The table's change index: the position of a client in step."""
+        return self._table.index
 
     def check_room(self) -> None:
         """Raise the 429 :meth:`client_slot` would, without taking a place or
@@ -174,57 +170,21 @@ class RouteWatchHub:
             self.clients -= 1
             self.agent.metrics.route_watchers.set(self.clients)
 
-    def catch_up(self) -> None:
-        """Log what changed since the last call: one pass over the table,
-        comparing entries by identity (the table stores a new object per
-        change). Synchronous: nothing else runs meanwhile."""
-        table = self._table
-        if table.index == self.index:
-            return
-        index = table.index
-        seen = self._seen
-        current: dict[str, Route] = {}
-        kept = 0
-        for route in table:
-            current[route.key] = route
-            old = seen.get(route.key)
-            if old is not None:
-                kept += 1
-            if old is not route:
-                self._append(RouteEvent(index, route.key, route))
-        if kept < len(seen):
-            for key in seen.keys() - current.keys():
-                self._append(RouteEvent(index, key, None))
-        self._seen = current
-        self.index = index
-
-    def _append(self, event: RouteEvent) -> None:
-        self._log.append(event)
-        if len(self._log) > self._log_max:
-            evicted = self._log.popleft()
-            self.base_index = max(self.base_index, evicted.index)
-
     def events_after(self, index: int) -> list[RouteEvent] | None:
-        """Logged changes past ``index``, oldest first; None if the log no
-        longer reaches back that far (or ``index`` is from the future): the
-        caller must resync from a snapshot."""
-        self.catch_up()
-        if index < self.base_index or index > self.index:
+        """The changes past ``index``, oldest first, each with its own index
+        (so a client may resume after any event, mid-batch too); None if the
+        table's change log (``watch_log_max``) no longer reaches back that
+        far, or ``index`` is from the future: the caller must resync from a
+        snapshot."""
+        changes = self._table.changes_after(index)
+        if changes is None:
             return None
-        out: list[RouteEvent] = []
-        for event in reversed(self._log):
-            if event.index <= index:
-                break
-            out.append(event)
-        out.reverse()
-        return out
+        return [RouteEvent(i, key, route) for i, key, route in changes]
 
     def snapshot(self, prefix: str = "") -> tuple[int, list[Route]]:
-        """Every live route under ``prefix`` and the index it reflects."""
-        self.catch_up()
-        return self.index, [
-            r for r in self._seen.values() if not r.deleted and r.key.startswith(prefix)
-        ]
+        """Every live route under ``prefix``, sorted by key, and the index it
+        reflects."""
+        return self._table.index, self._table.live(prefix)
 
     def watcher(self, index: int | None = None, prefix: str = "") -> RouteWatcher:
         """A cursor over this log for one client (stream or embedding)."""
@@ -279,7 +239,7 @@ class RouteWatcher:
     def _snapshot(self) -> WatchBatch:
         index, routes = self._hub.snapshot(self._prefix)
         self.position = index
-        return WatchBatch(index, True, routes=sorted(routes, key=lambda r: r.key))
+        return WatchBatch(index, True, routes=routes)
 
 
 async def encode_route_list(
@@ -470,6 +430,10 @@ async def serve_stream(
             return 200
         with hub.client_slot():
             await send(_stream_start(hub))
+            # The head goes out now, not with the first line: a client
+            # resuming at the current index may wait long for one, and a
+            # client or proxy waiting that long for headers gives up.
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
             await _stream(hub, index, prefix, receive, send)
             return 200
     except HttpError as exc:

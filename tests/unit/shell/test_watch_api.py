@@ -396,13 +396,33 @@ async def test_stream_resumes_from_index(node: Open) -> None:
             await client.put(f"/v1/routes/{key}", json={"target": "t"})
     stream = await NdjsonStream.open(running, f"{STREAM_PATH}?index=1")
     try:
-        first = await stream.next_event()
+        events = [await stream.next_event() for _ in range(2)]
     finally:
         await stream.aclose()
-    # Changes (no snapshot); the log is built lazily, so all three writes
-    # share index 3 and a re-sent put of "a" is harmless (puts are idempotent).
-    assert first["event"] == "put"
-    assert first["index"] == 3
+    # The changes after 1 (no snapshot), each with its own index.
+    assert [(e["event"], e["index"], e["route"]["key"]) for e in events] == [
+        ("put", 2, "b"),
+        ("put", 3, "c"),
+    ]
+
+
+async def test_a_stream_resumed_at_the_current_index_answers_at_once(
+    node: Open,
+) -> None:
+    # Nothing to send yet: the head used to wait for the first line (the
+    # next change or heartbeat), and clients with a header timeout gave up.
+    running, client = await node(watch_heartbeat_interval=60.0)
+    async with client:
+        await client.put("/v1/routes/a", json={"target": "t"})
+    with trio.move_on_after(5.0):
+        stream = await NdjsonStream.open(running, f"{STREAM_PATH}?index=1")
+        try:
+            assert stream.status == 200
+            assert stream.headers["x-mesh-index"] == "1"
+        finally:
+            await stream.aclose()
+        return
+    pytest.fail("no response head within 5 s")
 
 
 async def test_stream_prefix_and_heartbeat(node: Open) -> None:
@@ -457,8 +477,8 @@ async def test_log_overflow_forces_resync(make_agent: MakeAgent) -> None:
     assert (await watcher.next()).snapshot
     for key in ("a", "b", "c"):
         agent.put_route(key, "t", {}, None)
-    hub.catch_up()
     assert hub.events_after(0) is None  # three changes past a log of two
+    assert [e.index for e in hub.events_after(1) or []] == [2, 3]
     batch = await watcher.next()
     assert batch.snapshot
     assert [r.key for r in batch.routes] == ["a", "b", "c"]
@@ -470,14 +490,35 @@ async def test_log_overflow_forces_resync(make_agent: MakeAgent) -> None:
 async def test_tombstone_reaped_is_a_delete(make_agent: MakeAgent) -> None:
     agent = make_agent()
     hub = RouteWatchHub(agent)
+    table = agent.core.routes
     agent.put_route("a", "t", {}, None)
-    hub.catch_up()
-    # A reaped entry disappears from the table: the log reports it deleted.
-    agent.core.routes._routes.pop("a")
-    agent.core.routes.index += 1
-    events = hub.events_after(1)
+    table.write("a", "", {}, revision=None, wall_ms=1, deleted=True)
+    # A reaped tombstone disappears from the table: the log reports it
+    # deleted (with no route).
+    assert table.collect(horizon_ms=2**62) == 1
+    events = hub.events_after(2)
     assert events is not None
-    assert [(e.key, e.deleted, e.route) for e in events] == [("a", True, None)]
+    assert [(e.index, e.key, e.deleted, e.route) for e in events] == [
+        (3, "a", True, None)
+    ]
+
+
+async def test_every_event_of_a_batch_has_its_own_index(make_agent: MakeAgent) -> None:
+    # Each event carried its batch's last index, so a client resuming after
+    # the 10th event of 100 (as documented) lost the other 90.
+    agent = make_agent()
+    hub = RouteWatchHub(agent)
+    agent.write_routes([Write(f"k{i:03d}", "http://t") for i in range(100)])
+    events = hub.events_after(0)
+    assert events is not None
+    assert [e.index for e in events] == list(range(1, 101))
+    resumed = hub.events_after(events[9].index)
+    assert resumed is not None
+    assert [e.key for e in resumed] == [f"k{i:03d}" for i in range(10, 100)]
+    watcher = hub.watcher(index=events[9].index)
+    batch = await watcher.next()
+    assert not batch.snapshot
+    assert [e.index for e in batch.events] == list(range(11, 101))
 
 
 async def test_slow_stream_is_dropped(make_agent: MakeAgent) -> None:
