@@ -152,6 +152,27 @@ def _dead_at(wire: Wire, observer: str, name: str) -> float:
     )
 
 
+def _join_as_c(wire: Wire, key: str, addr: Address, incarnation: int) -> NodeCore:
+    """A process named "c" at ``addr`` (on the wire as ``key``) joining
+    through a at t = 5: one member-table exchange, both sides merged."""
+    c2 = NodeCore(
+        Config.lan(name="c", tcp_fallback_probe=False),
+        addr=addr,
+        rng=random.Random(99),
+        now=5.0,
+        incarnation=incarnation,
+    )
+    wire.cores[key] = c2
+    wire.addr[key] = addr
+    wire.by_addr[addr] = key
+    a = wire.cores["a"]
+    reply, effects = a.handle_exchange(PushPull(True, c2.membership.states(), "c"), 5.0)
+    wire._run("a", effects)
+    c2.membership.merge(reply.members, "a", 5.0)
+    wire._run(key, c2._drain())
+    return c2
+
+
 def test_two_live_processes_one_name_no_flapping() -> None:
     # c runs; a second "c" starts at another address and joins through a.
     wire = Wire(LAN, ["a", "b", "c"])
@@ -160,21 +181,9 @@ def test_two_live_processes_one_name_no_flapping() -> None:
     old = wire.addr["c"]
     c1 = wire.cores["c"]
     new: Address = ("10.0.0.9", 7946)
-    c2 = NodeCore(
-        Config.lan(name="c", tcp_fallback_probe=False),
-        addr=new,
-        rng=random.Random(99),
-        now=5.0,
-        incarnation=c1.incarnation + 1,
-    )
-    wire.cores["c2"] = c2  # ticks under its own key, same name "c"
-    wire.addr["c2"] = new
-    wire.by_addr[new] = "c2"
+    # (under its own key "c2" on the wire, with the same name "c")
+    c2 = _join_as_c(wire, "c2", new, c1.incarnation + 1)
     a = wire.cores["a"]
-    reply, effects = a.handle_exchange(PushPull(True, c2.membership.states(), "c"), 5.0)
-    wire._run("a", effects)
-    c2.membership.merge(reply.members, "a", 5.0)
-    wire._run("c2", c2._drain())
     # The newcomer believes it joined: it lists a and b alive.
     for name in ("a", "b"):
         assert c2.member(name).status is MemberStatus.ALIVE  # type: ignore[union-attr]
@@ -200,21 +209,7 @@ def test_restart_on_a_new_address_is_accepted_once_the_old_one_is_dead() -> None
     del wire.by_addr[old]  # nothing listens there any more
     del wire.cores["c"]
     new: Address = ("10.0.0.9", 7946)
-    c2 = NodeCore(
-        Config.lan(name="c", tcp_fallback_probe=False),
-        addr=new,
-        rng=random.Random(99),
-        now=5.0,
-        incarnation=c1.incarnation + 100,
-    )
-    wire.cores["c"] = c2
-    wire.addr["c"] = new
-    wire.by_addr[new] = "c"
-    a = wire.cores["a"]
-    reply, effects = a.handle_exchange(PushPull(True, c2.membership.states(), "c"), 5.0)
-    wire._run("a", effects)
-    c2.membership.merge(reply.members, "a", 5.0)
-    wire._run("c", c2._drain())
+    _join_as_c(wire, "c", new, c1.incarnation + 100)
     for t in range(6, 61):
         wire.advance_to(float(t))
     for name in ("a", "b"):

@@ -442,7 +442,9 @@ async def test_silent_connections_are_evicted_before_keep_alive_ones() -> None:
         await other.aclose()
 
 
-async def test_a_request_in_flight_is_not_evicted_and_new_ones_wait() -> None:
+def _slow_app() -> tuple[Router, trio.Event, trio.Event]:
+    """``/slow`` answers once ``release`` is set (``started`` tells it is in
+    the app), ``/echo/{key}`` at once."""
     release = trio.Event()
     started = trio.Event()
 
@@ -454,6 +456,11 @@ async def test_a_request_in_flight_is_not_evicted_and_new_ones_wait() -> None:
     app = Router(
         [Route("GET", "/slow", slow), Route("GET", "/echo/{key}", echo_handler)]
     )
+    return app, started, release
+
+
+async def test_a_request_in_flight_is_not_evicted_and_new_ones_wait() -> None:
+    app, started, release = _slow_app()
     dropped: list[str] = []
     limits = ServerLimits(max_connections=1, header_timeout=60, keep_alive_timeout=60)
     async with running(app, limits, on_drop=dropped.append) as (port, _):
@@ -479,17 +486,7 @@ async def test_a_request_in_flight_is_not_evicted_and_new_ones_wait() -> None:
 
 
 async def test_graceful_shutdown_finishes_in_flight_and_closes_idle() -> None:
-    release = trio.Event()
-    started = trio.Event()
-
-    async def slow(request: Request) -> Response:
-        started.set()
-        await release.wait()
-        return Response(200, b"done", content_type="text/plain")
-
-    app = Router(
-        [Route("GET", "/slow", slow), Route("GET", "/echo/{key}", echo_handler)]
-    )
+    app, started, release = _slow_app()
     sock = _bound()
     port = sock.getsockname()[1]
     stop = trio.Event()
