@@ -111,6 +111,26 @@ def round_between(
     return trips
 
 
+def bootstrap(joiner: Side, source: Side) -> list[tuple[AeChunkReply, int]]:
+    """``joiner`` pulls ``source``'s table chunk by chunk; each reply with the
+    joiner's ``behind`` after it (asserting it is not caught up before the
+    last)."""
+    joiner.ae._next_at = 0.0
+    (effect,) = joiner.ae.tick(
+        1.0, WALL, picker([(source.ae.name, ("127.0.0.1", 1))]), joined=True
+    )
+    replies = []
+    while True:
+        reply = source.ae.handle(effect.request, WALL)
+        assert isinstance(reply, AeChunkReply)
+        effects = joiner.ae.done(effect.token, reply, 2.0, WALL)
+        replies.append((reply, joiner.ae.behind))
+        if not effects:
+            return replies
+        assert not joiner.ae.caught_up
+        (effect,) = effects
+
+
 def wire_bytes(trips: list[tuple[object, object]]) -> int:
     return sum(
         len(encode_ae_request(q)) + len(encode_ae_reply(r))  # type: ignore[arg-type]
@@ -194,21 +214,10 @@ def test_bootstrap_pulls_the_whole_table_in_chunks_before_caught_up() -> None:
     assert joiner.ae.handle(AeOpen("x", source.table.summary(), 1), WALL) == AeSymbols(
         SymbolsStatus.BUSY
     )
-    joiner.ae._next_at = 0.0
-    (effect,) = joiner.ae.tick(
-        1.0, WALL, picker([("s", ("127.0.0.1", 1))]), joined=True
-    )
-    chunks = 0
-    while True:
-        reply = source.ae.handle(effect.request, WALL)
-        chunks += 1
-        effects = joiner.ae.done(effect.token, reply, 2.0, WALL)
-        if not effects:
-            break
-        assert not joiner.ae.caught_up
-        assert joiner.ae.behind == 250 - 100 * chunks
-        (effect,) = effects
-    assert chunks == 3
+    replies = bootstrap(joiner, source)
+    assert len(replies) == 3
+    # behind after each chunk but the last: what is left to pull
+    assert [behind for _, behind in replies[:-1]] == [150, 50]
     assert joiner.ae.caught_up
     assert joiner.ae.behind == 0
     assert joiner.view() == source.view()
@@ -277,20 +286,9 @@ def test_chunks_and_repairs_of_big_routes_fit_a_peers_body_limit() -> None:
     joiner = Side("j", caught_up=False)
     for i in range(1200):
         put_big(source, f"k{i:04d}")
-    joiner.ae._next_at = 0.0
-    (effect,) = joiner.ae.tick(
-        1.0, WALL, picker([("s", ("127.0.0.1", 1))]), joined=True
-    )
-    chunks = 0
-    while True:
-        reply = source.ae.handle(effect.request, WALL)
-        assert len(encode_ae_reply(reply)) <= MAX_AE_BODY
-        chunks += 1
-        effects = joiner.ae.done(effect.token, reply, 2.0, WALL)
-        if not effects:
-            break
-        (effect,) = effects
-    assert chunks > 1
+    replies = bootstrap(joiner, source)
+    assert len(replies) > 1
+    assert all(len(encode_ae_reply(reply)) <= MAX_AE_BODY for reply, _ in replies)
     assert joiner.ae.caught_up
     assert joiner.view() == source.view()
     # Repairs both ways: each side holds 600 big routes the other lacks.
