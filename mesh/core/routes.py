@@ -281,8 +281,8 @@ class RouteTable:
 
     def live(self, prefix: str = "") -> list[Route]:
         """Live routes whose key starts with ``prefix``, sorted by key."""
-        keys, entries = self.sorted_snapshot(prefix)
-        return [r for k in keys if not (r := entries[k]).deleted]
+        routes = self._routes
+        return [r for k in self._prefix_keys(prefix) if not (r := routes[k]).deleted]
 
     def sorted_snapshot(self, prefix: str = "") -> tuple[list[str], dict[str, Route]]:
         """The keys starting with ``prefix`` in order (tombstones included)
@@ -291,18 +291,21 @@ class RouteTable:
         changes. Two C-level copies (a few ms at 100,000 routes): no sort of
         the table, which keeps its sorted key list (:meth:`chunk`'s) and
         bisects to the prefix."""
+        return self._prefix_keys(prefix), self._routes.copy()
+
+    def _prefix_keys(self, prefix: str) -> list[str]:
+        """The keys starting with ``prefix``, sorted, in a list of their own:
+        a bisect into the sorted key list, no pass over the table."""
         keys = self._sorted_keys()
-        start = bisect.bisect_left(keys, prefix) if prefix else 0
         if not prefix:
-            page = keys[:]
-        elif ord(prefix[-1]) < sys.maxunicode:
+            return keys[:]
+        start = bisect.bisect_left(keys, prefix)
+        if ord(prefix[-1]) < sys.maxunicode:
             # Every key with the prefix sorts before the prefix with its last
             # character bumped, and every later key from ``start`` does not.
             bumped = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            page = keys[start : bisect.bisect_left(keys, bumped, start)]
-        else:
-            page = [k for k in keys[start:] if k.startswith(prefix)]
-        return page, self._routes.copy()
+            return keys[start : bisect.bisect_left(keys, bumped, start)]
+        return [k for k in keys[start:] if k.startswith(prefix)]
 
     def _sorted_keys(self) -> list[str]:
         """Every key (tombstones included), sorted; kept up to date lazily."""

@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -257,24 +257,39 @@ async def encode_route_list(
     100,000-route answer never holds the loop for more than a few ms at a
     stretch.
     """
-    encode = _COMPACT_JSON.encode
-    parts: list[bytes] = [b'{"routes":[']
-    count = 0
-    for start in range(0, len(keys), LIST_SLICE_ROUTES):
-        if start:
-            await trio.lowlevel.checkpoint()
-        page = [
+    pages = (
+        [
             r.to_json()
             for k in keys[start : start + LIST_SLICE_ROUTES]
             if not (r := entries[k]).deleted
         ]
+        for start in range(0, len(keys), LIST_SLICE_ROUTES)
+    )
+    items, count = await _json_items(pages)
+    return b"".join(
+        (b'{"routes":[', *items, f'],"count":{count},"index":{index}}}'.encode())
+    )  # one copy of the whole body
+
+
+async def _json_items(pages: Iterable[list[dict[str, Any]]]) -> tuple[list[bytes], int]:
+    """The compact JSON of every object of ``pages``, comma-separated and
+    without brackets (the inside of an array), and how many: one page
+    (:data:`LIST_SLICE_ROUTES` routes) encoded at a time, with a checkpoint
+    before each page after the first, so the loop runs between pages. The
+    pages are built lazily, each when its turn comes: callers pass a
+    generator over a snapshot."""
+    encode = _COMPACT_JSON.encode
+    parts: list[bytes] = []
+    count = 0
+    for n, page in enumerate(pages):
+        if n:
+            await trio.lowlevel.checkpoint()
         if page:
             if count:
                 parts.append(b",")
             count += len(page)
             parts.append(encode(page)[1:-1].encode())  # without the brackets
-    parts.append(f'],"count":{count},"index":{index}}}'.encode())
-    return b"".join(parts)  # one copy of the whole body
+    return parts, count
 
 
 async def snapshot_line(index: int, routes: Sequence[Route]) -> bytes:
@@ -284,16 +299,13 @@ async def snapshot_line(index: int, routes: Sequence[Route]) -> bytes:
     :func:`encode_route_list` does: a stream opened on a 100,000-route table
     must not hold the loop for the whole table. ``routes`` is a snapshot
     (immutable routes in a list of its own)."""
-    encode = _COMPACT_JSON.encode
-    parts = [f'{{"event":"snapshot","index":{index},"routes":['.encode()]
-    for start in range(0, len(routes), LIST_SLICE_ROUTES):
-        if start:
-            await trio.lowlevel.checkpoint()
-            parts.append(b",")
-        page = [r.to_json() for r in routes[start : start + LIST_SLICE_ROUTES]]
-        parts.append(encode(page)[1:-1].encode())
-    parts.append(b"]}\n")
-    return b"".join(parts)
+    pages = (
+        [r.to_json() for r in routes[start : start + LIST_SLICE_ROUTES]]
+        for start in range(0, len(routes), LIST_SLICE_ROUTES)
+    )
+    items, _ = await _json_items(pages)
+    head = f'{{"event":"snapshot","index":{index},"routes":['.encode()
+    return b"".join((head, *items, b"]}\n"))
 
 
 def _with_index(body: bytes, index: int) -> bytes:
