@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .core.routes import KEY_RE
+from .core.routes import KEY_RE, is_unicode
 from .errors import MeshError
 
 __all__ = [
@@ -333,10 +333,8 @@ def _key(key: str) -> str:
 def _text(what: str, text: str) -> str:
     """``text``, if it can be sent (UTF-8): a command-line argument that is not
     valid UTF-8 arrives as lone surrogates."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise ClientError(f"{what} is not valid UTF-8: {text!r}") from None
+    if not is_unicode(text):
+        raise ClientError(f"{what} is not valid UTF-8: {text!r}")
     return text
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "RouteTable",
     "Version",
     "Write",
+    "is_unicode",
     "version_ms",
     "validate_route_fields",
 ]
@@ -152,9 +153,10 @@ class Write:
     deleted: bool = False
 
 
-def _unicode(text: str) -> bool:
-    """No lone surrogates. JSON's ``"\\ud800"`` escape decodes to a ``str``
-    that no UTF-8 encoder accepts: stored, it would fail every push and every
+def is_unicode(text: str) -> bool:
+    """No lone surrogates, so UTF-8 can carry it. JSON's ``"\\ud800"`` escape
+    (or a command-line argument that is not UTF-8) decodes to a ``str`` no
+    UTF-8 encoder accepts: stored, it would fail every push and every
     anti-entropy page that carries it (ASCII, the common case, is one check)."""
     if text.isascii():
         return True
@@ -176,7 +178,7 @@ def validate_route_fields(
         return f"key must match ^{KEY_RE.pattern}$"
     if not isinstance(target, str) or not 1 <= len(target) <= MAX_TARGET_LEN:
         return f"target must be a string of 1..{MAX_TARGET_LEN} characters"
-    if not _unicode(target):
+    if not is_unicode(target):
         return f"target: {_NOT_UNICODE}"
     if meta is None or meta == {}:
         return None
@@ -190,7 +192,7 @@ def validate_route_fields(
             return "meta keys and values must be strings"
         if len(k) > MAX_META_LEN or len(v) > MAX_META_LEN:
             return f"meta keys and values must be at most {MAX_META_LEN} characters"
-        if not _unicode(k) or not _unicode(v):
+        if not is_unicode(k) or not is_unicode(v):
             return f"meta: {_NOT_UNICODE}"
     return None
 
