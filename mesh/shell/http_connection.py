@@ -29,7 +29,7 @@ import h11
 import trio
 
 from .asgi import Message
-from .net import receive_now, receive_when_ready, send_now
+from .net import peek_now, receive_now, receive_when_ready, send_now
 
 if TYPE_CHECKING:
     from .http_server import ServerLimits, _Server
@@ -326,15 +326,8 @@ class Connection:
     def has_input(self) -> bool:
         """True when bytes (or the end of the stream) are waiting to be read:
         the connection is about to be busy (or to close by itself)."""
-        if self.sock is None:
-            return False
-        try:
-            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True  # broken: it is ending by itself
-        return True
+        # (b"": closed or broken, it is ending by itself)
+        return self.sock is not None and peek_now(self.sock) is not None
 
     async def _finish_cycle(self) -> bool:
         """After a response: drain what the app left unread, then True when
@@ -477,18 +470,11 @@ class Connection:
         if not buffered:
             raw = self.raw
             if raw is not None:
-                while True:
+                while (peeked := peek_now(raw)) is None:
                     await trio.lowlevel.wait_readable(raw)
-                    try:
-                        peeked = raw.recv(1, socket.MSG_PEEK)
-                    except BlockingIOError:
-                        continue  # spurious wakeup
-                    except OSError:
-                        peeked = b""
-                    if not peeked:
-                        self._gone = True
-                        return
-                    break
+                if not peeked:
+                    self._gone = True
+                    return
             else:
                 try:
                     data = await self.stream.receive_some(_RECEIVE_SIZE)

@@ -26,6 +26,7 @@ __all__ = [
     "format_address",
     "is_ip_literal",
     "own_socket",
+    "peek_now",
     "receive_now",
     "receive_when_ready",
     "resolve_bind",
@@ -191,6 +192,18 @@ def receive_now(raw: socket.socket, size: int) -> bytes | None:
         return raw.recv(size)
     except BlockingIOError:
         return None
+
+
+def peek_now(raw: socket.socket) -> bytes | None:
+    """What waits to be read, without taking it: a byte, b"" when the
+    connection ended (closed or broken), None when nothing waits; never
+    waits itself."""
+    try:
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""  # broken: it ends as a close does
 
 
 async def receive_when_ready(raw: socket.socket, size: int) -> bytes:
