@@ -37,7 +37,15 @@ from ..core.routes import Outcome, OutcomeStatus, Write, validate_route_fields
 from ..core.sync import SyncTicket
 from .agent import Agent
 from .api import BODY_LIMIT
-from .asgi import HttpError, Request, Response, Route, json_response
+from .asgi import (
+    CLIENT_GONE,
+    HttpError,
+    Request,
+    Response,
+    Route,
+    json_response,
+    until_disconnected,
+)
 from .watch_api import encode_route_list
 
 __all__ = ["BATCH_BODY_LIMIT", "BATCH_MAX_ITEMS", "routes_endpoints"]
@@ -87,7 +95,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
                 raise HttpError(400, parsed)
         status, body = _put(agent, key, parsed)
         if timeout is not None and status == 200:
-            body.update(await _sync_all(agent, timeout))
+            body.update(await _sync_all(agent, timeout, request))
         return json_response(status, body)
 
     async def delete_one(request: Request) -> Response:
@@ -104,7 +112,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
                 revision = int(text)
         status, body = _delete(agent, key, revision)
         if timeout is not None and status == 200:
-            body.update(await _sync_all(agent, timeout))
+            body.update(await _sync_all(agent, timeout, request))
         return json_response(status, body)
 
     async def list_all(request: Request) -> Response:
@@ -150,7 +158,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         body: dict[str, Any] = {"results": results}
         if timeout is not None:
             # After the last item, with no checkpoint since: covers them all.
-            body.update(await _sync_all(agent, timeout))
+            body.update(await _sync_all(agent, timeout, request))
         return json_response(200, body)
 
     return [
@@ -218,18 +226,40 @@ async def _wait_acked(agent: Agent, ticket: SyncTicket) -> None:
         await agent.wait_push_progress()
 
 
-async def _sync_all(agent: Agent, wait: float) -> dict[str, list[str]]:
+async def _sync_all(
+    agent: Agent, wait: float, request: Request
+) -> dict[str, list[str]]:
     """``sync=all``: wait at most ``wait`` seconds for every peer live at the write
     to ack it. Call right after the write, with no checkpoint since the core
-    call, so the ticket covers exactly that write."""
+    call, so the ticket covers exactly that write.
+
+    A client that goes meanwhile ends the wait (499, counted): its connection
+    would otherwise stay taken for up to ``sync_timeout_max`` with nobody to
+    answer, and enough of them would fill ``http_max_connections``."""
     ticket = agent.core.sync_ticket()
     # The caller waits: its write goes out now, not at the push rate limit's
     # next token (plain writes are gathered under load; this one is not).
     agent.expedite_pushes()
+    gone = False
     with trio.move_on_after(wait):
-        await _wait_acked(agent, ticket)
-    acked, pending = agent.core.sync_status(ticket)
-    return {"acked": acked, "pending": pending}
+        async with trio.open_nursery() as nursery:
+
+            async def acked() -> None:
+                await _wait_acked(agent, ticket)
+                nursery.cancel_scope.cancel()
+
+            async def left() -> None:
+                nonlocal gone
+                await until_disconnected(request.receive)
+                gone = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(acked)
+            nursery.start_soon(left)
+    if gone:  # the write stands; only its answer has nobody to go to
+        raise HttpError(CLIENT_GONE, "client disconnected")
+    acked_by, pending = agent.core.sync_status(ticket)
+    return {"acked": acked_by, "pending": pending}
 
 
 # --- request parsing ---

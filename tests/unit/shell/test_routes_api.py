@@ -568,6 +568,51 @@ async def test_sync_all_gives_up_at_the_timeout_naming_the_pending_peer(
     assert response.json()["pending"] == ["slow"]
 
 
+async def test_sync_all_ends_when_the_client_goes(
+    agent: Agent, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A client that hangs up mid-wait frees its connection then, not at the
+    # timeout: nobody is left to answer. The write itself stands.
+    agent.receive(("127.0.0.2", 1), [Alive(1, "peer", ("127.0.0.2", 1), {})])
+    agent.push_handler = lambda push: None  # never acked
+    app = make_api_app(agent, routes=routes_endpoints(agent))
+    hang_up = trio.Event()
+    sent: list[dict[str, Any]] = []
+    body = [{"type": "http.request", "body": b'{"target": "t"}', "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if body:
+            return body.pop()
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "PUT",
+        "path": "/v1/routes/k",
+        "query_string": b"sync=all&timeout=20",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5),
+    }
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app, scope, receive, send)
+        await trio.sleep(3.0)
+        assert not sent  # still waiting for the peer
+        hang_up.set()
+    assert trio.current_time() == start + 3.0
+    assert sent[0]["status"] == 499
+    assert agent.core.routes.get("k") is not None
+    gone = agent.metrics.registry.get_sample_value(
+        "mesh_api_requests_total",
+        {"method": "PUT", "path": "/v1/routes/{key}", "code": "499"},
+    )
+    assert gone == 1
+
+
 async def test_sync_all_is_not_awaited_for_a_failed_write(
     agent: Agent, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
 ) -> None:
