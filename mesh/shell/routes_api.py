@@ -244,18 +244,15 @@ async def _sync_all(
     with trio.move_on_after(wait):
         async with trio.open_nursery() as nursery:
 
-            async def acked() -> None:
-                await _wait_acked(agent, ticket)
-                nursery.cancel_scope.cancel()
-
             async def left() -> None:
                 nonlocal gone
                 await until_disconnected(request.receive)
                 gone = True
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(acked)
             nursery.start_soon(left)
+            await _wait_acked(agent, ticket)
+            nursery.cancel_scope.cancel()
     if gone:  # the write stands; only its answer has nobody to go to
         raise HttpError(CLIENT_GONE, "client disconnected")
     acked_by, pending = agent.core.sync_status(ticket)
