@@ -97,6 +97,7 @@ class NodeCore:
         now: float,
         incarnation: int = 0,
         datagram_overhead: int = 0,
+        index_base: int = 0,
     ) -> None:
         self.config = config
         #: bytes of msgpack per datagram: ``udp_buffer_size`` minus what the
@@ -143,6 +144,7 @@ class NodeCore:
             hlc_max_skew_ms=int(config.hlc_max_skew * 1000),
             max_symbols=config.antientropy_max_symbols,
             change_log_max=config.watch_log_max,
+            index_base=index_base,
         )
         self.pushes = PushScheduler(
             queue_max=config.push_queue_max,

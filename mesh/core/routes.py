@@ -230,7 +230,11 @@ class RouteTable:
     """Key -> newest :class:`Route` (tombstones included), with a change index.
 
     ``index`` increases by one on every applied change; it orders changes on this
-    node (watchers, push low-water marks), never across nodes.
+    node (watchers, push low-water marks), never across nodes. It starts at
+    ``index_base``: the shell passes a value above any index an earlier run of
+    the same agent reached, so a watcher resuming with an index from that run
+    is seen as behind the change log (and sent a snapshot), never handed the
+    new run's changes as if they followed the ones it holds.
     """
 
     def __init__(
@@ -241,12 +245,13 @@ class RouteTable:
         hlc_max_skew_ms: int,
         max_symbols: int = 4096,
         change_log_max: int = 0,
+        index_base: int = 0,
     ) -> None:
         self.origin = origin
         self.max_routes = max_routes
         self.clock = HybridClock(hlc_max_skew_ms)
         self._routes: dict[str, Route] = {}
-        self.index = 0
+        self.index = index_base
         self.tombstones = 0
         self.digest = Digest(max_symbols)
         # element toggles not yet folded into the digest (element -> +1/-1)

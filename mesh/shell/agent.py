@@ -88,6 +88,7 @@ class Agent:
         addr: the advertised mesh address.
         now: ``trio.current_time()`` at creation.
         incarnation: the starting incarnation (see :func:`run_agent`).
+        index_base: the route table's first change index (see :func:`run_agent`).
         rng: randomness for the core; a fresh ``random.Random()`` by default.
     """
 
@@ -98,6 +99,7 @@ class Agent:
         addr: Address,
         now: float,
         incarnation: int = 0,
+        index_base: int = 0,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -107,6 +109,7 @@ class Agent:
             rng=rng if rng is not None else random.Random(),
             now=now,
             incarnation=incarnation,
+            index_base=index_base,
             # sealed datagrams must still fit udp_buffer_size
             datagram_overhead=envelope_overhead(config.name) if config.encrypt else 0,
         )

@@ -136,8 +136,19 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
     # dead until it refuted an accusation. The previous life started earlier
     # and bumped its incarnation only on refutation (rarely more than once a
     # second), so "now" is larger, without storing anything on disk.
+    # The route change index starts at wall-clock microseconds for the same
+    # reason: a watcher resuming with an index from the previous life is then
+    # behind this life's change log and gets a snapshot, instead of this
+    # life's changes after that number (which would skip what it missed). The
+    # previous life would have to have applied over a million changes a second
+    # to get ahead of it.
+    wall = time.time_ns()
     agent = Agent(
-        config, addr=advertise, now=trio.current_time(), incarnation=int(time.time())
+        config,
+        addr=advertise,
+        now=trio.current_time(),
+        incarnation=wall // 1_000_000_000,
+        index_base=wall // 1000,
     )
     udp = UdpEndpoint(
         udp_sock,

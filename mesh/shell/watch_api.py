@@ -389,8 +389,9 @@ def wrap_list(hub: RouteWatchHub, inner: Handler) -> Handler:
         wait_text = request.query_one("wait")
         if index is not None or wait_text is not None:
             wait = parse_wait(wait_text, agent.config.watch_wait_max)
-            # A client index ahead of ours is from before a restart: answer now,
-            # as Consul does when an index goes backwards.
+            # Any other index answers now: behind ours (a change since, or an
+            # earlier run of this agent: runs start their index at the wall
+            # clock), or ahead (not ours; Consul answers at once too).
             if index is None or index == table.index:
                 if request.method == "HEAD":
                     hub.check_room()

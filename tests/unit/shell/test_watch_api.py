@@ -45,6 +45,12 @@ async def wait_for(check: Callable[[], bool], deadline: float = DEADLINE) -> Non
 Open = Callable[..., Awaitable[tuple[RunningAgent, httpx.AsyncClient]]]
 
 
+def first_index(running: RunningAgent) -> int:
+    """The agent's change index before any change: wall-clock microseconds at
+    its start (above any index of an earlier run), not 0."""
+    return running.agent.core.routes.index
+
+
 @pytest.fixture
 async def node() -> AsyncIterator[Open]:
     async with trio.open_nursery() as nursery:
@@ -73,24 +79,26 @@ async def node() -> AsyncIterator[Open]:
 
 async def test_list_carries_index(node: Open) -> None:
     running, client = await node()
+    b = first_index(running)
     async with client:
         first = await client.get("/v1/routes")
-        assert first.json()["index"] == 0
-        assert first.headers["x-mesh-index"] == "0"
+        assert first.json()["index"] == b
+        assert first.headers["x-mesh-index"] == str(b)
         await client.put("/v1/routes/a", json={"target": "t"})
         second = await client.get("/v1/routes")
-    assert second.json()["index"] == 1 == running.agent.core.routes.index
-    assert second.headers["x-mesh-index"] == "1"
+    assert second.json()["index"] == b + 1 == running.agent.core.routes.index
+    assert second.headers["x-mesh-index"] == str(b + 1)
     assert [r["key"] for r in second.json()["routes"]] == ["a"]
 
 
 async def test_blocking_query_returns_on_change(node: Open) -> None:
     running, client = await node()
+    b = first_index(running)
     async with client, trio.open_nursery() as nursery:
         answer: list[httpx.Response] = []
 
         async def query() -> None:
-            answer.append(await client.get("/v1/routes?index=0&wait=30s"))
+            answer.append(await client.get(f"/v1/routes?index={b}&wait=30s"))
 
         nursery.start_soon(query)
         hub = running.watch
@@ -99,7 +107,7 @@ async def test_blocking_query_returns_on_change(node: Open) -> None:
         await client.put("/v1/routes/k", json={"target": "t"})
         await wait_for(lambda: bool(answer))
     document = answer[0].json()
-    assert document["index"] == 1
+    assert document["index"] == b + 1
     assert [r["key"] for r in document["routes"]] == ["k"]
     assert hub.clients == 0
 
@@ -134,27 +142,29 @@ async def test_blocking_query_on_a_long_list_answers_the_same_bytes(
 
 
 async def test_blocking_query_times_out_unchanged(node: Open) -> None:
-    _, client = await node()
+    running, client = await node()
+    b = first_index(running)
     async with client:
         start = trio.current_time()
-        response = await client.get("/v1/routes?index=0&wait=300ms")
+        response = await client.get(f"/v1/routes?index={b}&wait=300ms")
         elapsed = trio.current_time() - start
     assert response.status_code == 200
-    assert response.json()["index"] == 0
+    assert response.json()["index"] == b
     assert 0.25 <= elapsed < DEADLINE
 
 
 async def test_blocking_query_answers_at_once_when_behind_or_ahead(
     node: Open,
 ) -> None:
-    _, client = await node()
+    running, client = await node()
+    b = first_index(running)
     async with client:
         await client.put("/v1/routes/k", json={"target": "t"})
         with trio.fail_after(5):  # wait=30s would exceed this if it blocked
-            behind = await client.get("/v1/routes?index=0&wait=30s")
-            ahead = await client.get("/v1/routes?index=99&wait=30s")
-    assert behind.json()["index"] == 1
-    assert ahead.json()["index"] == 1
+            behind = await client.get(f"/v1/routes?index={b}&wait=30s")
+            ahead = await client.get(f"/v1/routes?index={b + 99}&wait=30s")
+    assert behind.json()["index"] == b + 1
+    assert ahead.json()["index"] == b + 1
 
 
 @pytest.mark.parametrize(
@@ -184,10 +194,11 @@ async def test_bad_watch_parameters_are_400(
 
 async def test_watchers_are_bounded(node: Open) -> None:
     running, client = await node(watch_max_clients=1)
+    b = first_index(running)
     async with client, trio.open_nursery() as nursery:
-        nursery.start_soon(client.get, "/v1/routes?index=0&wait=30s")
+        nursery.start_soon(client.get, f"/v1/routes?index={b}&wait=30s")
         await wait_for(lambda: running.watch.clients == 1)
-        refused = await client.get("/v1/routes?index=0&wait=30s")
+        refused = await client.get(f"/v1/routes?index={b}&wait=30s")
         refused_stream = await client.get(STREAM_PATH)
         assert refused.status_code == 429
         assert refused_stream.status_code == 429
@@ -207,24 +218,26 @@ def watchers_gauge(running: RunningAgent) -> float | None:
 
 
 @pytest.mark.parametrize(
-    "target", ["/v1/routes?index=0&wait=60s", "/v1/routes?wait=60s", STREAM_PATH]
+    "target", ["/v1/routes?index={b}&wait=60s", "/v1/routes?wait=60s", STREAM_PATH]
 )
 async def test_a_watcher_whose_client_left_frees_its_slot_at_once(
     node: Open, target: str
 ) -> None:
     running, client = await node(watch_max_clients=1)
+    b = first_index(running)
+    target = target.format(b=b)
     host, port = running.addresses.http
     sock = await trio.open_tcp_stream(host, port)
     await sock.send_all(f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
     await wait_for(lambda: running.watch.clients == 1)
     assert watchers_gauge(running) == 1
     async with client:
-        refused = await client.get("/v1/routes?index=0&wait=1ms")
+        refused = await client.get(f"/v1/routes?index={b}&wait=1ms")
         assert refused.status_code == 429
         await sock.aclose()  # the client goes (killed, timed out)
         await wait_for(lambda: running.watch.clients == 0, PROMPTLY)
         assert watchers_gauge(running) == 0
-        again = await client.get("/v1/routes?index=0&wait=1ms")
+        again = await client.get(f"/v1/routes?index={b}&wait=1ms")
         assert again.status_code == 200
     if target.startswith("/v1/routes"):
         gone = running.agent.metrics.registry.get_sample_value(
@@ -238,11 +251,12 @@ async def test_a_watcher_with_a_pipelined_request_keeps_its_slot(node: Open) -> 
     # The next request on the connection is not a disconnect: the query goes
     # on waiting, then both are answered in order.
     running, client = await node()
+    b = first_index(running)
     host, port = running.addresses.http
     sock = await trio.open_tcp_stream(host, port)
     try:
         await sock.send_all(
-            b"GET /v1/routes?index=0&wait=30s HTTP/1.1\r\nhost: x\r\n\r\n"
+            f"GET /v1/routes?index={b}&wait=30s HTTP/1.1\r\nhost: x\r\n\r\n".encode()
         )
         await wait_for(lambda: running.watch.clients == 1)
         await sock.send_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -284,23 +298,24 @@ async def read_json_responses(
 
 async def test_head_on_watch_endpoints_answers_at_once(node: Open) -> None:
     running, client = await node(watch_max_clients=1)
+    b = first_index(running)
     async with client:
         with trio.fail_after(5):  # a HEAD that waited would take 60 s
             stream = await client.head(STREAM_PATH)
-            query = await client.head("/v1/routes?index=0&wait=60s")
+            query = await client.head(f"/v1/routes?index={b}&wait=60s")
             listing = await client.get("/v1/routes")
             bad = await client.head(f"{STREAM_PATH}?index=x")
         assert running.watch.clients == 0  # no slot taken
         assert stream.status_code == 200
         assert stream.headers["content-type"] == "application/x-ndjson"
-        assert stream.headers["x-mesh-index"] == "0"
+        assert stream.headers["x-mesh-index"] == str(b)
         assert stream.headers["transfer-encoding"] == "chunked"  # as GET's
         assert query.status_code == 200
         assert query.headers == listing.headers
         assert bad.status_code == 400
         # full: HEAD gets the 429 a GET would, without being counted a watcher
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.get, "/v1/routes?index=0&wait=30s")
+            nursery.start_soon(client.get, f"/v1/routes?index={b}&wait=30s")
             await wait_for(lambda: running.watch.clients == 1)
             assert (await client.head(STREAM_PATH)).status_code == 429
             assert (await client.head("/v1/routes?wait=5s")).status_code == 429
@@ -364,6 +379,7 @@ class NdjsonStream:
 
 async def test_stream_snapshot_then_changes(node: Open) -> None:
     running, client = await node()
+    b = first_index(running)
     async with client:
         await client.put("/v1/routes/a", json={"target": "ta"})
         stream = await NdjsonStream.open(running, STREAM_PATH)
@@ -372,7 +388,7 @@ async def test_stream_snapshot_then_changes(node: Open) -> None:
             assert stream.headers["content-type"] == "application/x-ndjson"
             snapshot = await stream.next_event()
             assert snapshot["event"] == "snapshot"
-            assert snapshot["index"] == 1
+            assert snapshot["index"] == b + 1
             assert [r["key"] for r in snapshot["routes"]] == ["a"]
             await client.put("/v1/routes/b", json={"target": "tb"})
             put = await stream.next_event()
@@ -381,28 +397,29 @@ async def test_stream_snapshot_then_changes(node: Open) -> None:
         finally:
             await stream.aclose()
     assert put["event"] == "put"
-    assert put["index"] == 2
+    assert put["index"] == b + 2
     assert put["route"]["key"] == "b"
     assert put["route"]["target"] == "tb"
     assert delete["event"] == "delete"
     assert delete["key"] == "a"
-    assert delete["index"] == 3
+    assert delete["index"] == b + 3
 
 
 async def test_stream_resumes_from_index(node: Open) -> None:
     running, client = await node()
+    b = first_index(running)
     async with client:
         for key in ("a", "b", "c"):
             await client.put(f"/v1/routes/{key}", json={"target": "t"})
-    stream = await NdjsonStream.open(running, f"{STREAM_PATH}?index=1")
+    stream = await NdjsonStream.open(running, f"{STREAM_PATH}?index={b + 1}")
     try:
         events = [await stream.next_event() for _ in range(2)]
     finally:
         await stream.aclose()
-    # The changes after 1 (no snapshot), each with its own index.
+    # The changes after the first (no snapshot), each with its own index.
     assert [(e["event"], e["index"], e["route"]["key"]) for e in events] == [
-        ("put", 2, "b"),
-        ("put", 3, "c"),
+        ("put", b + 2, "b"),
+        ("put", b + 3, "c"),
     ]
 
 
@@ -412,13 +429,14 @@ async def test_a_stream_resumed_at_the_current_index_answers_at_once(
     # Nothing to send yet: the head used to wait for the first line (the
     # next change or heartbeat), and clients with a header timeout gave up.
     running, client = await node(watch_heartbeat_interval=60.0)
+    b = first_index(running)
     async with client:
         await client.put("/v1/routes/a", json={"target": "t"})
     with trio.move_on_after(5.0):
-        stream = await NdjsonStream.open(running, f"{STREAM_PATH}?index=1")
+        stream = await NdjsonStream.open(running, f"{STREAM_PATH}?index={b + 1}")
         try:
             assert stream.status == 200
-            assert stream.headers["x-mesh-index"] == "1"
+            assert stream.headers["x-mesh-index"] == str(b + 1)
         finally:
             await stream.aclose()
         return
@@ -427,6 +445,7 @@ async def test_a_stream_resumed_at_the_current_index_answers_at_once(
 
 async def test_stream_prefix_and_heartbeat(node: Open) -> None:
     running, client = await node(watch_heartbeat_interval=0.2)
+    b = first_index(running)
     async with client:
         stream = await NdjsonStream.open(running, f"{STREAM_PATH}?prefix=svc.")
         try:
@@ -440,7 +459,7 @@ async def test_stream_prefix_and_heartbeat(node: Open) -> None:
             heartbeat = await stream.next_event()
         finally:
             await stream.aclose()
-    assert heartbeat == {"event": "heartbeat", "index": 2}
+    assert heartbeat == {"event": "heartbeat", "index": b + 2}
 
 
 async def test_stream_ends_when_agent_leaves(node: Open) -> None:
