@@ -110,6 +110,21 @@ def _address(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be (host, port), got {value!r}")
 
 
+def _seeds(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    """Every seed is ``HOST:PORT`` with a port a peer can listen on. Only the
+    syntax: a well-formed name that does not resolve yet is retried (the
+    contract's "keeps retrying the seeds"), a malformed one never could be."""
+    if not isinstance(value, tuple) or not all(isinstance(s, str) for s in value):
+        raise ConfigError(f"{attr.name} must be a list of HOST:PORT, got {value!r}")
+    for seed in value:
+        try:
+            _host, port = parse_address(seed)
+        except ConfigError as exc:
+            raise ConfigError(f"{attr.name}: {exc}") from None
+        if port == 0:
+            raise ConfigError(f"{attr.name}: seed {seed!r} needs a port in 1..65535")
+
+
 def _advertise(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """An IP address peers can send to: a hostname would be resolved on
     every datagram (the UDP path refuses to, ``send_bad_address``), and the
@@ -153,8 +168,9 @@ class Config:
     advertise: Address | None = attrs.field(default=None, validator=_advertise)
     #: the client API address
     http: Address = attrs.field(default=("127.0.0.1", 8946), validator=_address)
-    #: seed addresses, ``HOST:PORT`` or a DNS name resolving to many records
-    join: tuple[str, ...] = ()
+    #: seed addresses, ``HOST:PORT`` (HOST an IP or a DNS name; a name joins
+    #: every address it resolves to); a malformed one is a start-up error
+    join: tuple[str, ...] = attrs.field(default=(), validator=_seeds)
     #: the preset this config came from (informational)
     profile: str = "lan"
     #: member metadata gossiped to all peers (Serf tags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,28 @@ def test_hostname_advertise_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.startswith("mesh: error: ")
     assert "advertise must be an IP address" in err
     assert "'localhost'" in err
+
+
+@pytest.mark.parametrize(
+    ("seed", "message"),
+    [
+        ("nope", "join: address 'nope' must be HOST:PORT"),
+        ("host:", "join: address 'host:': port must be an integer"),
+        ("host:99999", "port must be in 0..65535"),
+        ("host:0", "join: seed 'host:0' needs a port in 1..65535"),
+    ],
+)
+def test_a_malformed_seed_is_a_start_up_error(seed: str, message: str) -> None:
+    # It could never be joined: retrying it forever hid the typo.
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load({"join": [seed]})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load({}, {"MESH_JOIN": f"127.0.0.1:7946,{seed}"})
+
+
+@pytest.mark.parametrize(
+    "seed", ["seed.example:7946", "10.0.0.1:7946", "[2001:db8::1]:7946"]
+)
+def test_well_formed_seeds_are_kept_even_unresolved(seed: str) -> None:
+    # A name that does not resolve yet is retried at run time (contract).
+    assert load({"join": [seed]}).join == (seed,)
