@@ -137,7 +137,7 @@ class Agent:
         # Replaced on every push_done: waiters (sync=all, the leave flush)
         # re-check their condition when a push ends instead of polling.
         self._push_progress = trio.Event()
-        # member name -> when we saw it dead (for the "partition healed" log)
+        # member name -> when we saw it dead (for the "dead member is back" log)
         self._dead_since: dict[str, float] = {}
         # Replaced each time core.routes.index moves: route watchers (blocking
         # queries, streams, the embedding API) wake on it instead of polling.
@@ -468,11 +468,13 @@ class Agent:
             status=view.status.value,
             incarnation=view.incarnation,
         )
-        # "partition healed": a member we held dead is alive again (it refuted
-        # after a partition or pause, or merged back through push-pull). The
-        # core's ALIVE event does not say what it came back from, so the shell
-        # remembers who is dead; entries go on reap, so this is bounded by the
-        # member table.
+        # "dead member is back": a member we held dead is alive again. It may
+        # have refuted after a partition or a pause, merged back through
+        # push-pull, or restarted (a crash, a rescheduled pod): from here these
+        # look alike, so the message names none of them. The core's ALIVE
+        # event does not say what it came back from, so the shell remembers
+        # who is dead; entries go on reap, so this is bounded by the member
+        # table.
         kind = event.kind
         if kind is EventKind.DEAD:
             self._dead_since[view.name] = trio.current_time()
@@ -480,7 +482,7 @@ class Agent:
             since = self._dead_since.pop(view.name, None)
             if since is not None:
                 self.log.info(
-                    "partition healed",
+                    "dead member is back",
                     peer=view.name,
                     addr=format_address(view.addr),
                     dead_for=round(trio.current_time() - since, 3),

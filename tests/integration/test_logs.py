@@ -44,10 +44,12 @@ def test_json_logs_name_the_member_and_report_a_healed_partition(
 
     def healed() -> list[dict[str, Any]]:
         return [
-            e for e in read_log(tmp_path / "a.log") if e["event"] == "partition healed"
+            e
+            for e in read_log(tmp_path / "a.log")
+            if e["event"] == "dead member is back"
         ]
 
-    (line,) = wait_until(healed, DEADLINE, what="partition healed logged")
+    (line,) = wait_until(healed, DEADLINE, what="dead member is back logged")
     assert line["level"] == "info"
     assert line["member"] == "a"
     assert line["peer"] == "b"
