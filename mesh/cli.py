@@ -249,6 +249,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from .shell.runner import run_agent
 
     configure_logging(log_format=config.log_format, log_level=config.log_level)
+    # No `*_created` series (each counter child's creation time): nothing
+    # reads them, and they add a series per child. Process-wide, so only
+    # here, in our own process; an embedding program keeps its own choice.
+    import prometheus_client
+
+    prometheus_client.disable_created_metrics()
     log = logging.getLogger("mesh.cli")
     for warning in unknown_environment(os.environ):
         log.warning("%s", warning)

@@ -95,6 +95,7 @@ def test_restart_with_same_name_rejoins(cluster: AgentCluster) -> None:
 
 def _conflicts_refused(agent: AgentProcess) -> float:
     text = agent.get("/metrics").text
+    assert "_created" not in text  # off in `mesh agent` (docs/metrics.md)
     for line in text.splitlines():
         if line.startswith('mesh_name_conflicts_total{kind="refused"}'):
             return float(line.rsplit(" ", 1)[1])
