@@ -61,6 +61,17 @@ class HttpError(Exception):
         self.headers = tuple(headers)
 
 
+class _MethodNotAllowedError(HttpError):
+    """405 on a path a route matches: metrics label it with that route's
+    pattern (``unmatched`` is for paths nothing serves)."""
+
+    def __init__(
+        self, pattern: str, message: str, *, headers: Iterable[tuple[str, str]]
+    ) -> None:
+        super().__init__(405, message, headers=headers)
+        self.pattern = pattern
+
+
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -327,8 +338,14 @@ class Router:
             client=scope.get("client"),
         )
         try:
-            route, label = self._match(request, _segments(scope))
+            route = self._match(request, _segments(scope))
+            label = route.pattern
             response = await route.handler(request)
+        except _MethodNotAllowedError as exc:  # a known path: labelled with it
+            label = exc.pattern
+            response = json_response(
+                exc.status, {"error": exc.message}, headers=exc.headers
+            )
         except HttpError as exc:
             response = json_response(
                 exc.status, {"error": exc.message}, headers=exc.headers
@@ -345,7 +362,7 @@ class Router:
         if response.after is not None:
             response.after()
 
-    def _match(self, request: Request, segments: list[str]) -> tuple[Route, str]:
+    def _match(self, request: Request, segments: list[str]) -> Route:
         routes = tuple(self.routes)
         if routes != self._indexed:
             self._by_count = {}
@@ -356,19 +373,21 @@ class Router:
         method = request.method
         wanted = "GET" if method == "HEAD" else method
         allowed: list[str] = []
+        pattern = ""
         for route in self._by_count.get(len(segments), ()):
             params = route.match(segments)
             if params is None:
                 continue
             if route.method == wanted:
                 request.params = params
-                return route, route.pattern
+                return route
             allowed.append(route.method)
+            pattern = route.pattern
         if allowed:
             if "GET" in allowed:
                 allowed.append("HEAD")
-            raise HttpError(
-                405,
+            raise _MethodNotAllowedError(
+                pattern,
                 f"method {method} not allowed on {request.path}",
                 headers=[("allow", ", ".join(sorted(set(allowed))))],
             )

@@ -218,11 +218,30 @@ async def test_unknown_methods_share_one_metric_label(make_agent: MakeAgent) -> 
     async with api_client(agent) as client:
         for method in ("BREW", "WHEN", "FOO"):
             await client.request(method, "/v1/health")
-    labels = {"method": "OTHER", "path": "unmatched", "code": "405"}
-    # 405 is raised before a route matches, so the path label is "unmatched"
+    labels = {"method": "OTHER", "path": "/v1/health", "code": "405"}
     assert agent.metrics.registry.get_sample_value(
         "mesh_api_requests_total", labels
     ) == pytest.approx(3)
+
+
+async def test_a_405_is_counted_under_the_path_it_matched(
+    make_agent: MakeAgent,
+) -> None:
+    # "unmatched" is for paths nothing serves (404): a wrong method on a
+    # real route is that route's traffic.
+    agent = make_agent()
+    async with api_client(agent) as client:
+        assert (await client.post("/v1/health")).status_code == 405
+        assert (await client.post("/v1/members")).status_code == 405
+        assert (await client.put("/v1/nope")).status_code == 404
+    registry = agent.metrics.registry
+    for method, path, code in (
+        ("POST", "/v1/health", "405"),
+        ("POST", "/v1/members", "405"),
+        ("PUT", "unmatched", "404"),
+    ):
+        labels = {"method": method, "path": path, "code": code}
+        assert registry.get_sample_value("mesh_api_requests_total", labels) == 1
 
 
 async def test_a_refusal_before_the_app_is_counted_under_its_route(
