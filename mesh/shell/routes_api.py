@@ -60,6 +60,9 @@ _BATCH_PUT_FIELDS = _PUT_FIELDS | {"key"}
 _BATCH_DELETE_FIELDS = frozenset(("key", "revision"))
 _BATCH_FIELDS = frozenset(("put", "delete"))
 _REVISION_RE = re.compile(r"[0-9]{1,20}")
+# query parameters of the write calls: any other, or one given twice, is 400
+_SYNC_PARAMS = frozenset(("sync", "timeout"))
+_DELETE_PARAMS = _SYNC_PARAMS | {"revision"}
 
 #: (HTTP status, JSON body) as the single-item call answers it
 Result = tuple[int, dict[str, Any]]
@@ -89,6 +92,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         with _count_invalid(agent):
             document = await request.json(BODY_LIMIT)
             key = _path_key(request)
+            _check_query(request, _SYNC_PARAMS)
             timeout = _sync_timeout(request, sync_max)
             parsed = _parse_put(document, _PUT_FIELDS)
             if isinstance(parsed, str):
@@ -103,6 +107,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
             # Read (and bound) any body: an unread one would stall keep-alive.
             await request.body(BODY_LIMIT)
             key = _path_key(request)
+            _check_query(request, _DELETE_PARAMS)
             timeout = _sync_timeout(request, sync_max)
             text = request.query_one("revision")
             revision: int | None = None
@@ -128,6 +133,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
     async def batch(request: Request) -> Response:
         with _count_invalid(agent):  # the whole call refused: one count
             document = await request.json(BATCH_BODY_LIMIT)
+            _check_query(request, _SYNC_PARAMS)
             timeout = _sync_timeout(request, sync_max)
             puts, deletes = _parse_batch(document)
         # Items are checked first and the valid ones written in one core call
@@ -269,6 +275,18 @@ def _path_key(request: Request) -> str:
     if error is not None:
         raise HttpError(400, error)
     return key
+
+
+def _check_query(request: Request, known: frozenset[str]) -> None:
+    """HttpError 400 for a query parameter a write call does not take, or one
+    given twice: a misspelt ``revision`` must not turn a conditional delete
+    into an unconditional one, and which of two values counts is a guess."""
+    unknown = sorted(set(request.query) - known)
+    if unknown:
+        raise HttpError(400, f"unknown query parameters: {', '.join(unknown)}")
+    repeated = sorted(name for name, values in request.query.items() if len(values) > 1)
+    if repeated:
+        raise HttpError(400, f"query parameters given twice: {', '.join(repeated)}")
 
 
 def _sync_timeout(request: Request, maximum: float) -> float | None:

@@ -513,6 +513,32 @@ async def test_bad_sync_parameters_are_400_before_any_write(
     assert (await client.get("/v1/routes/k")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("DELETE", "/v1/routes/k?rev=1", "unknown query parameters: rev"),
+        ("DELETE", "/v1/routes/k?revision=1&revision=2", "given twice: revision"),
+        ("PUT", "/v1/routes/k?foo=bar", "unknown query parameters: foo"),
+        ("PUT", "/v1/routes/k?sync=all&timeout=1&timeout=2", "given twice: timeout"),
+        ("POST", "/v1/routes?revision=3", "unknown query parameters: revision"),
+    ],
+)
+async def test_write_calls_refuse_unknown_or_repeated_query_parameters(
+    agent: Agent, client: httpx.AsyncClient, method: str, path: str, message: str
+) -> None:
+    # A misspelt ?revision= used to delete unconditionally.
+    await client.put("/v1/routes/k", json={"target": "t", "revision": 5})
+    body = {"put": [{"key": "b", "target": "t"}]} if method == "POST" else None
+    if method == "PUT":
+        body = {"target": "new"}
+    response = await client.request(method, path, json=body)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    assert (await client.get("/v1/routes/k")).json()["target"] == "t"
+    assert (await client.get("/v1/routes/b")).status_code == 404
+    assert writes(agent, "invalid") == 1
+
+
 async def test_sync_all_waits_for_the_peer_ack(
     agent: Agent, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
 ) -> None:
