@@ -201,9 +201,15 @@ class NodeCore:
 
     def leave_pending(self) -> bool:
         """True while our leave has not been gossiped its full retransmit count
-        (False at once when nobody is alive to tell)."""
+        (False at once when nobody is alive to tell), or while a join exchange
+        is in flight: the seed may already hold us alive, and only its reply
+        tells us whom to tell; leaving before it would look like a crash."""
         m = self.membership
-        return m.leaving and m.num_live() > 0 and m.broadcasts.pending_for(self.name)
+        if not m.leaving:
+            return False
+        if self._join_pending:
+            return True
+        return m.num_live() > 0 and m.broadcasts.pending_for(self.name)
 
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called (None: only on input)."""

@@ -345,11 +345,10 @@ class Agent:
         )
 
     def _leave_spread(self) -> bool:
-        # Done when the core has gossiped our leave enough, or when nobody alive
-        # is left to tell (the core would then keep it queued forever: there is
-        # no one to transmit it to).
-        core = self.core
-        return not core.leave_pending() or core.membership.num_live() == 0
+        # Done when the core has gossiped our leave enough, or has nobody
+        # alive to tell and no join exchange in flight (whose seed may hold
+        # us alive already): core.leave_pending() says both.
+        return not self.core.leave_pending()
 
     def _execute(self, effect: Effect) -> None:
         if isinstance(effect, Send):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 
 from mesh.config import Config
-from mesh.core.effects import EventKind, ProbeTcp, Send
+from mesh.core.effects import EventKind, Exchange, ProbeTcp, Send
 from mesh.core.node import NodeCore
 from mesh.messages import Ack, Alive, Dead, MemberStatus, Nack, Ping, PingReq, Suspect
 
@@ -332,3 +333,43 @@ def test_failed_probe_with_all_nacks_does_not_hurt_our_health() -> None:
     wire.advance_to(11.0)
     assert a.membership.stats["probe_failed"] == 1
     assert a.health_score <= before  # both helpers nacked: not our fault
+
+
+def test_a_leave_during_the_join_exchange_reaches_the_seed_as_left() -> None:
+    # The seed merged our alive row; then we were told to stop before its
+    # reply came back. Leaving at once (nobody known to tell) made the seed
+    # see a crash: suspect, then dead.
+    wire = Wire(LAN, ["seed"])
+    seed = wire.cores["seed"]
+    joiner = NodeCore(
+        attrs.evolve(LAN, name="g", join=("10.0.0.1:7946",)),
+        addr=("10.0.0.2", 7946),
+        rng=random.Random(7),
+        now=0.0,
+    )
+    wire.cores["g"], wire.addr["g"] = joiner, ("10.0.0.2", 7946)
+    wire.by_addr[("10.0.0.2", 7946)] = "g"
+    [exchange] = [e for e in joiner.start(0.0) if isinstance(e, Exchange)]
+    reply, out = seed.handle_exchange(exchange.request, 0.0)  # seed takes g in
+    wire._run("seed", out)
+    assert wire.status("seed", "g") is MemberStatus.ALIVE
+    wire._run("g", joiner.leave(0.1))
+    assert joiner.leave_pending()  # the reply is still to come
+    wire._run("g", joiner.exchange_done(exchange.token, [reply], 0.2))
+    wire.advance_to(3.0)
+    assert wire.status("seed", "g") is MemberStatus.LEFT
+    assert not joiner.leave_pending()
+
+
+def test_a_leave_whose_join_fails_is_done_at_once() -> None:
+    joiner = NodeCore(
+        attrs.evolve(LAN, name="g", join=("10.0.0.1:7946",)),
+        addr=("10.0.0.2", 7946),
+        rng=random.Random(7),
+        now=0.0,
+    )
+    [exchange] = [e for e in joiner.start(0.0) if isinstance(e, Exchange)]
+    joiner.leave(0.1)
+    assert joiner.leave_pending()
+    joiner.exchange_done(exchange.token, [], 0.2)  # the seed never answered
+    assert not joiner.leave_pending()
