@@ -254,7 +254,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     # here, in our own process; an embedding program keeps its own choice.
     import prometheus_client
 
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     log = logging.getLogger("mesh.cli")
     for warning in unknown_environment(os.environ):
         log.warning("%s", warning)
