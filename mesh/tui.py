@@ -9,20 +9,26 @@ push queue, and anti-entropy rounds and repairs (when the agent exports
 ``mesh_antientropy_*``). Keys act on a member by its number: ``k`` kill
 (SIGKILL), ``p`` pause (SIGSTOP), ``c`` continue (SIGCONT), ``r`` restart, ``l``
 leave (SIGTERM), ``w`` write a route through it, ``a`` add a member, ``q`` quit
-(every agent leaves gracefully).
+(every agent leaves gracefully). SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closed
+terminal) quit as ``q`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import select
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType, TracebackType
+from typing import Any
 
 import httpx
 
@@ -33,6 +39,12 @@ __all__ = ["add_up_parser", "run_up"]
 _MARK = {"alive": "\x1b[32m●\x1b[0m", "suspect": "\x1b[33m◐\x1b[0m",
          "dead": "\x1b[31m✕\x1b[0m", "left": "\x1b[90m○\x1b[0m"}  # fmt: skip
 _PLAIN = {"alive": "A", "suspect": "S", "dead": "D", "left": "L"}
+
+#: Signals that quit ``mesh up`` as ``q`` does: Ctrl-C, ``kill``/``timeout``/
+#: systemd/CI cancellation, and the hangup of a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: How long the agents get, together, to leave before they are killed.
+LEAVE_TIMEOUT = 10.0
 
 
 def add_up_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,37 +64,167 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
 
 
 def run_up(args: argparse.Namespace) -> int:
-    """Start the agents, render until quit, then make every agent leave."""
+    """Start the agents, render until quit, then make every agent leave.
+
+    Quitting is ``q``, ``--duration`` running out, or one of
+    :data:`STOP_SIGNALS`; all end the same way: every agent is asked to leave
+    (SIGTERM, after SIGCONT for a paused one), all get :data:`LEAVE_TIMEOUT`
+    seconds together, and whoever is still running then is killed, so no agent
+    outlives ``mesh up``. A second signal cuts the wait short (the agents are
+    killed at once). A signal during start-up stops it after the agent being
+    started (bounded by its ready timeout) and cleans up the ones started. The
+    agents run in sessions of their own (:class:`AgentProcess` starts them with
+    ``start_new_session``), so a terminal's hangup or Ctrl-C reaches only
+    ``mesh up``, which then makes them leave.
+
+    Returns 0 after such a stop, whichever way it was asked for: a signal here
+    is the documented way to ask for a graceful stop, not a crash, and the stop
+    completed (a process killed *by* a signal gets 128+n from the shell; one
+    that handles it and finishes cleanly exits 0, as ``mesh agent`` does on
+    SIGTERM and as systemd expects of a clean stop). The same holds if the
+    terminal or pipe we draw on goes away (EIO, EPIPE): we stop as for ``q``.
+    2 is a usage error; an agent that fails to start raises (after cleanup).
+    """
     if not 1 <= args.nodes <= 100:
         print("mesh: error: --nodes must be in 1..100", file=sys.stderr)
         return 2
     log_dir = tempfile.mkdtemp(prefix="mesh-up-")
     plain = args.plain or not sys.stdout.isatty()
-    cluster = AgentCluster(log_dir=log_dir, profile=args.profile)
-    message = f"logs in {log_dir}"
-    try:
-        print(f"starting {args.nodes} agents ({args.profile} profile)...", flush=True)
-        cluster.start(args.nodes)
-        deadline = time.monotonic() + args.duration if args.duration else None
-        with _raw_keys() as keys:
-            while deadline is None or time.monotonic() < deadline:
-                _render(cluster, message, plain)
-                key = keys(0.5 if not plain else 1.0)
-                if key is None:
-                    continue
-                if key in ("q", "\x03"):
+    with _StopSignals() as stop:
+        cluster = AgentCluster(log_dir=log_dir, profile=args.profile)
+        try:
+            _say(f"starting {args.nodes} agents ({args.profile} profile)...")
+            for i in range(1, args.nodes + 1):
+                if stop.signum is not None:
                     break
-                message = _act(cluster, key, keys)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for agent in cluster.live():
-            with contextlib.suppress(Exception):
-                agent.resume()
-                agent.terminate(timeout=10)
-        cluster.close()
-    print(f"\nstopped; agent logs are in {log_dir}")
+                cluster.add(f"node{i}")
+            else:
+                _watch(cluster, args.duration, plain, stop, f"logs in {log_dir}")
+        finally:
+            try:
+                _leave_all(cluster, stop)
+            finally:
+                cluster.close()  # kills whoever did not leave in time
+        _say(f"\nstopped; agent logs are in {log_dir}")
     return 0
+
+
+def _watch(
+    cluster: AgentCluster,
+    duration: float,
+    plain: bool,
+    stop: _StopSignals,
+    message: str,
+) -> None:
+    """Render and act on keys until ``q``, the duration or a stop signal."""
+    deadline = time.monotonic() + duration if duration else None
+    with _raw_keys(stop.wake_fd) as keys:
+        while stop.signum is None and (deadline is None or time.monotonic() < deadline):
+            try:
+                _render(cluster, message, plain)
+            except OSError as exc:
+                if exc.errno not in (errno.EIO, errno.EPIPE):
+                    raise
+                _mute_stdout()  # the terminal or pipe is gone: quit as for q
+                return
+            key = keys(0.5 if not plain else 1.0)
+            if key is None:
+                continue
+            if key in ("q", "\x03"):
+                return
+            message = _act(cluster, key, keys)
+
+
+def _leave_all(
+    cluster: AgentCluster, stop: _StopSignals, timeout: float = LEAVE_TIMEOUT
+) -> None:
+    """Ask every live agent to leave, all at once, and wait for them together,
+    at most ``timeout`` seconds or until another signal; the caller kills the
+    rest. Signals only set flags here, so nothing interrupts the clean-up."""
+    stop.stopping = True
+    leaving = cluster.live()
+    for agent in leaving:
+        with contextlib.suppress(OSError):
+            agent.resume()  # a paused agent cannot leave
+            if agent.proc is not None:
+                agent.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for agent in leaving:
+        while agent.proc is not None and agent.alive() and not stop.hurry:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.proc.wait(min(remaining, 0.1))
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class _StopSignals:
+    """Installs handlers for :data:`STOP_SIGNALS` that only record the signal
+    (the first in :attr:`signum`, any later one, or any during the clean-up, as
+    :attr:`hurry`) and wake :attr:`wake_fd` (``signal.set_wakeup_fd``) so the
+    key wait returns at once. Nothing is raised at an arbitrary point, e.g.
+    between forking an agent and recording it, where an exception would orphan
+    it; the previous handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopping = False
+        self.hurry = False
+        self.wake_fd, self._wake_write = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_write, False)
+        self._saved: dict[int, _Handler] = {}
+        self._saved_wakeup = -1
+
+    def __enter__(self) -> _StopSignals:
+        for signum in STOP_SIGNALS:
+            self._saved[signum] = signal.signal(signum, self._handle)
+        self._saved_wakeup = signal.set_wakeup_fd(
+            self._wake_write, warn_on_full_buffer=False
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        signal.set_wakeup_fd(self._saved_wakeup)
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        os.close(self.wake_fd)
+        os.close(self._wake_write)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None and not self.stopping:
+            self.signum = signum
+        else:
+            self.hurry = True
+
+
+def _say(text: str) -> None:
+    """Print a line; if the terminal or pipe is gone, print nothing more."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        if exc.errno not in (errno.EIO, errno.EPIPE):
+            raise
+        _mute_stdout()
+
+
+def _mute_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered, and the interpreter's
+    flush at exit, would fail on a hung-up terminal or a closed pipe (and turn
+    the exit status into 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _act(cluster: AgentCluster, key: str, keys: _Keys) -> str:
@@ -267,26 +409,31 @@ def _process_state(agent: AgentProcess) -> str:
 
 
 class _Keys:
-    """Reads single keys with a timeout (None when nothing was typed)."""
+    """Reads single keys with a timeout (None when nothing was typed, or when a
+    signal arrived: ``wake_fd`` became readable)."""
 
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None, wake_fd: int) -> None:
         self.fd = fd
+        self.wake_fd = wake_fd
 
     def __call__(self, timeout: float) -> str | None:
-        if self.fd is None:
-            time.sleep(timeout)
+        fds = [self.wake_fd] if self.fd is None else [self.fd, self.wake_fd]
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.wake_fd in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.wake_fd, 512):
+                    pass
             return None
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
+        if not ready or self.fd is None:
             return None
         data = os.read(self.fd, 1)
         return data.decode(errors="replace") if data else None
 
 
 @contextlib.contextmanager
-def _raw_keys() -> Iterator[_Keys]:
+def _raw_keys(wake_fd: int) -> Iterator[_Keys]:
     if not sys.stdin.isatty():
-        yield _Keys(None)
+        yield _Keys(None, wake_fd)
         return
     import termios
     import tty
@@ -295,6 +442,8 @@ def _raw_keys() -> Iterator[_Keys]:
     saved = termios.tcgetattr(fd)
     try:
         tty.setcbreak(fd)
-        yield _Keys(fd)
+        yield _Keys(fd, wake_fd)
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        # After a hangup the terminal is gone (EIO): nothing left to restore.
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
