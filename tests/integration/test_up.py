@@ -66,13 +66,18 @@ def _mesh_up(
     try:
         yield proc, token
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pid in _agents(token):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(proc, token)
+
+
+def _kill_all(proc: subprocess.Popen[bytes], token: str) -> None:
+    """Whatever a failed test left: ``mesh up`` and every agent it started."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for pid in _agents(token):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
 
 
 def _assert_all_left(tmp_path: Path, names: list[str]) -> None:
@@ -207,11 +212,5 @@ def test_a_closed_terminal_stops_the_mesh(tmp_path: Path) -> None:
         assert _agents(token) == [], "agents outlived mesh up"
         assert proc.returncode == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pid in _agents(token):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(proc, token)
     _assert_all_left(tmp_path, ["node1", "node2"])
