@@ -268,8 +268,8 @@ class Config:
     #: route changes remembered for streams; a stream further behind is sent a
     #: fresh snapshot instead (resync), so no watcher buffers without bound
     watch_log_max: int = attrs.field(default=4096, validator=_at_least_one)
-    #: a stream whose client takes longer than this to accept one write is
-    #: dropped: a slow reader costs the node nothing but its socket
+    #: a stream whose client accepts nothing for this long is dropped: a slow
+    #: reader costs the node nothing but its socket
     watch_send_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: a stream sends a heartbeat line after this long without changes, so a
     #: client (or proxy) can tell a quiet table from a dead connection

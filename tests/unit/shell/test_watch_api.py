@@ -5,6 +5,7 @@ Waits are on conditions under ``trio.fail_after``, never fixed sleeps."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,14 +16,17 @@ import trio
 import trio.testing
 
 from mesh.core.routes import Route, Version, Write
+from mesh.shell.agent import Agent
 from mesh.shell.asgi import Message
 from mesh.shell.net import format_address
 from mesh.shell.runner import RunningAgent, open_agent
 from mesh.shell.watch_api import (
     LIST_SLICE_ROUTES,
+    SEND_PIECE_BYTES,
     STREAM_PATH,
     RouteWatchHub,
     _line,
+    _pieces,
     _with_index,
     parse_wait,
     serve_stream,
@@ -336,11 +340,28 @@ class NdjsonStream:
         self.buffer = b""
         self.status = 0
         self.headers: dict[str, str] = {}
+        #: bytes asked of the socket per read, and the pause before each
+        #: (a client reading slowly but steadily)
+        self.read_size = 65536
+        self.pace = 0.0
 
     @classmethod
-    async def open(cls, running: RunningAgent, target: str) -> NdjsonStream:
+    async def open(
+        cls, running: RunningAgent, target: str, *, receive_buffer: int = 0
+    ) -> NdjsonStream:
+        """The stream of ``target``, its head read; ``receive_buffer``: the
+        SO_RCVBUF to connect with (0: the system's), so that the kernel does
+        not read ahead for a slow client."""
         host, port = running.addresses.http
-        stream = cls(await trio.open_tcp_stream(host, port))
+        if receive_buffer:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            raw = trio.socket.socket(family, socket.SOCK_STREAM)
+            # before connecting: the window is announced in the handshake
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            await raw.connect((host, port))
+            stream = cls(trio.SocketStream(raw))
+        else:
+            stream = cls(await trio.open_tcp_stream(host, port))
         request = h11.Request(
             method="GET", target=target, headers=[("host", f"{host}:{port}")]
         )
@@ -358,7 +379,10 @@ class NdjsonStream:
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.sock.receive_some(65536))
+                if self.pace:
+                    await trio.sleep(self.pace)  # the pacing under test
+                data = await self.sock.receive_some(self.read_size)
+                self.conn.receive_data(data)
                 continue
             return event
 
@@ -477,6 +501,60 @@ async def test_stream_ends_when_agent_leaves(node: Open) -> None:
         await stream.aclose()
 
 
+def slow_drops(agent: Agent) -> float | None:
+    return agent.metrics.registry.get_sample_value(
+        "mesh_route_watch_dropped_total", {"reason": "slow"}
+    )
+
+
+#: a batch far bigger than what the sockets' buffers hold (300 puts of
+#: ~1.1 KB: ~330 KB, once all sent to the client in writes of 256 lines)
+BIG_BATCH = [Write(f"k{i:03d}", "http://" + "t" * 1000) for i in range(300)]
+
+
+async def test_a_stream_reading_slowly_but_steadily_is_not_dropped(
+    node: Open,
+) -> None:
+    # watch_send_timeout bounded one write of a whole batch (256 lines), so a
+    # client reading all along, but taking longer than it for the batch, was
+    # dropped as "slow" (one that stops reading is: the test below). Through
+    # real sockets: the stream's pieces must be the socket's writes. (How
+    # much a kernel buffers for a client with a full window varies; the
+    # virtual-time test below does not depend on it.)
+    running, _ = await node(watch_send_timeout=1.0, watch_heartbeat_interval=60.0)
+    agent = running.agent
+    stream = await NdjsonStream.open(running, STREAM_PATH, receive_buffer=4096)
+    try:
+        assert (await stream.next_event())["event"] == "snapshot"
+        start = agent.core.routes.index
+        # 4 KiB at a time, steadily: a batch's worth takes longer than the
+        # timeout, a piece's worth far less.
+        stream.read_size, stream.pace = 4096, 0.02
+        agent.write_routes(BIG_BATCH)
+        events = [await stream.next_event() for _ in BIG_BATCH]
+    finally:
+        await stream.aclose()
+    assert [(e["event"], e["index"], e["route"]["key"]) for e in events] == [
+        ("put", start + 1 + i, w.key) for i, w in enumerate(BIG_BATCH)
+    ]
+    assert slow_drops(agent) is None
+
+
+async def test_a_stream_whose_client_stopped_reading_is_dropped(
+    node: Open,
+) -> None:
+    running, _ = await node(watch_send_timeout=0.5, watch_heartbeat_interval=60.0)
+    stream = await NdjsonStream.open(running, STREAM_PATH, receive_buffer=4096)
+    try:
+        assert (await stream.next_event())["event"] == "snapshot"
+        assert running.watch.clients == 1
+        running.agent.write_routes(BIG_BATCH)  # and the client reads no more
+        await wait_for(lambda: running.watch.clients == 0)
+    finally:
+        await stream.aclose()
+    assert slow_drops(running.agent) == 1
+
+
 # --- the change log in isolation ---
 
 
@@ -561,6 +639,73 @@ async def test_slow_stream_is_dropped(make_agent: MakeAgent) -> None:
     assert hub.clients == 0
     scrape = agent.metrics.render().decode()
     assert 'mesh_route_watch_dropped_total{reason="slow"} 1.0' in scrape
+
+
+def test_a_stream_is_sent_in_bounded_pieces() -> None:
+    # The same bytes, in pieces of SEND_PIECE_BYTES but the last: short lines
+    # share a piece, a long one (a snapshot) spans several.
+    size = SEND_PIECE_BYTES
+    cases: list[list[bytes]] = [
+        [],
+        [b"a\n"],
+        [b"x" * (size - 1) + b"\n"],
+        [b"x" * size + b"\n", b"y\n"],
+        [b"s" * (3 * size + 7) + b"\n"],
+        [b"%d\n" % i * 97 for i in range(2000)],
+    ]
+    for lines in cases:
+        pieces = list(_pieces(lines, size))
+        assert b"".join(pieces) == b"".join(lines)
+        assert all(len(p) == size for p in pieces[:-1])
+        assert all(0 < len(p) <= size for p in pieces[-1:])
+
+
+async def test_a_stream_is_timed_by_what_its_client_takes_in(
+    make_agent: MakeAgent, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A client taking in 64 KiB/s all along, whatever the size of the writes
+    # (virtual time: the same pace on any machine and kernel). With a 1 s
+    # watch_send_timeout, a 300 KB batch handed over in one write took it
+    # more than 4 s, and it was dropped as "slow" while reading all along.
+    agent = make_agent(watch_send_timeout=1.0, watch_heartbeat_interval=600.0)
+    hub = RouteWatchHub(agent)
+    rate = 64 * 1024
+    body = bytearray()
+    biggest = 0
+    done = trio.Event()
+    ended: list[int] = []
+
+    async def send(message: Message) -> None:
+        nonlocal biggest
+        if message["type"] == "http.response.body":
+            piece = message.get("body", b"")
+            biggest = max(biggest, len(piece))
+            await trio.sleep(len(piece) / rate)
+            body.extend(piece)
+            if body.count(b"\n") == 1 + len(BIG_BATCH):
+                done.set()
+
+    async def receive() -> Message:
+        await done.wait()  # the client leaves once it has every event
+        return {"type": "http.disconnect"}
+
+    async def serve() -> None:
+        ended.append(await serve_stream(hub, scope, receive, send))
+
+    scope = {"type": "http", "method": "GET", "path": STREAM_PATH, "query_string": b""}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await wait_for(lambda: body.count(b"\n") == 1)  # the snapshot
+        start = agent.core.routes.index
+        agent.write_routes(BIG_BATCH)
+        await wait_for(lambda: bool(ended))
+    assert slow_drops(agent) is None
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert lines[0]["event"] == "snapshot"
+    assert [(e["index"], e["route"]["key"]) for e in lines[1:]] == [
+        (start + 1 + i, w.key) for i, w in enumerate(BIG_BATCH)
+    ]
+    assert biggest <= SEND_PIECE_BYTES
 
 
 def test_an_index_is_added_to_a_list_answer_that_lacks_it() -> None:
