@@ -60,6 +60,10 @@ _BATCH_PUT_FIELDS = _PUT_FIELDS | {"key"}
 _BATCH_DELETE_FIELDS = frozenset(("key", "revision"))
 _BATCH_FIELDS = frozenset(("put", "delete"))
 _REVISION_RE = re.compile(r"[0-9]{1,20}")
+#: a ``sync=all`` wait longer than this also watches for its client going
+#: away (seconds): a bound on how long a gone client holds its connection, not
+#: a tunable
+_WATCH_GONE_AFTER = 1.0
 # query parameters of the write calls: any other, or one given twice, is 400
 _SYNC_PARAMS = frozenset(("sync", "timeout"))
 _DELETE_PARAMS = _SYNC_PARAMS | {"revision"}
@@ -241,24 +245,31 @@ async def _sync_all(
 
     A client that goes meanwhile ends the wait (499, counted): its connection
     would otherwise stay taken for up to ``sync_timeout_max`` with nobody to
-    answer, and enough of them would fill ``http_max_connections``."""
+    answer, and enough of them would fill ``http_max_connections``. That
+    watch starts only after :data:`_WATCH_GONE_AFTER`: most waits end within a
+    push round trip, and a watch task costs them a scheduling round when it is
+    cancelled (tens of ms on a loaded loop)."""
     ticket = agent.core.sync_ticket()
     # The caller waits: its write goes out now, not at the push rate limit's
     # next token (plain writes are gathered under load; this one is not).
     agent.expedite_pushes()
+    deadline = trio.current_time() + wait
+    with trio.move_on_at(min(deadline, trio.current_time() + _WATCH_GONE_AFTER)):
+        await _wait_acked(agent, ticket)
     gone = False
-    with trio.move_on_after(wait):
-        async with trio.open_nursery() as nursery:
+    if agent.core.sync_status(ticket)[1] and trio.current_time() < deadline:
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
 
-            async def left() -> None:
-                nonlocal gone
-                await until_disconnected(request.receive)
-                gone = True
+                async def left() -> None:
+                    nonlocal gone
+                    await until_disconnected(request.receive)
+                    gone = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(left)
+                await _wait_acked(agent, ticket)
                 nursery.cancel_scope.cancel()
-
-            nursery.start_soon(left)
-            await _wait_acked(agent, ticket)
-            nursery.cancel_scope.cancel()
     if gone:  # the write stands; only its answer has nobody to go to
         raise HttpError(CLIENT_GONE, "client disconnected")
     acked_by, pending = agent.core.sync_status(ticket)
