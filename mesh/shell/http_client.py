@@ -11,7 +11,10 @@ under it changes.
 What it does:
 
 * keep-alive connections pooled per origin, reused most recent first, closed
-  after ``keepalive_expiry`` seconds idle; at most ``max_connections`` open in
+  after ``keepalive_expiry`` seconds idle (every origin's, swept on the next
+  request: a peer that restarted on another address or died is never asked
+  again, and its connections would otherwise hold their sockets until the pool
+  filled); at most ``max_connections`` open in
   total (an idle connection to another origin is closed to make room, else the
   request waits for one, under the pool timeout);
 * the request head and body in one write; the response body streamed to the
@@ -131,9 +134,10 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._expiry = keepalive_expiry
         self._ssl = ssl_context
         self._slots = trio.Semaphore(max_connections)
-        #: origin -> idle connections, most recently used last
+        #: origin -> idle connections, most recently used last (no empty lists)
         self._idle: dict[Origin, list[_Conn]] = {}
         self._closed = False
+        self._next_sweep = 0.0
 
     @property
     def open_connections(self) -> int:
@@ -204,12 +208,17 @@ class H11Transport(httpx.AsyncBaseTransport):
 
     async def _get(self, origin: Origin, request: httpx.Request) -> _Conn:
         now = trio.current_time()
+        if now >= self._next_sweep:
+            await self._sweep(now)
         conns = self._idle.get(origin)
         while conns:
             conn = conns.pop()
+            if not conns:
+                del self._idle[origin]
             if now - conn.idle_since < self._expiry:
                 return conn
             await self._discard(conn)  # expired (older ones too, next time)
+            conns = self._idle.get(origin)
         if self._slots.value == 0:
             await self._evict_one()
         with trio.move_on_after(_timeout(request, "pool")) as scope:
@@ -317,6 +326,23 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._idle.setdefault(conn.origin, []).append(conn)
         return True
 
+    async def _sweep(self, now: float) -> None:
+        """Close every connection idle for ``keepalive_expiry``, whatever its
+        origin; at most twice per expiry, so a request pays for a pass over
+        the pool rarely."""
+        self._next_sweep = now + self._expiry / 2
+        expired: list[_Conn] = []
+        for origin, conns in list(self._idle.items()):
+            fresh = [c for c in conns if now - c.idle_since < self._expiry]
+            if len(fresh) < len(conns):
+                expired += [c for c in conns if now - c.idle_since >= self._expiry]
+                if fresh:
+                    self._idle[origin] = fresh
+                else:
+                    del self._idle[origin]
+        for conn in expired:  # the pool is consistent before the first await
+            await self._discard(conn)
+
     async def _evict_one(self) -> None:
         """Close the longest-idle connection, to make room for another origin."""
         oldest: _Conn | None = None
@@ -324,7 +350,10 @@ class H11Transport(httpx.AsyncBaseTransport):
             if conns and (oldest is None or conns[0].idle_since < oldest.idle_since):
                 oldest = conns[0]
         if oldest is not None:
-            self._idle[oldest.origin].remove(oldest)
+            conns = self._idle[oldest.origin]
+            conns.remove(oldest)
+            if not conns:
+                del self._idle[oldest.origin]
             await self._discard(oldest)
 
     async def _discard(self, conn: _Conn) -> None:

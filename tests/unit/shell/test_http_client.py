@@ -151,6 +151,25 @@ async def test_the_pool_bound_evicts_idle_connections_of_other_origins() -> None
         assert len(set(ports_a)) == 2  # a's connection was closed to reach b
 
 
+async def test_idle_connections_to_an_origin_never_asked_again_expire() -> None:
+    # A peer restarted on another port (or dead) is never asked again: its
+    # pooled connection used to keep its socket until the pool filled.
+    ports_a: list[int] = []
+    ports_b: list[int] = []
+    transport = H11Transport(max_connections=8, keepalive_expiry=0.2)
+    async with (
+        server(ports_a) as url_a,
+        server(ports_b) as url_b,
+        client(transport) as http,
+    ):
+        assert (await http.get(f"{url_a}/x")).status_code == 200
+        assert transport.idle_connections == 1
+        await trio.sleep(0.3)  # a's connection is now past keepalive_expiry
+        assert (await http.get(f"{url_b}/x")).status_code == 200
+        assert transport.idle_connections == 1  # b's only
+        assert transport.open_connections == 1
+
+
 async def test_failures_are_httpx_exceptions() -> None:
     # refused: nothing listens on a port we bound and closed
     probe = socket.socket()
