@@ -11,10 +11,11 @@ under it changes.
 What it does:
 
 * keep-alive connections pooled per origin, reused most recent first, closed
-  after ``keepalive_expiry`` seconds idle (every origin's, swept on the next
-  request: a peer that restarted on another address or died is never asked
-  again, and its connections would otherwise hold their sockets until the pool
-  filled); at most ``max_connections`` open in
+  after ``keepalive_expiry`` seconds idle, every origin's (swept on requests
+  and by :meth:`H11Transport.sweep_forever`, which the owner runs: a peer that
+  restarted on another address or died is never asked again, and its
+  connections, closed by the peer, would otherwise hold their sockets in
+  CLOSE-WAIT until the pool filled); at most ``max_connections`` open in
   total (an idle connection to another origin is closed to make room, else the
   request waits for one, under the pool timeout);
 * the request head and body in one write; the response body streamed to the
@@ -342,6 +343,16 @@ class H11Transport(httpx.AsyncBaseTransport):
                     del self._idle[origin]
         for conn in expired:  # the pool is consistent before the first await
             await self._discard(conn)
+
+    async def sweep_forever(self) -> None:
+        """Sweep expired idle connections every half ``keepalive_expiry``,
+        requests or not (a quiet pusher makes none); run it in the owner's
+        nursery for as long as the transport is open."""
+        while not self._closed:
+            await trio.sleep(self._expiry / 2)
+            now = trio.current_time()
+            if now >= self._next_sweep:
+                await self._sweep(now)
 
     async def _evict_one(self) -> None:
         """Close the longest-idle connection, to make room for another origin."""

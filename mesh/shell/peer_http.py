@@ -209,26 +209,33 @@ async def open_peer_client(
         ssl_context=client_ssl_context(config),
     )
     timeout = httpx.Timeout(config.tcp_timeout)
-    async with PeerHttpClient(
-        transport=transport,
-        timeout=timeout,
-        trust_env=False,
-        follow_redirects=False,
-    ) as http:
+    async with (
+        PeerHttpClient(
+            transport=transport,
+            timeout=timeout,
+            trust_env=False,
+            follow_redirects=False,
+        ) as http,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(transport.sweep_forever)
         # Peers need none of httpx's default headers (user agent, accepted
         # types and encodings, keep-alive is HTTP/1.1's default): an idle
         # anti-entropy round is then ~200 bytes on the wire, headers included.
         for name in ("user-agent", "accept", "accept-encoding", "connection"):
             http.headers.pop(name, None)
-        yield PeerClient(
-            http,
-            metrics=metrics,
-            log=log,
-            tcp_timeout=config.tcp_timeout,
-            max_members=config.max_members,
-            sealer=sealer,
-            scheme=peer_scheme(config),
-        )
+        try:
+            yield PeerClient(
+                http,
+                metrics=metrics,
+                log=log,
+                tcp_timeout=config.tcp_timeout,
+                max_members=config.max_members,
+                sealer=sealer,
+                scheme=peer_scheme(config),
+            )
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 class PeerClient:

@@ -337,6 +337,8 @@ async def open_pusher(
         ) as http,
         trio.open_nursery() as nursery,
     ):
+        if isinstance(transport, H11Transport):
+            nursery.start_soon(transport.sweep_forever)
         pusher = Pusher(agent, http, nursery, rng=rng)
         agent.push_handler = pusher.push
         try:

@@ -170,6 +170,23 @@ async def test_idle_connections_to_an_origin_never_asked_again_expire() -> None:
         assert transport.open_connections == 1
 
 
+async def test_the_sweeper_closes_expired_connections_without_requests() -> None:
+    # A quiet pusher asks nobody: its connections to a peer gone elsewhere
+    # must still be closed (they sat in CLOSE-WAIT, 2 per restart of a peer).
+    ports: list[int] = []
+    transport = H11Transport(max_connections=8, keepalive_expiry=0.2)
+    async with server(ports) as url, client(transport) as http:
+        assert (await http.get(f"{url}/x")).status_code == 200
+        assert transport.open_connections == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.sweep_forever)
+            with trio.fail_after(5):
+                while transport.open_connections:  # noqa: ASYNC110 - polled gauge
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert transport.idle_connections == 0
+
+
 async def test_failures_are_httpx_exceptions() -> None:
     # refused: nothing listens on a port we bound and closed
     probe = socket.socket()
