@@ -56,7 +56,7 @@ def test_metrics_catalogue_matches_a_scrape() -> None:
     }
     documented = set(
         re.findall(
-            r"^\| `(mesh_[a-z_]+)` \|",
+            r"^\| `((?:mesh|process)_[a-z_]+)` \|",
             (ROOT / "docs" / "metrics.md").read_text(),
             re.MULTILINE,
         )
