@@ -37,7 +37,7 @@ import enum
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import attrs
 
@@ -381,16 +381,7 @@ class AntiEntropy:
         mine, other = result
         self.behind = len(other)
         cap = self.config.antientropy_repair_max
-        routes = []
-        budget = _Budget(self.config.antientropy_max_bytes)
-        for element in mine:
-            route = self.table.by_element(element)
-            if route is not None:  # else rewritten since: goes by push
-                if not budget.take(route):
-                    break  # the rest goes in the next round
-                routes.append(route)
-                if len(routes) >= cap:
-                    break
+        routes = self._entries(mine, cap)  # the rest goes in the next round
         want = tuple(sorted(other)[:cap])
         if not routes and not want:
             self.repair.discard(r.peer)
@@ -525,14 +516,8 @@ class AntiEntropy:
             cap = cfg.antientropy_repair_max
             refused = self._apply(request.routes[:cap], self.horizon(wall), wall)
             self._honour(request.drops, wall)
-            routes = []
-            budget = _Budget(cfg.antientropy_max_bytes)
-            for element in request.want[:cap]:
-                route = table.by_element(element)
-                if route is not None:
-                    if not budget.take(route):
-                        break  # the initiator's next round asks again
-                    routes.append(route)
+            # what does not fit, the initiator's next round asks for again
+            routes = self._entries(request.want[:cap], cap)
             self.stats["routes_served"] += len(routes)
             return AeRepaired(tuple(routes), tuple(refused))
         limit = max(1, min(request.limit, cfg.antientropy_chunk_routes))
@@ -545,6 +530,21 @@ class AntiEntropy:
                 break
         self.stats["routes_served"] += len(routes)
         return AeChunkReply(tuple(routes), more, len_all(table))
+
+    def _entries(self, elements: Iterable[int], cap: int) -> list[Route]:
+        """Our current entries for ``elements`` in order, skipping those
+        rewritten since (they go by push), at most ``cap`` of them and
+        ``antientropy_max_bytes`` (:class:`_Budget`): one repair's worth."""
+        routes: list[Route] = []
+        budget = _Budget(self.config.antientropy_max_bytes)
+        for element in elements:
+            route = self.table.by_element(element)
+            if route is None:
+                continue
+            if len(routes) >= cap or not budget.take(route):
+                break
+            routes.append(route)
+        return routes
 
     def _symbols(self, start: int, stop: int) -> AeSymbols:
         symbols = self.table.symbols(start, stop)
