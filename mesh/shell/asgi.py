@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import attrs
+import trio
 
 __all__ = [
     "CLIENT_GONE",
@@ -28,6 +29,7 @@ __all__ = [
     "normalize_method",
     "read_body",
     "until_disconnected",
+    "wait_unless_disconnected",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -193,6 +195,28 @@ async def until_disconnected(receive: Receive) -> None:
     long as it stays. Body the handler left unread is read and dropped."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def wait_unless_disconnected(
+    receive: Receive, wait: Callable[[], Awaitable[object]]
+) -> bool:
+    """Run ``wait`` until it returns or the client disconnects, whichever comes
+    first; True when the client went away. The caller's cancel scope (its
+    timeout) bounds both. Costs a task, and a scheduling round when that task
+    is cancelled: for long waits only."""
+    gone = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal gone
+            await until_disconnected(receive)
+            gone = True
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await wait()
+        nursery.cancel_scope.cancel()
+    return gone
 
 
 Handler = Callable[[Request], Awaitable[Response]]

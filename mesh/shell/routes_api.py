@@ -28,6 +28,7 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import attrs
@@ -44,7 +45,7 @@ from .asgi import (
     Response,
     Route,
     json_response,
-    until_disconnected,
+    wait_unless_disconnected,
 )
 from .watch_api import encode_route_list
 
@@ -259,17 +260,9 @@ async def _sync_all(
     gone = False
     if agent.core.sync_status(ticket)[1] and trio.current_time() < deadline:
         with trio.move_on_at(deadline):
-            async with trio.open_nursery() as nursery:
-
-                async def left() -> None:
-                    nonlocal gone
-                    await until_disconnected(request.receive)
-                    gone = True
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(left)
-                await _wait_acked(agent, ticket)
-                nursery.cancel_scope.cancel()
+            gone = await wait_unless_disconnected(
+                request.receive, partial(_wait_acked, agent, ticket)
+            )
     if gone:  # the write stands; only its answer has nobody to go to
         raise HttpError(CLIENT_GONE, "client disconnected")
     acked_by, pending = agent.core.sync_status(ticket)
