@@ -107,17 +107,10 @@ class ApiApp(Router):
 
     def observe_refusal(self, scope: Scope, code: int) -> None:
         """Count a request refused before it reached this app (the API token
-        check's 401) in ``mesh_api_requests_total``, labelled as it would
-        have been: the route pattern it matches, else ``unmatched``."""
-        method = str(scope.get("method", ""))
-        wanted = "GET" if method == "HEAD" else method
-        segments = str(scope.get("path", "")).split("/")
-        label = "unmatched"
-        for route in self.routes:
-            if route.method == wanted and route.match(segments) is not None:
-                label = route.pattern
-                break
-        self.agent.metrics.observe_api(normalize_method(method), label, code)
+        check's 401) in ``mesh_api_requests_total``, labelled as the router
+        labels the requests it serves (:meth:`Router.pattern_of`)."""
+        method = normalize_method(str(scope.get("method", "")))
+        self.agent.metrics.observe_api(method, self.pattern_of(scope), code)
 
     def _observe_api(self, method: str, path: str, code: int) -> None:
         # ``method`` is already a label: the Router normalizes it.

@@ -362,7 +362,7 @@ class Router:
             client=scope.get("client"),
         )
         try:
-            route = self._match(request, _segments(scope))
+            route, request.params = self._match(method, path, _segments(scope))
             label = route.pattern
             response = await route.handler(request)
         except _MethodNotAllowedError as exc:  # a known path: labelled with it
@@ -386,7 +386,22 @@ class Router:
         if response.after is not None:
             response.after()
 
-    def _match(self, request: Request, segments: list[str]) -> Route:
+    def pattern_of(self, scope: Scope) -> str:
+        """The label a request is counted under, as :meth:`__call__` would
+        count it: the pattern of the route its path matches (a 405 too),
+        else ``unmatched``. For a request refused before the router."""
+        method, path = str(scope.get("method", "")), str(scope.get("path", ""))
+        try:
+            route, _ = self._match(method, path, _segments(scope))
+        except _MethodNotAllowedError as exc:
+            return exc.pattern
+        except HttpError:
+            return "unmatched"
+        return route.pattern
+
+    def _match(
+        self, method: str, path: str, segments: list[str]
+    ) -> tuple[Route, dict[str, str]]:
         routes = tuple(self.routes)
         if routes != self._indexed:
             self._by_count = {}
@@ -394,7 +409,6 @@ class Router:
                 self._by_count.setdefault(len(route.segments), []).append(route)
             self._indexed = routes
         # HEAD is served by the GET handler (the server sends no body).
-        method = request.method
         wanted = "GET" if method == "HEAD" else method
         allowed: list[str] = []
         pattern = ""
@@ -403,8 +417,7 @@ class Router:
             if params is None:
                 continue
             if route.method == wanted:
-                request.params = params
-                return route
+                return route, params
             allowed.append(route.method)
             pattern = route.pattern
         if allowed:
@@ -412,10 +425,10 @@ class Router:
                 allowed.append("HEAD")
             raise _MethodNotAllowedError(
                 pattern,
-                f"method {method} not allowed on {request.path}",
+                f"method {method} not allowed on {path}",
                 headers=[("allow", ", ".join(sorted(set(allowed))))],
             )
-        raise HttpError(404, f"no such path: {request.path}")
+        raise HttpError(404, f"no such path: {path}")
 
 
 _JSON_TYPE_BYTES = JSON_CONTENT_TYPE.encode()

@@ -247,24 +247,32 @@ async def test_a_405_is_counted_under_the_path_it_matched(
 async def test_a_refusal_before_the_app_is_counted_under_its_route(
     make_agent: MakeAgent,
 ) -> None:
-    """The API token check (outside the app) reports its 401s here."""
+    """The API token check (outside the app) reports its 401s here, under
+    the label the router gives the requests it serves: matched on the
+    percent-decoded segments of the raw path, a wrong method under the
+    path's pattern (as its 405 is)."""
     agent = make_agent()
     app = make_api_app(agent, routes=routes_endpoints(agent))
-    for method, path in [
-        ("GET", "/v1/routes/a.b"),
-        ("HEAD", "/v1/routes"),
-        ("GET", "/v1/watch/routes"),
-        ("GET", "/nowhere"),
-        ("BREW", "/metrics"),
+    for method, path, raw in [
+        ("GET", "/v1/routes/a.b", None),
+        ("HEAD", "/v1/routes", None),
+        ("GET", "/v1/watch/routes", None),
+        ("GET", "/nowhere", None),
+        ("BREW", "/metrics", None),
+        ("DELETE", "/v1/routes/a/b", b"/v1/routes/a%2Fb"),
     ]:
-        app.observe_refusal({"type": "http", "method": method, "path": path}, 401)
+        scope = {"type": "http", "method": method, "path": path}
+        if raw is not None:
+            scope["raw_path"] = raw
+        app.observe_refusal(scope, 401)
     registry = agent.metrics.registry
     for method, path in [
         ("GET", "/v1/routes/{key}"),
         ("HEAD", "/v1/routes"),
         ("GET", "/v1/watch/routes"),
         ("GET", "unmatched"),
-        ("OTHER", "unmatched"),
+        ("OTHER", "/metrics"),
+        ("DELETE", "/v1/routes/{key}"),
     ]:
         labels = {"method": method, "path": path, "code": "401"}
         assert registry.get_sample_value("mesh_api_requests_total", labels) == 1
