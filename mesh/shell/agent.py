@@ -275,9 +275,11 @@ class Agent:
                 await trio.lowlevel.checkpoint()
                 continue
             self._timer_at = target
-            with trio.move_on_at(target):
+            with trio.move_on_at(target) as sleep:
                 await self._wake.wait()
             self._wake = trio.Event()
+            if sleep.cancelled_caught:  # woken by the deadline: how late?
+                self.metrics.timer_lateness.observe(trio.current_time() - target)
 
     # --- queries for the API ---
 

@@ -313,6 +313,14 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
+        self.timer_lateness = Histogram(
+            "mesh_timer_lateness_seconds",
+            "How late the protocol's timer fired (probes, gossip, pushes, "
+            "anti-entropy): the event loop busy with other work, or the "
+            "process not scheduled; a sustained tail means an overloaded node",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
         self.route_writes = Counter(
             "mesh_route_writes",
             "Client writes and deletes, by outcome (applied, conflict, invalid: "

@@ -45,6 +45,37 @@ async def test_timer_sleeps_until_the_deadline_then_ticks_once(
     assert fake.ticks == [pytest.approx(start + 3.0)]
 
 
+async def test_how_late_the_timer_fires_is_measured(
+    make_agent: MakeAgent, autojump_clock: trio.testing.MockClock
+) -> None:
+    """mesh_timer_lateness_seconds: 0 for a timer on time; the time the loop
+    could not run (a jump of the clock with nothing scheduled) otherwise."""
+    agent = make_agent()
+    start = trio.current_time()
+    fake = FakeDeadlines(start + 3.0)
+    agent.core.next_deadline = fake.next_deadline  # type: ignore[method-assign]
+    agent.core.tick = fake.tick  # type: ignore[method-assign]
+    registry = agent.metrics.registry
+
+    def observed() -> tuple[float | None, float | None]:
+        return (
+            registry.get_sample_value("mesh_timer_lateness_seconds_count"),
+            registry.get_sample_value("mesh_timer_lateness_seconds_sum"),
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.run_timers)
+        await trio.sleep(5)
+        assert observed() == (1, pytest.approx(0.0))
+        fake.deadline = trio.current_time() + 3.0
+        agent._dispatch([])  # wake the loop to see the new deadline
+        await trio.sleep(2.5)
+        autojump_clock.jump(1.5)  # 1.5 s pass while nothing runs
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert observed() == (2, pytest.approx(1.0))
+
+
 async def test_an_earlier_deadline_wakes_the_timer(
     make_agent: MakeAgent, autojump_clock: trio.testing.MockClock
 ) -> None:
