@@ -254,7 +254,8 @@ class Config:
     #: adopted by our clock (the write itself is still stored)
     hlc_max_skew: float = attrs.field(default=60.0, validator=_positive)
     #: routes (tombstones included) a node stores; writes of new keys beyond it
-    #: answer 507 and remote ones are dropped and counted
+    #: answer 507 and remote ones are refused and counted, then taken by
+    #: anti-entropy once there is room (never treated as deleted)
     max_routes: int = attrs.field(default=1_000_000, validator=_at_least_one)
     #: longest ``?sync=all&timeout=S`` a client may ask for
     sync_timeout_max: float = attrs.field(default=30.0, validator=_positive)

@@ -179,6 +179,8 @@ class _Round:
     stage: _Stage = _Stage.OPEN
     index: int = 0
     theirs: list[Symbol] = attrs.Factory(list)
+    #: entries the peer sent this round that our table had no room for
+    full: int = 0
 
 
 class AntiEntropy:
@@ -211,7 +213,8 @@ class AntiEntropy:
         self.rng = rng
         self.caught_up = caught_up
         #: entries we know we lack (bootstrap: the source's size minus what we
-        #: received; rounds: the last difference found, until repaired)
+        #: received; rounds: the last difference found, until repaired; and
+        #: what the last round brought that the table had no room for)
         self.behind = 0
         self.source = ""  # the peer we bootstrap from (readiness reasons)
         # Caught up only because nobody else was alive (a first node, or one
@@ -392,9 +395,9 @@ class AntiEntropy:
         self._send(r, _Stage.REPAIR, AeRepair(self.name, tuple(routes), want))
 
     def _on_repaired(self, r: _Round, reply: AeRepaired, wall: float) -> None:
-        refused = self._apply(reply.routes, self.horizon(wall), wall)
+        refused = self._apply(r, reply.routes, self.horizon(wall), wall)
         self._honour(reply.drops, wall)
-        self.behind = 0
+        self.behind = r.full  # refused for lack of room: still missing
         self.repair.discard(r.peer)
         if refused:
             # Rare: the peer holds entries we know to be gone. Tell it.
@@ -408,10 +411,12 @@ class AntiEntropy:
             raise _UnexpectedReplyError
         bootstrap = r.kind is _Kind.BOOTSTRAP
         horizon = None if bootstrap else self.horizon(wall)  # merge: None too
-        refused = self._apply(reply.routes, horizon, wall)
+        full = r.full
+        refused = self._apply(r, reply.routes, horizon, wall)
         self.stats["chunks"] += 1
         if bootstrap:
-            self._pulled += len(reply.routes)
+            # what the table had no room for is not pulled: still behind
+            self._pulled += len(reply.routes) - (r.full - full)
             if reply.routes:
                 self._pulled_after = reply.routes[-1].key
             self.behind = max(0, reply.size - self._pulled)
@@ -420,14 +425,18 @@ class AntiEntropy:
             return
         if bootstrap:
             self._caught_up(r.peer)
+            self.behind = r.full
             self._end(r, "bootstrapped")
         elif r.kind is _Kind.MERGE:
             self._end(r, "merged")
-        elif refused:
-            self._send(r, _Stage.DROPS, AeRepair(self.name, drops=tuple(refused)))
         else:
-            self.repair.discard(r.peer)
-            self._end(r, "repaired")
+            self.behind = r.full
+            if refused:
+                drops = AeRepair(self.name, drops=tuple(refused))
+                self._send(r, _Stage.DROPS, drops)
+            else:
+                self.repair.discard(r.peer)
+                self._end(r, "repaired")
 
     def _caught_up(self, source: str) -> None:
         self.caught_up = True
@@ -462,12 +471,19 @@ class AntiEntropy:
     # --- both sides ---
 
     def _apply(
-        self, routes: Sequence[Route], horizon: int | None, wall: float
+        self,
+        r: _Round | None,
+        routes: Sequence[Route],
+        horizon: int | None,
+        wall: float,
     ) -> list[Drop]:
-        """Apply entries from a peer; returns those refused as expired."""
+        """Apply entries from a peer; returns those refused as expired. Those
+        refused for lack of room are counted, in the round ``r`` too (we
+        opened it) for ``behind``."""
         wall_ms = int(wall * 1000)
         refused: list[Drop] = []
         apply = self.table.apply
+        full = 0
         for route in routes:
             status = apply(route, wall_ms=wall_ms, horizon_ms=horizon).status
             if status is OutcomeStatus.APPLIED:
@@ -476,6 +492,11 @@ class AntiEntropy:
                 self.stats["routes_expired"] += 1
                 if not route.deleted:
                     refused.append((route.key, route.version))
+            elif status is OutcomeStatus.FULL:
+                full += 1
+        self.stats["routes_full"] += full
+        if r is not None:
+            r.full += full
         return refused
 
     def _honour(self, drops: Sequence[Drop], wall: float) -> None:
@@ -514,7 +535,7 @@ class AntiEntropy:
             return self._symbols(min(start, stop), stop)
         if isinstance(request, AeRepair):
             cap = cfg.antientropy_repair_max
-            refused = self._apply(request.routes[:cap], self.horizon(wall), wall)
+            refused = self._apply(None, request.routes[:cap], self.horizon(wall), wall)
             self._honour(request.drops, wall)
             # what does not fit, the initiator's next round asks for again
             routes = self._entries(request.want[:cap], cap)

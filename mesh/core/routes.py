@@ -276,6 +276,10 @@ class RouteTable:
         self._unsorted: set[str] = set()
         #: tombstones garbage-collected (a metric)
         self.collected = 0
+        #: wall ms of the last peer entry refused for lack of room (FULL): a
+        #: table that missed writes takes old entries again (no EXPIRED) until
+        #: the horizon passes this, for it cannot vouch they were deleted
+        self.missed_ms = -1 << 62
         # the last change_log_max changes, (index, key, entry or None when it
         # was forgotten), one per index: watchers resume from any of them
         self._changes: deque[tuple[int, str, Route | None]] | None = (
@@ -388,7 +392,11 @@ class RouteTable:
         horizon for a key we do not hold is refused as ``EXPIRED``: we may
         have held its delete and collected the tombstone, so accepting it
         could resurrect a deleted route. A node still bootstrapping passes
-        None and takes everything.
+        None and takes everything, and so does a table that refused a peer's
+        entry for lack of room since the horizon (``missed_ms``): it cannot
+        tell a write it missed from a delete it forgot, and calling such a
+        write expired would make its holder forget it (a write accepted with
+        200 lost mesh-wide a tombstone lifetime later, found by audit 8).
 
         ``route`` is trusted to be within the contract's limits: a peer's
         routes reach the core only through the codec, which checks each one
@@ -396,12 +404,18 @@ class RouteTable:
         replica 5 % of its CPU per pushed route).
         """
         current = self._routes.get(route.key)
-        if (
-            current is None
-            and horizon_ms is not None
-            and version_ms(route.version) < horizon_ms
-        ):
-            return Outcome(OutcomeStatus.EXPIRED, None, "older than the horizon")
+        if current is None:
+            if len(self._routes) >= self.max_routes:
+                # An entry this table now lacks without knowing why a peer
+                # holds it: see missed_ms.
+                self.missed_ms = wall_ms
+                return self._full()
+            if (
+                horizon_ms is not None
+                and version_ms(route.version) < horizon_ms
+                and self.missed_ms < horizon_ms
+            ):
+                return Outcome(OutcomeStatus.EXPIRED, None, "older than the horizon")
         self.clock.witness(route.version.hlc, wall_ms)
         if current is not None:
             if route.version == current.version:
@@ -410,11 +424,14 @@ class RouteTable:
                 return Outcome(OutcomeStatus.STALE, current)
         return self._store(route, current)
 
+    def _full(self) -> Outcome:
+        return Outcome(
+            OutcomeStatus.FULL, None, f"table holds max_routes={self.max_routes}"
+        )
+
     def _store(self, route: Route, current: Route | None) -> Outcome:
         if current is None and len(self._routes) >= self.max_routes:
-            return Outcome(
-                OutcomeStatus.FULL, None, f"table holds max_routes={self.max_routes}"
-            )
+            return self._full()
         key = route.key
         self._routes[key] = route
         if current is not None:

@@ -64,6 +64,10 @@ from .udp import UdpEndpoint
 
 __all__ = ["Agent"]
 
+#: seconds between two "route table full" warnings (a full table refuses the
+#: same routes every anti-entropy round)
+_FULL_WARNING_INTERVAL = 60.0
+
 _EVENT_MESSAGES = {
     EventKind.JOIN: "member joined",
     EventKind.UPDATE: "member updated",
@@ -131,6 +135,10 @@ class Agent:
         self._dispatching = False
         self._timer_at = math.inf
         self._wake = trio.Event()
+        # the table's last refusal for lack of room we logged, and when the
+        # next such warning may be logged
+        self._missed_ms = self.core.routes.missed_ms
+        self._next_full_warning = -math.inf
         #: executes route pushes (the pusher, when wired); without one a push is
         #: reported failed at once and anti-entropy carries the routes instead
         self.push_handler: Callable[[Push], None] | None = None
@@ -321,6 +329,8 @@ class Agent:
         conflicts = self.core.membership.conflicts
         while conflicts:
             self._log_conflict(conflicts.popleft())
+        if self.core.routes.missed_ms != self._missed_ms:
+            self._table_full()
         if self.core.routes.index != self._routes_index:
             self._routes_index = self.core.routes.index
             self._routes_changed.set()
@@ -330,6 +340,19 @@ class Agent:
             self._wake.set()
         if self.core.membership.leaving and self._leave_spread():
             self.leave_done.set()
+
+    def _table_full(self) -> None:
+        """The table refused a peer's route for lack of room: members diverge
+        until it has room (the route is not lost: docs/antientropy.md). Said
+        at most once per _FULL_WARNING_INTERVAL, however many are refused."""
+        self._missed_ms = self.core.routes.missed_ms
+        now = trio.current_time()
+        if now >= self._next_full_warning:
+            self._next_full_warning = now + _FULL_WARNING_INTERVAL
+            self.log.warning(
+                "route table full: refusing new keys from peers",
+                max_routes=self.core.routes.max_routes,
+            )
 
     def _log_conflict(self, c: Conflict) -> None:
         """Two processes under one name: an operator error worth a warning

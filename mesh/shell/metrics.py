@@ -163,10 +163,10 @@ class _CoreCollector:
             "Routes moved by anti-entropy: repaired (applied here), sent "
             "(ours, to a peer), served (asked for by a peer), expired (refused: "
             "older than the tombstone horizon), dropped (forgotten on a peer's "
-            "refusal)",
+            "refusal), full (refused: the table holds max_routes)",
             labels=["kind"],
         )
-        for kind in ("repaired", "sent", "served", "expired", "dropped"):
+        for kind in ("repaired", "sent", "served", "expired", "dropped", "full"):
             routes.add_metric([kind], stats[f"routes_{kind}"])
         yield routes
         symbols = CounterMetricFamily(
@@ -196,7 +196,8 @@ class _CoreCollector:
         yield GaugeMetricFamily(
             "mesh_routes_behind",
             "Entries this node knows it lacks (bootstrap: the source's size "
-            "minus those received; after: the last round's difference)",
+            "minus those received; after: the last round's difference; and "
+            "entries refused because the table holds max_routes)",
             sync.behind,
         )
 

@@ -37,12 +37,13 @@ class Side:
         *,
         caught_up: bool = True,
         alone: bool = False,
+        max_routes: int = 100_000,
         **overrides: object,
     ) -> None:
         self.config = Config.local(name=name, route_tombstone_ttl=TTL, **overrides)
         self.table = RouteTable(
             origin=name,
-            max_routes=100_000,
+            max_routes=max_routes,
             hlc_max_skew_ms=60_000,
             max_symbols=self.config.antientropy_max_symbols,
         )
@@ -253,6 +254,64 @@ def test_a_peer_away_longer_than_the_tombstone_lifetime_cannot_resurrect() -> No
     assert a.view() == b.view()
     assert "keep" in b.view()
     assert b.ae.stats["routes_dropped"] + a.ae.stats["routes_dropped"] >= 1
+
+
+def test_a_full_member_never_makes_a_write_it_refused_look_deleted() -> None:
+    """Audit 8: a member at max_routes refuses a peer's new key for lack of
+    room. A tombstone lifetime later it must not call that write expired
+    (the holder would forget it: a write answered 200, lost mesh-wide), and
+    once it has room again it takes the write."""
+    small, big = Side("small", max_routes=2), Side("big")
+    for key in ("a", "b"):
+        small.table.apply(big.put(key), wall_ms=int(WALL * 1000))
+    kept = big.put("c", wall=WALL)
+    refused = small.table.apply(
+        kept, wall_ms=int(WALL * 1000), horizon_ms=small.ae.horizon(WALL)
+    )
+    assert refused.status is OutcomeStatus.FULL
+    later = WALL + TTL + 10
+    round_between(small, big, wall=later)
+    round_between(big, small, wall=later)
+    assert big.table.get("c") == kept  # not dropped on small's word
+    assert small.table.get("c") is None  # still no room
+    assert small.ae.stats["routes_expired"] == 0
+    # and it says so: counted, and behind by the entry it could not take
+    assert small.ae.stats["routes_full"] >= 2  # its own round, and big's
+    assert small.ae.behind == 1
+    # room again: a delete whose tombstone is collected a lifetime later,
+    # with rounds meanwhile (each refusing "c" again for lack of room)
+    small.delete("a", wall=later)
+    round_between(small, big, wall=later + TTL)
+    freed = later + TTL + 2
+    for side in (small, big):  # the delete reached big: both collect it
+        assert side.table.collect(int((freed - TTL) * 1000)) == 1
+    round_between(small, big, wall=freed)
+    assert small.table.get("c") == kept
+    assert big.table.get("c") == kept
+    assert small.ae.behind == 0
+
+
+def test_a_joiner_without_room_for_the_whole_table_reports_what_it_lacks() -> None:
+    """Audit 8: bootstrap into a smaller max_routes ended "caught up" with
+    nothing behind and nothing counted."""
+    source, joiner = Side("source"), Side("joiner", caught_up=False, max_routes=3)
+    for i in range(5):
+        source.put(f"k{i}")
+    bootstrap(joiner, source)
+    assert joiner.ae.caught_up
+    assert len(joiner.table) == 3
+    assert joiner.ae.behind == 2
+    assert joiner.ae.stats["routes_full"] == 2
+
+
+def test_a_member_that_was_never_full_still_refuses_old_unknown_entries() -> None:
+    a = Side("a", max_routes=2)
+    stale = Side("b").put("k", wall=WALL)
+    later = WALL + TTL + 10
+    outcome = a.table.apply(
+        stale, wall_ms=int(later * 1000), horizon_ms=a.ae.horizon(later)
+    )
+    assert outcome.status is OutcomeStatus.EXPIRED
 
 
 def test_a_drop_never_removes_a_newer_entry() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from mesh.core.effects import Effect
+from mesh.core.routes import Route, Version
 from mesh.messages import Alive, Dead
 
 from .conftest import MakeAgent
@@ -151,3 +154,30 @@ async def test_io_effects_fail_at_once_without_io(make_agent: MakeAgent) -> None
     deadline = agent.core.next_deadline()
     assert deadline is not None
     assert not math.isinf(deadline)
+
+
+async def test_a_full_table_refusing_peers_routes_is_logged_once_a_minute(
+    make_agent: MakeAgent,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Audit 8: a table at max_routes dropped pushed routes with no log line."""
+    start = time.time()  # the wall clock moves with the mock clock here
+    monkeypatch.setattr(time, "time", lambda: start + trio.current_time())
+    agent = make_agent(max_routes=1)
+
+    def pushed(key: str) -> Route:
+        return Route(
+            key, "http://t", {}, Version(0, int(time.time() * 1000) << 16, "p")
+        )
+
+    with structlog.testing.capture_logs() as logs:
+        assert agent.receive_routes([pushed("a")]) == {"applied": 1}
+        assert agent.receive_routes([pushed("b"), pushed("c")]) == {"full": 2}
+        await trio.sleep(30)
+        assert agent.receive_routes([pushed("d")]) == {"full": 1}
+        await trio.sleep(31)
+        assert agent.receive_routes([pushed("e")]) == {"full": 1}
+    warnings = [e for e in logs if e["event"].startswith("route table full")]
+    assert len(warnings) == 2
+    assert warnings[0]["max_routes"] == 1
