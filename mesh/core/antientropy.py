@@ -181,6 +181,8 @@ class _Round:
     theirs: list[Symbol] = attrs.Factory(list)
     #: entries the peer sent this round that our table had no room for
     full: int = 0
+    #: a chunked pull paused to send a chunk's drops: the key to resume after
+    resume: str | None = None
 
 
 class AntiEntropy:
@@ -338,7 +340,11 @@ class AntiEntropy:
                 raise _UnexpectedReplyError
             self._on_repaired(r, reply, wall)
         elif r.stage is _Stage.DROPS:
-            self._end(r, "repaired")
+            if r.resume is None:
+                self._end(r, "repaired")
+            else:  # a chunked pull goes on after telling the peer a chunk's drops
+                after, r.resume = r.resume, None
+                self._send(r, _Stage.CHUNK, self._chunk(after))
         else:
             if not isinstance(reply, AeChunkReply):
                 raise _UnexpectedReplyError
@@ -421,7 +427,15 @@ class AntiEntropy:
                 self._pulled_after = reply.routes[-1].key
             self.behind = max(0, reply.size - self._pulled)
         if reply.more and reply.routes:
-            self._send(r, _Stage.CHUNK, self._chunk(reply.routes[-1].key))
+            if refused:
+                # Tell the peer now, a chunk's worth (within its bounds), not
+                # the last chunk's only at the end: a member back after more
+                # than a tombstone lifetime forgets every deleted route it
+                # still holds in this one round (audit 8: ~1,000 a round).
+                r.resume = reply.routes[-1].key
+                self._send(r, _Stage.DROPS, AeRepair(self.name, drops=tuple(refused)))
+            else:
+                self._send(r, _Stage.CHUNK, self._chunk(reply.routes[-1].key))
             return
         if bootstrap:
             self._caught_up(r.peer)

@@ -314,6 +314,28 @@ def test_a_member_that_was_never_full_still_refuses_old_unknown_entries() -> Non
     assert outcome.status is OutcomeStatus.EXPIRED
 
 
+def test_a_member_away_past_the_lifetime_forgets_every_deleted_route_in_a_round() -> (
+    None
+):
+    """Audit 8: a difference too large to decode is pulled in chunks; every
+    chunk's refusals reach the stale member, not only the last chunk's (it
+    served deleted routes for 30-60 s, shedding ~1,000 a round)."""
+    small = {"antientropy_max_symbols": 64, "antientropy_chunk_routes": 20}
+    a, b = Side("a", **small), Side("b", **small)
+    keys = [f"k{i:03d}" for i in range(200)]
+    for key in keys:
+        b.table.apply(a.put(key, wall=WALL), wall_ms=int(WALL * 1000))
+    for key in keys:  # b is away: it never hears of the deletes
+        a.delete(key, wall=WALL + 1)
+    later = WALL + TTL + 10
+    assert a.table.collect(int((later - TTL) * 1000)) == len(keys)
+    trips = round_between(a, b, wall=later)
+    assert any(isinstance(q, AeChunk) for q, _ in trips)  # the fallback
+    assert len(b.table) == 0  # one round: nothing deleted is served any more
+    assert b.ae.stats["routes_dropped"] == len(keys)
+    assert a.table.get(keys[0]) is None
+
+
 def test_a_drop_never_removes_a_newer_entry() -> None:
     a = Side("a")
     old = a.put("k", wall=WALL)
