@@ -267,7 +267,10 @@ class Config:
     #: the wait when a query gives ``index`` alone
     watch_wait_max: float = attrs.field(default=300.0, validator=_positive)
     #: route changes remembered for streams; a stream further behind is sent a
-    #: fresh snapshot instead (resync), so no watcher buffers without bound
+    #: fresh snapshot instead (resync), so no watcher buffers without bound.
+    #: Memory: the log keeps the versions of rewritten keys alive, up to this
+    #: many routes (~0.3 KiB each when small, ~18 KiB at the contract's limits:
+    #: up to ~72 MiB at the default if large routes are rewritten often)
     watch_log_max: int = attrs.field(default=4096, validator=_at_least_one)
     #: a stream whose client accepts nothing for this long is dropped: a slow
     #: reader costs the node nothing but its socket
