@@ -288,7 +288,10 @@ async def run_agent(
     async with open_agent(config) as running:
         agent = running.agent
         if handle_signals:
-            running.nursery.start_soon(_watch_signals, agent)
+            # Installed before the ready line: a supervisor may stop us the
+            # moment it reads it, and SIGTERM's default action would kill the
+            # agent without its leave (mesh up's start-up stop did, 1 run in 3).
+            await running.nursery.start(_watch_signals, agent)
         if shutdown_trigger is not None:
             running.nursery.start_soon(_forward, shutdown_trigger, agent)
         if announce is not None:
@@ -347,8 +350,11 @@ async def _forward(trigger: trio.Event, agent: Agent) -> None:
     agent.request_shutdown()
 
 
-async def _watch_signals(agent: Agent) -> None:
+async def _watch_signals(
+    agent: Agent, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             if not agent.shutdown_requested.is_set():
                 agent.log.info(

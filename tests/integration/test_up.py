@@ -29,7 +29,7 @@ DEADLINE = 30.0
 #: mesh up waits at most 10 s (mesh.tui.LEAVE_TIMEOUT) for the agents to leave,
 #: then kills them: this only guards against a hang.
 EXIT_DEADLINE = 60.0
-_TOKEN = "MESH_UP_TEST_TOKEN"  # not a MESH_* config variable: no warning
+_TOKEN = "MESHTEST_UP_TOKEN"  # not MESH_*: an agent warns of unknown MESH_ variables
 
 
 def _agents(token: str) -> list[int]:

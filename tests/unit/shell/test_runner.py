@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -199,6 +200,36 @@ async def test_ready_line_and_started_record() -> None:
         f"http=127.0.0.1:{addresses.http[1]}"
     ]
     assert re.fullmatch(r"mesh agent ready name=\S+ mesh=\S+ http=\S+", lines[0])
+
+
+class _ReadyWitness(io.StringIO):
+    """Records SIGTERM's handler at the moment the ready line is written."""
+
+    handler: object = None
+
+    def write(self, text: str) -> int:
+        self.handler = signal.getsignal(signal.SIGTERM)
+        return super().write(text)
+
+
+async def test_sigterm_is_handled_by_the_time_the_ready_line_is_out() -> None:
+    """A supervisor may send SIGTERM as soon as it reads the ready line (mesh
+    up's start-up stop does): SIGTERM's default action then would kill the
+    agent without its graceful leave."""
+    out = _ReadyWitness()
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_agent(
+                local_config("ready"),
+                shutdown_trigger=stop,
+                announce=out,
+                task_status=task_status,
+            )
+        )
+        stop.set()
+    assert out.getvalue().startswith("mesh agent ready")
+    assert out.handler not in (signal.SIG_DFL, signal.SIG_IGN, None)
 
 
 async def test_udp_and_tcp_share_the_port(start: Start) -> None:
