@@ -61,14 +61,14 @@ environment: every setting is also read from MESH_<SETTING> (MESH_BIND,
 MESH_HTTP, MESH_NAME, MESH_ADVERTISE, MESH_PROFILE, MESH_LOG_FORMAT,
 MESH_LOG_LEVEL, MESH_CONFIG); MESH_JOIN and MESH_TAG take several values
 separated by whitespace or commas (MESH_TAG="zone=a role=web"); any tunable
-too, e.g. MESH_PROBE_INTERVAL=0.5.
+too, e.g. MESH_PROBE_INTERVAL=2.
 
 TOML file (--config): keys are the setting names, e.g.
     bind = "0.0.0.0:7946"
     join = ["seed-1:7946", "seed-2:7946"]
     tags = { zone = "a" }
     profile = "lan"
-    probe_interval = 0.5      # any tunable of mesh.Config
+    probe_interval = 2.0      # any tunable of mesh.Config
 
 SIGTERM or SIGINT leaves the mesh gracefully and exits 0.
 """

@@ -47,7 +47,15 @@ _PROBE_RESULTS = {
 
 
 # how an anti-entropy round can end: mesh_antientropy_rounds_total{outcome}
-_AE_OUTCOMES = ("same", "repaired", "bootstrapped", "merged", "busy", "failed")
+_AE_OUTCOMES = (
+    "same",
+    "repaired",
+    "bootstrapped",
+    "merged",
+    "busy",
+    "failed",
+    "deferred",
+)
 # mesh_antientropy_served_total{kind} -> core stats key
 _AE_SERVED = {
     "open": "served_AeOpen",
@@ -144,7 +152,8 @@ class _CoreCollector:
         stats = core.ae.stats
         rounds = CounterMetricFamily(
             "mesh_antientropy_rounds",
-            "Anti-entropy rounds this node opened, by outcome",
+            "Anti-entropy rounds this node opened, by outcome (deferred: due "
+            "but not opened, its digest still folding a burst of writes)",
             labels=["outcome"],
         )
         for outcome in _AE_OUTCOMES:

@@ -6,7 +6,7 @@ two swap places every other round):
 
 * ``healthy``   -- plain PUTs, every peer up;
 * ``sync=all``  -- ``PUT ...?sync=all&timeout=T`` with every peer up (waits for
-  every live peer's ack; contract target p99 <= 10 ms);
+  every live peer's ack; issue 3's target p99 <= 10 ms);
 * ``paused``    -- plain PUTs while one peer is hung by SIGSTOP (it is SIGCONTed
   after the block, and the next round waits until every agent sees it alive
   again plus ``--settle`` seconds). The block is kept shorter than the local

@@ -237,3 +237,22 @@ def test_a_malformed_seed_is_a_start_up_error(seed: str, message: str) -> None:
 def test_well_formed_seeds_are_kept_even_unresolved(seed: str) -> None:
     # A name that does not resolve yet is retried at run time (contract).
     assert load({"join": [seed]}).join == (seed,)
+
+
+def test_the_examples_of_mesh_agent_help_load(tmp_path: Path) -> None:
+    """The TOML and environment examples in ``mesh agent --help`` are valid
+    as printed (audit 7: probe_interval 0.5 failed validation against the
+    lan profile's probe_timeout 0.5)."""
+    from mesh.cli import _AGENT_EPILOG
+
+    toml = "\n".join(
+        line.split("#")[0].strip()
+        for line in _AGENT_EPILOG.split("TOML file (--config):")[1].splitlines()[1:]
+        if line.startswith("    ")
+    )
+    path = tmp_path / "mesh.toml"
+    path.write_text(toml)
+    from_file = load({"config": str(path)})
+    assert from_file.probe_interval == 2.0
+    (name, value) = re.findall(r"e\.g\. (MESH_\w+)=(\S+?)\.?$", _AGENT_EPILOG, re.M)[0]
+    assert load(env={name: value}).probe_interval == float(value)
