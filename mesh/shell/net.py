@@ -14,6 +14,7 @@ import functools
 import ipaddress
 import os
 import socket
+import struct
 
 import trio
 
@@ -24,6 +25,7 @@ __all__ = [
     "bind_mesh_sockets",
     "bind_tcp",
     "format_address",
+    "is_loopback_fallback",
     "is_ip_literal",
     "own_socket",
     "peek_now",
@@ -114,8 +116,9 @@ def advertise_address(
     """The mesh address peers should use.
 
     ``configured`` wins (NAT, containers); else the bound address; else, when
-    bound to the wildcard, the first non-loopback address of this host, falling
-    back to loopback (a single-machine mesh still works).
+    bound to the wildcard, the first non-loopback address of this host (see
+    :func:`_first_non_loopback`), falling back to loopback (a single-machine
+    mesh still works; the runner warns, for peers elsewhere cannot use it).
     """
     if configured is not None:
         host, port = configured
@@ -124,6 +127,13 @@ def advertise_address(
     if host not in _ANY_HOSTS:
         return host, port
     return _first_non_loopback(family), port
+
+
+def is_loopback_fallback(bound: Address, advertised: Address) -> bool:
+    """Bound to every address, yet advertising loopback: no other address was
+    found, and members on other hosts cannot reach us (worth a warning)."""
+    host = advertised[0].split("%")[0]
+    return bound[0] in _ANY_HOSTS and ipaddress.ip_address(host).is_loopback
 
 
 def _first_non_loopback(family: socket.AddressFamily) -> str:
@@ -146,10 +156,53 @@ def _first_non_loopback(family: socket.AddressFamily) -> str:
             candidates.append(str(probe.getsockname()[0]))
     except OSError:
         pass
+    # Neither: a host without a default route (a private network). Audit 7
+    # found such a member advertising 127.0.0.1 to every peer.
+    candidates.extend(_interface_addresses(family))
     for candidate in candidates:
-        if not ipaddress.ip_address(candidate.split("%")[0]).is_loopback:
+        ip = ipaddress.ip_address(candidate.split("%")[0])
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
             return candidate
     return loopback
+
+
+#: ioctl that reads an interface's IPv4 address (linux/sockios.h)
+_SIOCGIFADDR = 0x8915
+
+
+def _interface_addresses(family: socket.AddressFamily) -> list[str]:
+    """This host's interface addresses in interface order (Linux: an ioctl per
+    interface for IPv4, /proc/net/if_inet6 for IPv6); empty where neither
+    exists. The standard library has no portable call for it."""
+    out: list[str] = []
+    if family == socket.AF_INET6:
+        try:
+            with open("/proc/net/if_inet6") as table:
+                rows = [line.split() for line in table]
+        except OSError:
+            return out
+        for row in sorted(rows, key=lambda r: int(r[1], 16) if len(r) > 1 else 0):
+            if len(row) >= 6 and len(row[0]) == 32:
+                groups = [row[0][i : i + 4] for i in range(0, 32, 4)]
+                out.append(str(ipaddress.IPv6Address(":".join(groups))))
+        return out
+    try:
+        import fcntl
+    except ImportError:  # not Linux
+        return out
+    try:
+        interfaces = socket.if_nameindex()
+    except OSError:
+        return out
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in interfaces:
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, request)
+            except OSError:  # no IPv4 address on it
+                continue
+            out.append(socket.inet_ntoa(answer[20:24]))
+    return out
 
 
 # --- direct I/O on a stream's socket (the HTTP server and client) ---

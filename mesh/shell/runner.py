@@ -47,6 +47,7 @@ from .net import (
     bind_mesh_sockets,
     bind_tcp,
     format_address,
+    is_loopback_fallback,
     resolve_bind,
 )
 from .peer_http import make_peer_app, open_peer_client
@@ -243,6 +244,15 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
                     incarnation=agent.core.incarnation,
                     profile=config.profile,
                 )
+                if config.advertise is None and is_loopback_fallback(
+                    mesh_bound, advertise
+                ):
+                    agent.log.warning(
+                        "advertising a loopback address: members on other hosts "
+                        "cannot reach this one (no other address found); set "
+                        "--advertise",
+                        advertise=format_address(advertise),
+                    )
                 try:
                     yield RunningAgent(agent, addresses, nursery, hub)
                 except BaseException:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
+from typing import Any
 
 import pytest
 
+from mesh.shell import net
 from mesh.shell.net import (
     advertise_address,
     bind_mesh_sockets,
@@ -70,3 +73,38 @@ def test_advertise_wildcard_picks_a_real_address() -> None:
     # a non-loopback address of this host, or loopback when it has none
     assert ip.version == 4
     assert not ip.is_unspecified
+
+
+def test_interface_addresses_are_read_from_the_host() -> None:
+    # every Linux host has its loopback interface; order is interface order
+    assert "127.0.0.1" in net._interface_addresses(socket.AF_INET)
+
+
+def test_a_host_without_a_default_route_advertises_an_interface_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Audit 7: in a network with no default route, the UDP route probe fails
+    and the host name may resolve to loopback only; the member advertised
+    127.0.0.1 to its peers. An interface's address is taken instead."""
+
+    def loopback_only(*args: object, **kwargs: object) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", ("127.0.1.1", 0))]
+
+    class NoRoute(socket.socket):
+        def connect(self, address: object) -> None:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    monkeypatch.setattr(socket, "socket", NoRoute)
+    monkeypatch.setattr(
+        net, "_interface_addresses", lambda family: ["127.0.0.1", "10.99.0.5"]
+    )
+    assert advertise_address(None, ("0.0.0.0", 7001), family=socket.AF_INET) == (
+        "10.99.0.5",
+        7001,
+    )
+    monkeypatch.setattr(net, "_interface_addresses", lambda family: ["127.0.0.1"])
+    advertised = advertise_address(None, ("0.0.0.0", 7001), family=socket.AF_INET)
+    assert advertised == ("127.0.0.1", 7001)
+    assert net.is_loopback_fallback(("0.0.0.0", 7001), advertised)
+    assert not net.is_loopback_fallback(("127.0.0.1", 7001), ("127.0.0.1", 7001))
