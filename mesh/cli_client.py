@@ -315,13 +315,26 @@ def _cmd_routes_delete(client: Any, args: argparse.Namespace) -> None:
 
 
 def _print_write(verb: str, args: argparse.Namespace, document: Any) -> None:
+    """The write's outcome; with ``--sync-timeout``, exit 1 unless every member
+    acknowledged it in time (as ``keyring`` does unless every member is ok):
+    the write is committed either way, but a script asked for more."""
+    pending = document.get("pending") or []
     if args.json:
         _print_json(document)
-        return
-    print(f"{verb} {args.key} (version {document.get('version', '?')})")
-    if "pending" in document:
-        acked, pending = document.get("acked", []), document["pending"]
-        print(f"acked by {len(acked)} member(s); pending: {', '.join(pending) or '-'}")
+    else:
+        print(f"{verb} {args.key} (version {document.get('version', '?')})")
+        if "pending" in document:
+            acked = document.get("acked", [])
+            print(
+                f"acked by {len(acked)} member(s); pending: {', '.join(pending) or '-'}"
+            )
+    if pending:
+        from .client import ClientError
+
+        raise ClientError(
+            f"committed, but not acknowledged within {args.sync_timeout} s by "
+            f"{len(pending)} member(s): {', '.join(pending)}"
+        )
 
 
 @_client_command
@@ -363,17 +376,17 @@ def _cmd_keyring_list(client: Any, args: argparse.Namespace) -> None:
 @_client_command
 def _cmd_keyring_op(client: Any, args: argparse.Namespace) -> None:
     document = client.keyring_op(args.verb, args.key)
-    if args.json:
-        _print_json(document)
-        return
     results: dict[str, str] = document.get("results", {})
     failed = {m: r for m, r in results.items() if r != "ok"}
-    print(
-        f"{args.verb} {document.get('fingerprint', '?')}: "
-        f"{len(results) - len(failed)}/{len(results)} member(s) ok"
-    )
-    for member, reason in sorted(failed.items()):
-        print(f"  {member}: {reason}")
+    if args.json:  # the same exit status: a script reads both
+        _print_json(document)
+    else:
+        print(
+            f"{args.verb} {document.get('fingerprint', '?')}: "
+            f"{len(results) - len(failed)}/{len(results)} member(s) ok"
+        )
+        for member, reason in sorted(failed.items()):
+            print(f"  {member}: {reason}")
     if failed:
         from .client import ClientError
 

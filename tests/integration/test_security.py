@@ -8,6 +8,7 @@ after a condition proves the hostile input was processed (its refusal counted).
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import subprocess
@@ -549,5 +550,11 @@ def test_keyring_results_report_a_dead_member_and_the_cli_fails(
         assert lines[0] == f"install {fingerprint(decode_key(K2))}: 2/3 member(s) ok"
         assert lines[1].startswith(f"  {paused.name}: member is dead: "), out
         assert err == "mesh: error: keyring install failed on 1 member(s)\n"
+        # --json prints the answer and exits alike (audit 7: it exited 0)
+        code = main(["keyring", "use", K2, "--http", agents[0].http_addr, "--json"])
+        out, err = capsys.readouterr()
+        assert code == 1, (out, err)
+        assert json.loads(out)["results"][paused.name].startswith("member is dead")
+        assert err == "mesh: error: keyring use failed on 1 member(s)\n"
     finally:
         paused.resume()

@@ -438,3 +438,32 @@ def test_keyring_operations_wait_longer_than_one_members_tcp_timeout() -> None:
         assert timeout(["keyring", op, "K", "--timeout", "5"]) == 5.0
     assert timeout(["members"]) == 10.0
     assert timeout(["keyring", "list"]) == 10.0
+
+
+def test_a_write_some_member_did_not_acknowledge_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--sync-timeout`` asks for every member's acknowledgement: a write one
+    did not acknowledge in time is committed, yet exits 1 (as keyring does
+    unless every member is ok), with and without ``--json`` (audit 7)."""
+    a = AgentProcess("cli-sync-a").start()
+    b = AgentProcess("cli-sync-b", join=[a.mesh_addr]).start()
+    try:
+        wait_until(
+            lambda: a.statuses().get("cli-sync-b") == "alive", DEADLINE, what="b"
+        )
+        b.pause()
+        http = ("--http", a.http_addr, "--sync-timeout", "0.5")
+        code, out, err = run(capsys, "routes", "put", "k.synced", "t", *http)
+        assert code == 1
+        assert "pending: cli-sync-b" in out
+        assert err.count("\n") == 1
+        assert "not acknowledged within 0.5 s by 1 member(s): cli-sync-b" in err
+        code, out, _ = run(capsys, "routes", "delete", "k.synced", *http, "--json")
+        assert code == 1
+        assert json.loads(out)["pending"] == ["cli-sync-b"]
+        assert a.get("/v1/routes/k.synced").status_code == 404  # committed
+    finally:
+        b.resume()
+        b.close()
+        a.close()
