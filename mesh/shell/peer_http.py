@@ -238,6 +238,18 @@ async def open_peer_client(
             nursery.cancel_scope.cancel()
 
 
+#: what a peer's refusal means, for the log line of a failed join (audit 7:
+#: "status_4xx" alone did not say the gossip keys differ)
+_STATUS_MEANING = {
+    400: "the peer could not decode the request: sealed while it has no "
+    "gossip key, or another protocol version",
+    401: "the peer refused our seal: it holds none of our gossip keys, or it "
+    "has a key and we have none",
+    413: "the request is over the peer's body limit",
+    503: "the peer is busy (peer_http_concurrency)",
+}
+
+
 class PeerClient:
     """Runs exchanges and TCP probes; never raises for a peer's failure.
 
@@ -341,9 +353,10 @@ class PeerClient:
         reason: str,
         exc: Exception | None = None,
         errors: list[str] | None = None,
+        detail: str | None = None,
     ) -> None:
         self._metrics.exchange_errors.labels("client", reason).inc()
-        error = _describe(exc) if exc is not None else None
+        error = _describe(exc) if exc is not None else detail
         self._log.debug(
             "exchange failed", peer=format_address(addr), reason=reason, error=error
         )
@@ -425,8 +438,10 @@ class PeerClient:
                 "POST", url, content=sealed, headers={"content-type": MSGPACK}
             ) as response:
                 if response.status_code != 200:
-                    reason = f"status_{response.status_code // 100}xx"
-                    self._failed(addr, reason, errors=errors)
+                    status = response.status_code
+                    reason = f"status_{status // 100}xx"
+                    detail = f"{status} {_STATUS_MEANING.get(status, '')}".strip()
+                    self._failed(addr, reason, errors=errors, detail=detail)
                     return None
                 data = await read_limited(response, limit)
             return self.open(data, nonce)

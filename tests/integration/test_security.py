@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -133,6 +134,19 @@ def test_wrong_key_and_no_key_cannot_join_nor_change_anything(
         )
 
     wait_until(refused_everything, DEADLINE, what="every forgery refused and counted")
+    # and the joiners' logs say why, not just "status_4xx" (audit 7)
+    for joiner in (evil, plain):
+        assert joiner.log_path is not None
+        log = Path(joiner.log_path)
+        wait_until(
+            lambda log=log: any(  # type: ignore[misc]
+                "join attempt failed" in line
+                and "401 the peer refused our seal" in line
+                for line in log.read_text().splitlines()
+            ),
+            DEADLINE,
+            what=f"{joiner.name}'s join failure explained",
+        )
     members = {"node1", "node2", "node3"}
     for agent in agents:
         assert set(agent.statuses()) == members
