@@ -221,9 +221,10 @@ def open_node(config: Config) -> contextlib.AbstractAsyncContextManager[Node]:
     ``config.join``, and serves until the ``async with`` block ends: then it
     announces its leave and flushes pending route pushes (bounded by
     ``tcp_timeout`` and ``push_deadline``) before returning. An exception out
-    of the block skips the graceful part. ``POST /v1/leave`` on the client API
-    does not stop an embedded node; it only makes :meth:`Node.watch_routes`
-    end and readiness report ``leaving``.
+    of the block skips the graceful part, and comes out of ``open_node`` as
+    raised (not wrapped in exception groups by the node's nurseries).
+    ``POST /v1/leave`` on the client API does not stop an embedded node; it
+    only makes :meth:`Node.watch_routes` end and readiness report ``leaving``.
 
     Raises:
         OSError: a port could not be bound.
@@ -238,5 +239,27 @@ async def _open_node(config: Config) -> AsyncIterator[Node]:
         # debug lines included; an application that configured structlog
         # itself keeps its own setup.
         configure_logging(log_format=config.log_format, log_level=config.log_level)
-    async with open_agent(config) as running:
-        yield Node(running)
+    failure: BaseException | None = None
+    try:
+        async with open_agent(config) as running:
+            try:
+                yield Node(running)
+            except BaseException as exc:
+                failure = exc
+                raise
+    except BaseExceptionGroup as group:
+        # The block's own exception comes back wrapped once per nursery it
+        # crossed (trio's strict exception groups: four deep). Alone, it is
+        # the caller's, and is given back as raised: ``except RuntimeError``
+        # around ``async with open_node(...)`` works (audit 7). Anything else
+        # in the group (a failure of the node itself) keeps the group.
+        if failure is not None and _leaves(group) == [failure]:
+            raise failure from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -109,3 +109,17 @@ def test_documented_example_runs() -> None:
     assert "a wrote svc.api; acked by ['b']" in lines
     assert "b sees svc.api -> http://10.0.0.7:8080" in lines
     assert lines[-1] == "both nodes left the mesh"
+
+
+class _AppFailedError(RuntimeError):
+    pass
+
+
+async def test_an_exception_out_of_the_block_comes_out_as_raised() -> None:
+    """Audit 7: it came out wrapped in four exception groups, one per nursery
+    of the node, so ``except RuntimeError`` did not catch it."""
+    boom = _AppFailedError("the application failed")
+    with pytest.raises(_AppFailedError) as info:
+        async with mesh.open_node(config("a")):
+            raise boom
+    assert info.value is boom
