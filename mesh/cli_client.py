@@ -227,8 +227,8 @@ def _tags_text(tags: Mapping[str, str]) -> str:
 @_client_command
 def _cmd_members(client: Any, args: argparse.Namespace) -> None:
     members = client.members()
-    if args.json:
-        _print_json(members)
+    if args.json:  # the API's answer, as every --json prints (audit 7)
+        _print_json({"members": members})
         return
     _print_table(
         ("NAME", "ADDRESS", "STATUS", "INCARNATION", "TAGS"),

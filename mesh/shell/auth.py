@@ -87,7 +87,9 @@ def require_token(
     answers (``mesh_api_requests_total``): error rates must see them."""
     expected = token.encode()
     exempt_paths = frozenset(exempt)
-    refusal = json.dumps({"error": "missing or invalid API token"}).encode()
+    refusal = json.dumps(
+        {"error": "missing or invalid API token"}, separators=(",", ":")
+    ).encode()
     refusal_length = str(len(refusal)).encode()
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:

@@ -349,7 +349,7 @@ def _nonce_of(sealed: bytes) -> bytes:
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": message}, separators=(",", ":")).encode()
     await send(
         {
             "type": "http.response.start",

@@ -481,7 +481,7 @@ async def serve_stream(
             await _stream(hub, index, prefix, receive, send)
             return 200
     except HttpError as exc:
-        body = json.dumps({"error": exc.message}).encode()
+        body = json.dumps({"error": exc.message}, separators=(",", ":")).encode()
         await send(
             {
                 "type": "http.response.start",

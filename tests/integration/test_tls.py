@@ -198,7 +198,7 @@ def test_without_tls_ca_join_failure_says_why_and_cli_trusts_tls_ca(
     assert "certificate verify failed" in err, err
     assert main(["members", "--http", url, "--tls-ca", str(ca), "--json"]) == 0
     out, _ = capsys.readouterr()
-    assert "first" in {m["name"] for m in json.loads(out)}
+    assert "first" in {m["name"] for m in json.loads(out)["members"]}
     monkeypatch.setenv("MESH_TLS_CA", str(ca))
     assert main(["members", "--http", url, "--json"]) == 0
     capsys.readouterr()

@@ -92,7 +92,7 @@ def test_members_table_and_json(
     assert row.split()[:3] == ["cli-a", agent.mesh_addr, "alive"]
     code, out, _ = run(capsys, "members", "--http", agent.http_addr, "--json")
     assert code == 0
-    assert [m["name"] for m in json.loads(out)] == ["cli-a"]
+    assert [m["name"] for m in json.loads(out)["members"]] == ["cli-a"]
 
 
 def test_http_from_environment(
@@ -103,7 +103,7 @@ def test_http_from_environment(
     monkeypatch.setenv("MESH_HTTP_ADDR", agent.http_addr)
     code, out, _ = run(capsys, "members", "--json")
     assert code == 0
-    assert json.loads(out)[0]["name"] == "cli-a"
+    assert json.loads(out)["members"][0]["name"] == "cli-a"
 
 
 def test_routes_put_get_list_delete(
@@ -307,7 +307,7 @@ def test_api_token(
         capsys, "members", "--http", proc.http_addr, "--api-token", TOKEN, "--json"
     )
     assert code == 0
-    assert json.loads(out)[0]["name"] == "cli-s"
+    assert json.loads(out)["members"][0]["name"] == "cli-s"
     monkeypatch.setenv("MESH_API_TOKEN", TOKEN)
     assert run(capsys, "members", "--http", proc.http_addr)[0] == 0
 
