@@ -401,7 +401,7 @@ class RouteTable:
         ``route`` is trusted to be within the contract's limits: a peer's
         routes reach the core only through the codec, which checks each one
         where bytes become a :class:`Route` (checking again here cost every
-        replica 5 % of its CPU per pushed route).
+        replica ~1.4 µs per pushed route, of ~20 µs for decode and apply).
         """
         current = self._routes.get(route.key)
         if current is None:
