@@ -197,7 +197,9 @@ class NodeCore:
         if not ae.caught_up:
             source = f" from {ae.source}" if ae.source else ""
             return RouteSync(False, f"bootstrapping routes{source}", ae.behind)
-        return RouteSync(True, "", ae.behind)
+        # what the last round found, or what the table had no room for,
+        # whichever is more (a round with a peer as full says nothing of it)
+        return RouteSync(True, "", max(ae.behind, self.routes.missing()))
 
     def leave_pending(self) -> bool:
         """True while our leave has not been gossiped its full retransmit count

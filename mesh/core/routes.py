@@ -276,10 +276,14 @@ class RouteTable:
         self._unsorted: set[str] = set()
         #: tombstones garbage-collected (a metric)
         self.collected = 0
-        #: wall ms of the last peer entry refused for lack of room (FULL): a
-        #: table that missed writes takes old entries again (no EXPIRED) until
-        #: the horizon passes this, for it cannot vouch they were deleted
+        #: wall ms of the last peer entry refused for lack of room (FULL)
         self.missed_ms = -1 << 62
+        # keys of peers' entries refused for lack of room -> wall ms of the
+        # last refusal, oldest first, at most max_routes: this table missed
+        # those writes, so it takes them even from below the horizon (it
+        # cannot vouch they were deleted); any other unknown key below the
+        # horizon stays refused, its own forgotten deletes included
+        self._missed: dict[str, int] = {}
         # the last change_log_max changes, (index, key, entry or None when it
         # was forgotten), one per index: watchers resume from any of them
         self._changes: deque[tuple[int, str, Route | None]] | None = (
@@ -392,11 +396,12 @@ class RouteTable:
         horizon for a key we do not hold is refused as ``EXPIRED``: we may
         have held its delete and collected the tombstone, so accepting it
         could resurrect a deleted route. A node still bootstrapping passes
-        None and takes everything, and so does a table that refused a peer's
-        entry for lack of room since the horizon (``missed_ms``): it cannot
-        tell a write it missed from a delete it forgot, and calling such a
-        write expired would make its holder forget it (a write accepted with
-        200 lost mesh-wide a tombstone lifetime later, found by audit 8).
+        None and takes everything. A key whose entry this table refused for
+        lack of room since the horizon is taken too: the table missed that
+        write, so it cannot call it expired, which would make its holder
+        forget it (a write answered 200, lost mesh-wide a tombstone lifetime
+        later: audit 8). Only those keys: a table that was full must still
+        refuse the old versions of keys it deleted itself (audit 9).
 
         ``route`` is trusted to be within the contract's limits: a peer's
         routes reach the core only through the codec, which checks each one
@@ -406,16 +411,14 @@ class RouteTable:
         current = self._routes.get(route.key)
         if current is None:
             if len(self._routes) >= self.max_routes:
-                # An entry this table now lacks without knowing why a peer
-                # holds it: see missed_ms.
-                self.missed_ms = wall_ms
+                self._miss(route.key, wall_ms)
                 return self._full()
-            if (
-                horizon_ms is not None
-                and version_ms(route.version) < horizon_ms
-                and self.missed_ms < horizon_ms
-            ):
-                return Outcome(OutcomeStatus.EXPIRED, None, "older than the horizon")
+            if horizon_ms is not None and version_ms(route.version) < horizon_ms:
+                missed = self._missed.get(route.key)
+                if missed is None or missed < horizon_ms:
+                    return Outcome(
+                        OutcomeStatus.EXPIRED, None, "older than the horizon"
+                    )
         self.clock.witness(route.version.hlc, wall_ms)
         if current is not None:
             if route.version == current.version:
@@ -423,6 +426,20 @@ class RouteTable:
             if route.version < current.version:
                 return Outcome(OutcomeStatus.STALE, current)
         return self._store(route, current)
+
+    def _miss(self, key: str, wall_ms: int) -> None:
+        """Remember a peer's entry refused for lack of room (see apply)."""
+        self.missed_ms = wall_ms
+        missed = self._missed
+        missed.pop(key, None)
+        missed[key] = wall_ms  # newest last: the front is the oldest
+        if len(missed) > self.max_routes:
+            del missed[next(iter(missed))]
+
+    def missing(self) -> int:
+        """Keys of peers' entries this table refused for lack of room, not
+        taken since (within the last tombstone lifetime): known to be lacking."""
+        return len(self._missed)
 
     def _full(self) -> Outcome:
         return Outcome(
@@ -438,8 +455,11 @@ class RouteTable:
             self._unindex(key)
             if current.deleted:
                 self.tombstones -= 1
-        elif self._sorted is not None:
-            self._unsorted.add(key)
+        else:
+            if self._sorted is not None:
+                self._unsorted.add(key)
+            if self._missed:
+                self._missed.pop(key, None)
         if route.deleted:
             self.tombstones += 1
             heapq.heappush(self._graves, (version_ms(route.version), key))
@@ -519,6 +539,12 @@ class RouteTable:
                 continue  # rewritten (or already collected) since
             self._forget(key)
             removed += 1
+        missed = self._missed
+        while missed:  # refusals older than the horizon no longer protect
+            key, ms = next(iter(missed.items()))
+            if ms >= horizon_ms:
+                break
+            del missed[key]
         if len(graves) > 2 * self.tombstones + 1024:
             self._graves = [
                 (version_ms(r.version), r.key) for r in routes.values() if r.deleted

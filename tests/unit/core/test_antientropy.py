@@ -291,6 +291,35 @@ def test_a_full_member_never_makes_a_write_it_refused_look_deleted() -> None:
     assert small.ae.behind == 0
 
 
+def test_a_member_that_was_full_still_refuses_what_it_deleted() -> None:
+    """Audit 9: taking every old entry after refusing one for lack of room let
+    a member back from longer than a tombstone lifetime resurrect routes the
+    formerly full member had deleted itself. Only the refused keys are taken."""
+    small, big = Side("small", max_routes=2), Side("big")
+    stale = big.put("a")
+    for route in (stale, big.put("b")):
+        small.table.apply(route, wall_ms=int(WALL * 1000))
+    kept = big.put("c")
+    small.delete("a", wall=WALL + 1)  # a tombstone: still full
+    later = WALL + TTL + 5
+    horizon = small.ae.horizon(later)
+    wall_ms = int(later * 1000)
+    # a round refuses "c" again for lack of room, then "a"'s tombstone goes
+    assert small.table.apply(kept, wall_ms=wall_ms, horizon_ms=horizon).status is (
+        OutcomeStatus.FULL
+    )
+    assert small.table.missing() == 1
+    assert horizon is not None
+    assert small.table.collect(horizon) == 1
+    # room now: the stale live "a" of a member away past the lifetime is
+    # refused, the write it missed is taken
+    refused = small.table.apply(stale, wall_ms=wall_ms, horizon_ms=horizon)
+    assert refused.status is OutcomeStatus.EXPIRED
+    taken = small.table.apply(kept, wall_ms=wall_ms, horizon_ms=horizon)
+    assert taken.status is OutcomeStatus.APPLIED
+    assert small.table.missing() == 0
+
+
 def test_a_joiner_without_room_for_the_whole_table_reports_what_it_lacks() -> None:
     """Audit 8: bootstrap into a smaller max_routes ended "caught up" with
     nothing behind and nothing counted."""
