@@ -382,6 +382,10 @@ class Config:
     http_keepalive_timeout: float = attrs.field(default=75.0, validator=_positive)
     #: longest wait for one request body chunk, or one write of the response
     http_io_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: a client API request's whole body must arrive within this, else 408
+    #: and the connection closes (a body trickled a byte at a time would hold
+    #: its connection for good; the peer port's bound is tcp_timeout)
+    http_body_timeout: float = attrs.field(default=30.0, validator=_positive)
 
     # --- security (docs/security.md) ---
     #: gossip key: base64 of 16, 24 or 32 bytes. Set, every datagram and peer

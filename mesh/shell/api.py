@@ -89,7 +89,12 @@ class ApiApp(Router):
     def __init__(
         self, agent: Agent, hub: RouteWatchHub, routes: Iterable[Route]
     ) -> None:
-        super().__init__(routes, observe=self._observe_api, on_error=self._on_error)
+        super().__init__(
+            routes,
+            observe=self._observe_api,
+            on_error=self._on_error,
+            body_timeout=agent.config.http_body_timeout,
+        )
         self.agent = agent
         self.hub = hub
 

@@ -378,6 +378,12 @@ class Connection:
             elif name == b"transfer-encoding":
                 self._big_body = chunked = True  # the size is unknown unread
         if chunked:
+            if self._body_left is not None:
+                # Framed two ways: refused, and the connection closes (RFC
+                # 9112 6.3: a server must close after such a request; the
+                # ambiguity is how requests are smuggled past a proxy).
+                await self._send_error(400, "both content-length and transfer-encoding")
+                raise _ClientGoneError("ambiguous framing")
             self._body_left = None
         target = request.target
         raw_path, _, query = target.partition(b"?")

@@ -265,7 +265,9 @@ class Sealer:
                 self.replay.check(envelope.timestamp_ms, envelope.nonce, self._clock())
             except AuthError as exc:
                 self.refused("peer_http", exc, peer=scope.get("client"))
-                await _send_error(send, 401, f"unauthenticated peer request: {exc}")
+                await _send_error(
+                    send, 401, f"unauthenticated peer request: {exc}", close=False
+                )
                 return
             body, nonce = envelope.payload, envelope.nonce
         inner_scope = dict(scope)
@@ -348,16 +350,19 @@ def _nonce_of(sealed: bytes) -> bytes:
     return parse_header(sealed).nonce
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
+async def _send_error(
+    send: Send, status: int, message: str, *, close: bool = True
+) -> None:
+    """An error answer; ``close`` (the default) when the body was not read:
+    a keep-alive connection would otherwise wait out ``http_io_timeout`` for
+    the rest of a body it does not want (audit 10: a 408 held its connection
+    30 s more)."""
     body = json.dumps({"error": message}, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -927,3 +927,52 @@ async def test_head_answers_with_gets_status_and_headers_and_no_body() -> None:
     assert get == head + b"hello"
     assert refused.startswith(b"HTTP/1.1 405 ")
     assert b"allow: GET, HEAD, POST\r\n" in refused
+
+
+async def test_a_request_framed_two_ways_is_refused_and_closed() -> None:
+    """RFC 9112 6.3: content-length with transfer-encoding is how requests are
+    smuggled past a proxy; the server must close after it (audit 10: it
+    answered 200 and kept the connection)."""
+    async with running(router()) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
+            b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        with trio.fail_after(5):
+            answer = await read_until_closed(stream)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.count(b"HTTP/1.1") == 1
+
+
+async def test_a_body_trickled_past_the_apps_deadline_is_408_and_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A per-read timeout alone let a byte every few seconds hold a connection
+    for good (audit 10 blocked the client API with 50 such): the router's
+    body_timeout bounds the whole body."""
+    app = Router([Route("POST", "/echo/{key}", echo_handler)], body_timeout=2.0)
+    async with running(app) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab"
+        )
+        start = trio.current_time()
+
+        async def trickle() -> None:  # a byte a second: each read in time
+            for _ in range(20):
+                await trio.sleep(1)
+                try:
+                    await stream.send_all(b"x")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            with trio.fail_after(10):
+                answer = await read_until_closed(stream)  # the server closes
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in answer.lower()
+        assert elapsed <= 3.0

@@ -427,3 +427,43 @@ def test_sealed_datagrams_fit_the_configured_size() -> None:
             assert len(packet) + overhead(name) <= config.udp_buffer_size
 
     trio.run(main)
+
+
+async def test_a_peer_body_too_slow_is_408_and_the_connection_closes(
+    make_agent: MakeAgent,
+) -> None:
+    """The 408 came at tcp_timeout, but the connection stayed open for the
+    server to drain the rest of the body, until http_io_timeout (audit 10:
+    31 s for a 1 s bound): errors sent before the body was read close it."""
+    from mesh.shell.http_server import ServerLimits, serve
+
+    agent = make_agent(tcp_timeout=0.5)
+    app = peer_app(agent)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    stop = trio.Event()
+    with sock:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: serve(
+                    app,
+                    sock,
+                    shutdown_trigger=stop.wait,
+                    limits=ServerLimits(io_timeout=30.0),
+                    task_status=task_status,
+                )
+            )
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(
+                b"POST /mesh/v1/routes HTTP/1.1\r\nhost: x\r\n"
+                b"content-length: 100\r\n\r\n12345"
+            )
+            answer = b""
+            with trio.fail_after(5):  # well under the io timeout
+                while data := await stream.receive_some(65536):
+                    answer += data
+            await stream.aclose()
+            stop.set()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in answer.lower()
