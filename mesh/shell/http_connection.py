@@ -434,7 +434,16 @@ class Connection:
             )
         try:
             event = await self._next_event(self.server.limits.io_timeout)
-        except (h11.RemoteProtocolError, _ClientGoneError):
+        except h11.RemoteProtocolError:
+            # A malformed body (a bad chunk header): answer 400 before closing,
+            # as for a malformed head, unless the app already began its answer.
+            if not self._response_started:
+                self._response_started = True
+                with contextlib.suppress(_ClientGoneError):
+                    await self._send_error(400, "malformed request body")
+            self._gone = True
+            return {"type": "http.disconnect"}
+        except _ClientGoneError:
             self._gone = True
             return {"type": "http.disconnect"}
         if isinstance(event, h11.Data):

@@ -976,3 +976,18 @@ async def test_a_body_trickled_past_the_apps_deadline_is_408_and_closed(
         assert answer.startswith(b"HTTP/1.1 408 ")
         assert b"connection: close" in answer.lower()
         assert elapsed <= 3.0
+
+
+async def test_a_malformed_chunked_body_is_400_then_closed() -> None:
+    """A bad chunk header is a malformed request like a bad head: answered
+    400, not just closed (audit 10)."""
+    async with running(router()) as (port, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"POST /echo/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"zz\r\nabc\r\n0\r\n\r\n"
+        )
+        with trio.fail_after(5):
+            answer = await read_until_closed(stream)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.count(b"HTTP/1.1") == 1
