@@ -253,9 +253,13 @@ async def _open_node(config: Config) -> AsyncIterator[Node]:
         # the caller's, and is given back as raised: ``except RuntimeError``
         # around ``async with open_node(...)`` works (audit 7). Anything else
         # in the group (a failure of the node itself) keeps the group.
-        if failure is not None and _leaves(group) == [failure]:
-            raise failure from None
-        raise
+        if failure is None or _leaves(group) != [failure]:
+            raise
+    else:
+        return
+    # Raised outside the handler, so its own __cause__ and __context__ stay
+    # as the application left them (not the group's).
+    raise failure
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

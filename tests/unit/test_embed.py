@@ -118,8 +118,10 @@ class _AppFailedError(RuntimeError):
 async def test_an_exception_out_of_the_block_comes_out_as_raised() -> None:
     """Audit 7: it came out wrapped in four exception groups, one per nursery
     of the node, so ``except RuntimeError`` did not catch it."""
+    cause = KeyError("why")
     boom = _AppFailedError("the application failed")
     with pytest.raises(_AppFailedError) as info:
         async with mesh.open_node(config("a")):
-            raise boom
+            raise boom from cause
     assert info.value is boom
+    assert boom.__cause__ is cause  # the application's chain, untouched
