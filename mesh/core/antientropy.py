@@ -162,6 +162,10 @@ class _Kind(enum.Enum):
     FALLBACK = "fallback"
 
 
+#: round outcomes after which our table holds everything the peer held
+_RECONCILED = frozenset({"same", "repaired", "merged"})
+
+
 class _Stage(enum.Enum):
     OPEN = 1
     MORE = 2
@@ -183,6 +187,9 @@ class _Round:
     full: int = 0
     #: a chunked pull paused to send a chunk's drops: the key to resume after
     resume: str | None = None
+    #: the difference found was more than one repair carries: the rest waits
+    #: for the next round
+    partial: bool = False
 
 
 class AntiEntropy:
@@ -219,6 +226,9 @@ class AntiEntropy:
         #: what the last round brought that the table had no room for)
         self.behind = 0
         self.source = ""  # the peer we bootstrap from (readiness reasons)
+        #: seconds of the last stall that may have cost us pushes, until a
+        #: round with a member has reconciled us since (None: no such stall)
+        self.stalled: float | None = None
         # Caught up only because nobody else was alive (a first node, or one
         # cut off): its table is not the mesh's, so the first member it meets
         # is merged in whole, taking everything, before it may refuse old
@@ -243,6 +253,18 @@ class AntiEntropy:
     def kick(self, now: float) -> None:
         """Start soon (we just joined: bootstrap without waiting an interval)."""
         self._next_at = min(self._next_at, now)
+
+    def stall(self, seconds: float, now: float) -> None:
+        """Our process was frozen for ``seconds``, longer than a peer keeps a
+        push for us (``push_deadline``): writes made meanwhile were dropped for
+        us, and deletes may even have been collected. Until a round with a
+        member reconciles us, the table is behind the mesh, so say so
+        (readiness) and open that round now rather than an interval later."""
+        if not self.caught_up:
+            return  # the bootstrap under way covers it
+        self.stalled = max(seconds, self.stalled or 0.0)
+        self.stats["stall_resyncs"] += 1
+        self.kick(now)
 
     def horizon(self, wall: float) -> int | None:
         """Entries written before this (ms) are refused for unknown keys; None
@@ -285,6 +307,7 @@ class AntiEntropy:
                 # Joined, and nobody alive to catch up from: we are the mesh.
                 self._caught_up("alone")
             self.alone = True
+            self.stalled = None  # nobody to be behind
             return []
         name, addr = peer
         if not self.caught_up:
@@ -390,8 +413,9 @@ class AntiEntropy:
         mine, other = result
         self.behind = len(other)
         cap = self.config.antientropy_repair_max
-        routes = self._entries(mine, cap)  # the rest goes in the next round
+        routes, r.partial = self._entries(mine, cap)  # the rest: next round
         want = tuple(sorted(other)[:cap])
+        r.partial = r.partial or len(other) > cap
         if not routes and not want:
             self.repair.discard(r.peer)
             self._end(r, "same")
@@ -477,6 +501,8 @@ class AntiEntropy:
     def _end(self, r: _Round, outcome: str) -> None:
         self._round = None
         self.stats[f"rounds_{outcome}"] += 1
+        if outcome in _RECONCILED and not r.partial:
+            self.stalled = None
 
     def _take(self) -> list[Reconcile]:
         out, self._out = self._out, []
@@ -552,7 +578,7 @@ class AntiEntropy:
             refused = self._apply(None, request.routes[:cap], self.horizon(wall), wall)
             self._honour(request.drops, wall)
             # what does not fit, the initiator's next round asks for again
-            routes = self._entries(request.want[:cap], cap)
+            routes, _ = self._entries(request.want[:cap], cap)
             self.stats["routes_served"] += len(routes)
             return AeRepaired(tuple(routes), tuple(refused))
         limit = max(1, min(request.limit, cfg.antientropy_chunk_routes))
@@ -566,10 +592,11 @@ class AntiEntropy:
         self.stats["routes_served"] += len(routes)
         return AeChunkReply(tuple(routes), more, len_all(table))
 
-    def _entries(self, elements: Iterable[int], cap: int) -> list[Route]:
+    def _entries(self, elements: Iterable[int], cap: int) -> tuple[list[Route], bool]:
         """Our current entries for ``elements`` in order, skipping those
         rewritten since (they go by push), at most ``cap`` of them and
-        ``antientropy_max_bytes`` (:class:`_Budget`): one repair's worth."""
+        ``antientropy_max_bytes`` (:class:`_Budget`): one repair's worth; and
+        whether some were left for the next round."""
         routes: list[Route] = []
         budget = _Budget(self.config.antientropy_max_bytes)
         for element in elements:
@@ -577,9 +604,9 @@ class AntiEntropy:
             if route is None:
                 continue
             if len(routes) >= cap or not budget.take(route):
-                break
+                return routes, True
             routes.append(route)
-        return routes
+        return routes, False
 
     def _symbols(self, start: int, stop: int) -> AeSymbols:
         symbols = self.table.symbols(start, stop)

@@ -199,7 +199,12 @@ class NodeCore:
             return RouteSync(False, f"bootstrapping routes{source}", ae.behind)
         # what the last round found, or what the table had no room for,
         # whichever is more (a round with a peer as full says nothing of it)
-        return RouteSync(True, "", max(ae.behind, self.routes.missing()))
+        behind = max(ae.behind, self.routes.missing())
+        if ae.stalled is not None:
+            return RouteSync(
+                False, f"resyncing routes after a {ae.stalled:.1f} s stall", behind
+            )
+        return RouteSync(True, "", behind)
 
     def leave_pending(self) -> bool:
         """True while our leave has not been gossiped its full retransmit count
@@ -286,12 +291,12 @@ class NodeCore:
         anti-entropy collect old tombstones; without it they wait."""
         m = self.membership
         planned, self._planned = self._planned, None
-        if (
-            planned is not None
-            and now - planned > self.config.probe_interval
-            and self.config.awareness_max_multiplier > 1  # Lifeguard on
-        ):
-            self._stalled(now)
+        if planned is not None and now - planned > self.config.probe_interval:
+            if self.config.awareness_max_multiplier > 1:  # Lifeguard on
+                self._stalled(now)
+            if now - planned > self.config.push_deadline and self.joined:
+                # peers gave up pushing to us meanwhile (see AntiEntropy.stall)
+                self.ae.stall(now - planned, now)
         self._last_now = now
         if m.suspicions:
             m.expire_suspicions(now)

@@ -192,6 +192,13 @@ class _CoreCollector:
             stats["fallbacks"],
         )
         yield CounterMetricFamily(
+            "mesh_antientropy_stall_resyncs",
+            "Stalls of this process longer than push_deadline (peers gave up "
+            "pushing to it meanwhile): each made routes_caught_up false until "
+            "a round reconciled the table",
+            stats["stall_resyncs"],
+        )
+        yield CounterMetricFamily(
             "mesh_route_tombstones_collected",
             "Tombstones forgotten after route_tombstone_ttl",
             core.routes.collected,

@@ -58,6 +58,7 @@ def test_a_paused_peer_gets_every_missed_write_and_delete(
         put(n1, f"old{i}", "http://before")
     wait_until(lambda: len(routes_of(n3)) == 20, 10.0, what="first writes")
     n3.pause()
+    paused_at = time.monotonic()
     try:
         for i in range(50):
             put(n1, f"new{i}", "http://during")
@@ -72,15 +73,21 @@ def test_a_paused_peer_gets_every_missed_write_and_delete(
             15.0,
             what="pushes to the paused peer given up",
         )
+        # The stall is this test's input: longer than push_deadline (1.5 s
+        # on local) plus a probe interval, so n3's timers are that late.
+        time.sleep(max(0.0, paused_at + 3.0 - time.monotonic()))
     finally:
         n3.resume()
-    wait_until(lambda: alive_everywhere(cluster, "node3"), 15.0, what="n3 alive")
-    alive_at = time.monotonic()
     want = routes_of(n1)
     assert len(want) == 60
-    wait_until(lambda: routes_of(n3) == want, REPAIR_DEADLINE, what="n3 repaired")
-    repaired = time.monotonic()
-    assert repaired - alive_at <= REPAIR_DEADLINE
+    # Back from a stall longer than the push deadline, n3 is not ready until a
+    # round has repaired it: ready must never come with a stale table.
+    deadline = time.monotonic() + REPAIR_DEADLINE
+    while not n3.get("/v1/health").json()["ready"]:
+        assert time.monotonic() < deadline, "n3 ready again"
+    assert routes_of(n3) == want
+    assert metric(n3, "mesh_antientropy_stall_resyncs_total") == 1
+    wait_until(lambda: alive_everywhere(cluster, "node3"), 15.0, what="n3 alive")
     assert metric(n3, "mesh_antientropy_routes_total") > 0
 
 

@@ -588,3 +588,75 @@ def test_a_bootstrap_whose_source_fails_resumes_where_it_stopped() -> None:
     assert joiner.ae.caught_up
     assert joiner.view() == first.view()
     assert joiner.ae.stats["chunks"] == 3  # 1 from s1, then 2 from s2
+
+
+def test_a_stall_past_the_push_deadline_reports_behind_until_a_round_reconciles() -> (
+    None
+):
+    a, b = Side("a"), Side("b")
+    for i in range(3):
+        a.put(f"k{i}")  # pushed to b while it was stopped: dropped for it
+    b.ae._next_at = 50.0
+    b.ae.stall(6.0, now=10.0)
+    assert b.ae.stalled == 6.0
+    assert b.ae.next_deadline() == 10.0  # the round opens now, not an interval on
+    assert b.ae.stats["stall_resyncs"] == 1
+    round_between(b, a)
+    assert b.view() == a.view()
+    assert b.ae.stalled is None
+
+
+def test_a_stall_stays_reported_while_rounds_fail_or_leave_a_rest() -> None:
+    a, b = Side("a"), Side("b", antientropy_repair_max=10)
+    for i in range(25):
+        a.put(f"k{i:02d}")
+    b.ae.stall(6.0, now=10.0)
+    (effect,) = b.ae.tick(10.0, WALL, picker([("a", ("127.0.0.1", 1))]), joined=True)
+    assert b.ae.done(effect.token, None, 11.0, WALL) == []  # a failed round
+    assert b.ae.stalled == 6.0
+    rounds = 0
+    while b.ae.stalled is not None:
+        round_between(b, a)
+        rounds += 1
+        assert rounds <= 3
+    assert rounds == 3  # 10 + 10 + 5 wanted: the first two left a rest
+    assert b.view() == a.view()
+
+
+def test_a_stall_of_a_bootstrapping_or_lone_node_is_not_a_resync() -> None:
+    joiner = Side("j", caught_up=False)
+    joiner.ae.stall(6.0, now=10.0)
+    assert joiner.ae.stalled is None  # its bootstrap covers it
+    lone = Side("l")
+    lone.ae.stall(6.0, now=10.0)
+    assert lone.ae.tick(10.0, WALL, picker([]), joined=True) == []
+    assert lone.ae.stalled is None  # nobody to be behind
+
+
+def test_a_node_paused_past_the_push_deadline_is_not_ready_until_resynced() -> None:
+    from mesh.testing.simnet import SimNet
+
+    sim = SimNet.cluster(3, seed=11, profile="local")
+    sim.run_for(3.0)
+    node = sim.node("n2").core
+    assert node.route_sync().caught_up
+    pause = node.config.push_deadline + 2.0
+    sim.pause("n2", pause)
+    writer = sim.node("n0").core
+    _, out = writer.put_route("k", "http://t", {}, None, sim.now, sim.now)
+    sim.execute("n0", out)
+    sim.run_for(pause)  # resumes at the very end, before any of its timers
+    sim.run_for(0.0001)
+    sync = node.route_sync()
+    assert not sync.caught_up
+    assert sync.reason.startswith("resyncing routes after a ")
+    deadline = sim.now + node.config.antientropy_interval
+    while not node.route_sync().caught_up:
+        assert sim.now < deadline
+        sim.run_for(0.05)
+    assert node.routes.get("k") is not None
+    # a pause shorter than the deadline does not count
+    sim.pause("n2", node.config.push_deadline / 2)
+    sim.run_for(node.config.push_deadline)
+    assert node.route_sync().caught_up
+    assert node.ae.stats["stall_resyncs"] == 1
