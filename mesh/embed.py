@@ -16,6 +16,7 @@ writes are ``async`` so the caller yields to the pusher and can wait for peers.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -89,6 +90,9 @@ class Node:
         self.http_address = format_address(addresses.http)
         #: who acknowledged the last write made with ``sync_timeout``
         self.last_sync: SyncResult | None = None
+        #: a client asked the node to leave (``POST /v1/leave``): that is what
+        #: ended the ``async with`` block
+        self.leave_requested = False
 
     # --- reads ---
 
@@ -138,6 +142,7 @@ class Node:
         Raises:
             RouteError: invalid, an older ``revision`` than stored, or full.
         """
+        self._check_sync_timeout(sync_timeout)
         outcome = self._agent.put_route(key, target, dict(meta or {}), revision)
         return await self._after_write(outcome, sync_timeout)
 
@@ -153,8 +158,32 @@ class Node:
         Raises:
             RouteError: invalid key, or an older ``revision`` than stored.
         """
+        self._check_sync_timeout(sync_timeout)
         outcome = self._agent.delete_route(key, revision)
         return await self._after_write(outcome, sync_timeout)
+
+    def _check_sync_timeout(self, sync_timeout: float | None) -> None:
+        """Refuse a bad ``sync_timeout`` before writing, as the HTTP API does
+        (400): raised after the commit, it would report a write that stands
+        as failed (audit 11)."""
+        if sync_timeout is None:
+            return
+        maximum = self._agent.config.sync_timeout_max
+        value: object = sync_timeout  # callers without a type checker pass anything
+        if not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and 0 < value <= maximum
+        ):
+            raise RouteError(
+                Outcome(
+                    OutcomeStatus.INVALID,
+                    None,
+                    f"sync_timeout must be a number of seconds in (0, {maximum}],"
+                    f" got {sync_timeout!r}",
+                )
+            )
 
     async def _after_write(self, outcome: Outcome, sync_timeout: float | None) -> Route:
         if outcome.status is not OutcomeStatus.APPLIED or outcome.route is None:
@@ -223,8 +252,10 @@ def open_node(config: Config) -> contextlib.AbstractAsyncContextManager[Node]:
     ``tcp_timeout`` and ``push_deadline``) before returning. An exception out
     of the block skips the graceful part, and comes out of ``open_node`` as
     raised (not wrapped in exception groups by the node's nurseries).
-    ``POST /v1/leave`` on the client API does not stop an embedded node; it
-    only makes :meth:`Node.watch_routes` end and readiness report ``leaving``.
+    ``POST /v1/leave`` on the client API (``mesh leave``) ends the node as it
+    ends ``mesh agent``: the block is cancelled at its next checkpoint, the
+    node leaves gracefully, and ``open_node`` returns normally
+    (:attr:`Node.leave_requested` tells the code after the block why).
 
     Raises:
         OSError: a port could not be bound.
@@ -241,12 +272,17 @@ async def _open_node(config: Config) -> AsyncIterator[Node]:
         configure_logging(log_format=config.log_format, log_level=config.log_level)
     failure: BaseException | None = None
     try:
-        async with open_agent(config) as running:
+        async with open_agent(config) as running, trio.open_nursery() as nursery:
+            # Inside open_agent: the block cancelled by a leave request ends
+            # here, and the agent sees a normal exit (its graceful leave).
+            node = Node(running)
+            nursery.start_soon(_end_on_leave, node, nursery.cancel_scope)
             try:
-                yield Node(running)
+                yield node
             except BaseException as exc:
                 failure = exc
                 raise
+            nursery.cancel_scope.cancel()  # the block ended: stop watching
     except BaseExceptionGroup as group:
         # The block's own exception comes back wrapped once per nursery it
         # crossed (trio's strict exception groups: four deep). Alone, it is
@@ -260,6 +296,16 @@ async def _open_node(config: Config) -> AsyncIterator[Node]:
     # Raised outside the handler, so its own __cause__ and __context__ stay
     # as the application left them (not the group's).
     raise failure
+
+
+async def _end_on_leave(node: Node, block: trio.CancelScope) -> None:
+    """``POST /v1/leave`` (``mesh leave``) ends an embedded node as it ends
+    ``mesh agent``: cancel the block, so the node leaves gracefully. Left
+    running, the node said "leaving" but never left (audit 11): unready for
+    good, still alive to every peer, still taking writes."""
+    await node._agent.shutdown_requested.wait()
+    node.leave_requested = True
+    block.cancel()
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

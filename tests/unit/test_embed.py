@@ -78,20 +78,53 @@ async def test_rejected_writes_raise() -> None:
         assert info.value.status == "invalid"
 
 
-async def test_client_api_is_served_and_leave_ends_watches() -> None:
+async def test_a_client_leave_ends_the_block_and_the_node_leaves_gracefully() -> None:
+    reached_after_leave = False
     async with mesh.open_node(config("a")) as a:
-        await a.put_route("k", "t")
-        async with httpx.AsyncClient(trust_env=False) as client:
-            response = await client.get(f"http://{a.http_address}/v1/routes/k")
-            assert response.json()["target"] == "t"
-            assert a.health()["ready"] is True
-            watch = a.watch_routes()
-            assert (await anext(watch)).snapshot
-            await client.post(f"http://{a.http_address}/v1/leave")
+        async with mesh.open_node(config("b", join=(a.address,))) as b:
+            await wait_for(lambda: [m.name for m in a.members()] == ["a", "b"])
+            await b.put_route("k", "t")
+            async with httpx.AsyncClient(trust_env=False) as client:
+                response = await client.get(f"http://{b.http_address}/v1/routes/k")
+                assert response.json()["target"] == "t"
+                assert b.health()["ready"] is True
+                watch = b.watch_routes()
+                assert (await anext(watch)).snapshot
+                response = await client.post(f"http://{b.http_address}/v1/leave")
+                assert response.status_code == 200
+            with trio.fail_after(DEADLINE):
+                await trio.sleep_forever()  # cancelled by the leave
+            reached_after_leave = True
+        # As mesh agent exits: the block ended, the node left, gracefully.
+        assert not reached_after_leave
+        assert b.leave_requested
+        assert not a.leave_requested
         with trio.fail_after(DEADLINE):
             with pytest.raises(StopAsyncIteration):
                 await anext(watch)
-        assert a.health()["reasons"] == ["leaving"]
+        assert b.health()["reasons"] == ["leaving"]
+        await wait_for(
+            lambda: (
+                [m.status for m in a.members() if m.name == "b"]
+                == [mesh.MemberStatus.LEFT]
+            )
+        )
+
+
+async def test_a_bad_sync_timeout_is_refused_before_the_write() -> None:
+    async with mesh.open_node(config("a")) as a:
+        maximum = a._agent.config.sync_timeout_max
+        index = a.index
+        for bad in (-1, 0, maximum + 1, float("nan"), float("inf"), True, "1"):
+            with pytest.raises(RouteError) as info:
+                await a.put_route("k", "t", sync_timeout=bad)  # type: ignore[arg-type]
+            assert info.value.status == "invalid"
+            assert "sync_timeout" in str(info.value)
+            with pytest.raises(RouteError):
+                await a.delete_route("k", sync_timeout=bad)  # type: ignore[arg-type]
+        assert a.index == index  # nothing written, not even a tombstone
+        await a.put_route("k", "t", sync_timeout=maximum)  # alone: nobody to wait for
+        assert a.get_route("k") is not None
 
 
 def test_documented_example_runs() -> None:
