@@ -99,6 +99,24 @@ def _at_least_one(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be an integer >= 1, got {value!r}")
 
 
+def _fraction(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not (isinstance(value, int | float) and 0 < value < 1):
+        raise ConfigError(f"{attr.name} must be > 0 and < 1, got {value!r}")
+
+
+#: the smallest request head limit accepted: below it the server answers
+#: every request 431, /v1/health and /metrics included (audit 11); nginx's
+#: and Apache's header buffers are 8 KiB
+_MIN_HEADER_BYTES = 4096
+
+
+def _header_bytes(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not (isinstance(value, int) and value >= _MIN_HEADER_BYTES):
+        raise ConfigError(
+            f"{attr.name} must be an integer >= {_MIN_HEADER_BYTES}, got {value!r}"
+        )
+
+
 def _address(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not (
         isinstance(value, tuple)
@@ -193,8 +211,9 @@ class Config:
     #: a member relaying a ping-req nacks after probe_timeout *
     #: nack_timeout_fraction without an ack, so the nack reaches the requester
     #: before its probe interval ends (memberlist waits a full probe_timeout,
-    #: which lands at the requester's deadline and is lost to the race)
-    nack_timeout_fraction: float = attrs.field(default=0.8, validator=_positive)
+    #: which lands at the requester's deadline and is lost to the race);
+    #: above 0 and below 1
+    nack_timeout_fraction: float = attrs.field(default=0.8, validator=_fraction)
     #: TCP fallback probe (HTTP ping on the mesh port) run beside the indirect
     #: probes; a refused connection means the process is gone (see below)
     tcp_fallback_probe: bool = True
@@ -367,8 +386,8 @@ class Config:
     #: first, then between keep-alive requests) is closed to admit a new one;
     #: only with every one mid-request do new ones wait in the listen backlog
     http_max_connections: int = attrs.field(default=1000, validator=_at_least_one)
-    #: request line plus headers, in bytes (431 past it)
-    http_max_header_bytes: int = attrs.field(default=16 * 1024, validator=_at_least_one)
+    #: request line plus headers, in bytes (431 past it); at least 4096
+    http_max_header_bytes: int = attrs.field(default=16 * 1024, validator=_header_bytes)
     #: a client must send a request's head within this (slow clients
     #: dropped): a new connection its first head within this of being
     #: accepted (TLS handshake included; a silent one is closed then), a

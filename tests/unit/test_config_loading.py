@@ -135,6 +135,12 @@ def test_empty_env_values_are_unset() -> None:
         ({}, {}, "bind = [1]\n", "bind must be a HOST:PORT string"),
         ({}, {}, "this is = not toml =\n", "invalid TOML"),
         ({}, {}, "probe_timeout = 5.0\n", "probe_timeout must be < probe_interval"),
+        # below it every request is a 431, /v1/health too (audit 11)
+        ({}, {"MESH_HTTP_MAX_HEADER_BYTES": "10"}, None, "must be an integer >= 4096"),
+        ({}, {}, "http_max_header_bytes = 4095\n", "must be an integer >= 4096"),
+        # the nack must beat the requester's own deadline
+        ({}, {"MESH_NACK_TIMEOUT_FRACTION": "1.5"}, None, "must be > 0 and < 1"),
+        ({}, {}, "nack_timeout_fraction = 1\n", "must be > 0 and < 1"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_source(
