@@ -44,6 +44,8 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 #: the versions we serve, as the ASGI scope spells them
 _HTTP_VERSIONS = {b"1.0": "1.0", b"1.1": "1.1"}
 _REASONS = {431: "request head too large", 505: "HTTP version not supported"}
+#: the server's drop reason (a metric label) for each refused request head
+_DROP_REASONS = {431: "head_too_large", 505: "bad_version"}
 
 
 class _ClientGoneError(OSError):
@@ -219,6 +221,9 @@ class Connection:
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint
                     reason = _REASONS.get(status, "bad request")
+                    # counted: no app sees it, and a broken client or a
+                    # header flood must show somewhere (audit 11)
+                    self.server.dropped(_DROP_REASONS.get(status, "bad_request"))
                     await self._send_error(status, reason)
                     return
                 if head is None:
@@ -382,6 +387,7 @@ class Connection:
                 # Framed two ways: refused, and the connection closes (RFC
                 # 9112 6.3: a server must close after such a request; the
                 # ambiguity is how requests are smuggled past a proxy).
+                self.server.dropped("bad_request")
                 await self._send_error(400, "both content-length and transfer-encoding")
                 raise _ClientGoneError("ambiguous framing")
             self._body_left = None
@@ -437,6 +443,7 @@ class Connection:
         except h11.RemoteProtocolError:
             # A malformed body (a bad chunk header): answer 400 before closing,
             # as for a malformed head, unless the app already began its answer.
+            self.server.dropped("bad_body")
             if not self._response_started:
                 self._response_started = True
                 with contextlib.suppress(_ClientGoneError):

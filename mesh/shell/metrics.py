@@ -279,7 +279,9 @@ class Metrics:
         )
         self.exchange_errors = Counter(
             "mesh_exchange_errors",
-            "Member-table exchange failures by side and reason",
+            "Failed calls on the mesh port's HTTP, by side and reason: "
+            "member-table exchanges (join, push-pull sync) and anti-entropy "
+            "requests alike (client: our calls; server: requests we refused)",
             ["side", "reason"],
             registry=self.registry,
         )
@@ -395,10 +397,12 @@ class Metrics:
 
         self.http_dropped = Counter(
             "mesh_http_connections_dropped",
-            "Connections a server (api, mesh) closed to keep its slots for "
-            "clients: evicted (idle, to admit a new one when all "
-            "http_max_connections were taken) or header_timeout (no request "
-            "head within http_header_timeout)",
+            "Connections a server (api, mesh) closed: evicted (idle, to admit "
+            "a new one when all http_max_connections were taken), "
+            "header_timeout (no request head within http_header_timeout), or "
+            "after refusing a request no handler saw: bad_request (malformed "
+            "head, 400), head_too_large (431), bad_version (505), bad_body "
+            "(malformed body framing, 400)",
             ["server", "reason"],
             registry=self.registry,
         )

@@ -169,30 +169,38 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
 
 
 @pytest.mark.parametrize(
-    ("garbage", "status"),
+    ("garbage", "status", "reason"),
     [
-        (b"NOT-HTTP\r\n\r\n", b"400"),
-        (b"GET / HTTP/9.9\r\n\r\n", b"505"),
-        (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # no host
-        (b"GET /\x00 HTTP/1.1\r\nhost: x\r\n\r\n", b"400"),
-        (b"POST /echo/a HTTP/1.1\r\nhost: x\r\ncontent-length: no\r\n\r\n", b"400"),
-        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", b"400"),
+        (b"NOT-HTTP\r\n\r\n", b"400", "bad_request"),
+        (b"GET / HTTP/9.9\r\n\r\n", b"505", "bad_version"),
+        (b"GET / HTTP/1.1\r\n\r\n", b"400", "bad_request"),  # no host
+        (b"GET /\x00 HTTP/1.1\r\nhost: x\r\n\r\n", b"400", "bad_request"),
+        (
+            b"POST /echo/a HTTP/1.1\r\nhost: x\r\ncontent-length: no\r\n\r\n",
+            b"400",
+            "bad_request",
+        ),
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", b"400", "bad_request"),
     ],
 )
-async def test_a_bad_request_is_refused_and_the_connection_closes(
-    garbage: bytes, status: bytes
+async def test_a_bad_request_is_refused_counted_and_the_connection_closes(
+    garbage: bytes, status: bytes, reason: str
 ) -> None:
-    async with running(router()) as (port, _):
+    dropped: list[str] = []
+    async with running(router(), on_drop=dropped.append) as (port, _):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(garbage)
         answer = await read_until_closed(stream)
         assert answer.startswith(b"HTTP/1.1 " + status + b" ")
         assert answer.endswith(b"}")  # a JSON error body
+    # counted, as no app (and so no request metric) saw it (audit 11)
+    assert dropped == [reason]
 
 
 async def test_oversized_request_head_is_431() -> None:
     limits = ServerLimits(max_header_bytes=1024)
-    async with running(router(), limits) as (port, _):
+    dropped: list[str] = []
+    async with running(router(), limits, on_drop=dropped.append) as (port, _):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(
             b"GET /echo/a HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 4000 + b"\r\n\r\n"
@@ -203,6 +211,7 @@ async def test_oversized_request_head_is_431() -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"GET /" + b"a" * 4000 + b" HTTP/1.1\r\nhost: x\r\n\r\n")
         assert (await read_until_closed(stream)).startswith(b"HTTP/1.1 431 ")
+    assert dropped == ["head_too_large", "head_too_large"]
 
 
 async def test_body_limit_is_the_apps_and_unread_bodies_are_drained() -> None:
@@ -930,28 +939,38 @@ async def test_head_answers_with_gets_status_and_headers_and_no_body() -> None:
 
 
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("request_bytes", "reason"),
     [
         # RFC 9112 6.3: content-length with transfer-encoding is how requests
         # are smuggled past a proxy; the server must close after it (audit 10:
         # it answered 200 and kept the connection)
-        b"POST /echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
-        b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        (
+            b"POST /echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
+            b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "bad_request",
+        ),
         # a bad chunk header is a malformed request like a bad head: answered
         # 400, not just closed (audit 10)
-        b"POST /echo/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-        b"zz\r\nabc\r\n0\r\n\r\n",
+        (
+            b"POST /echo/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+            b"\r\nzz\r\nabc\r\n0\r\n\r\n",
+            "bad_body",
+        ),
     ],
     ids=["framed-two-ways", "malformed-chunk"],
 )
-async def test_a_badly_framed_body_is_400_then_closed(request_bytes: bytes) -> None:
-    async with running(router()) as (port, _):
+async def test_a_badly_framed_body_is_400_then_closed(
+    request_bytes: bytes, reason: str
+) -> None:
+    dropped: list[str] = []
+    async with running(router(), on_drop=dropped.append) as (port, _):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(request_bytes)
         with trio.fail_after(5):
             answer = await read_until_closed(stream)
         assert answer.startswith(b"HTTP/1.1 400 ")
         assert answer.count(b"HTTP/1.1") == 1
+    assert dropped == [reason]
 
 
 async def test_a_body_trickled_past_the_apps_deadline_is_408_and_closed(
