@@ -190,6 +190,9 @@ class _Round:
     #: the difference found was more than one repair carries: the rest waits
     #: for the next round
     partial: bool = False
+    #: opened before a stall we noticed since: its replies may predate what
+    #: we missed, so it cannot end the resync
+    predates_stall: bool = False
 
 
 class AntiEntropy:
@@ -264,6 +267,8 @@ class AntiEntropy:
             return  # the bootstrap under way covers it
         self.stalled = max(seconds, self.stalled or 0.0)
         self.stats["stall_resyncs"] += 1
+        if self._round is not None:
+            self._round.predates_stall = True
         self.kick(now)
 
     def horizon(self, wall: float) -> int | None:
@@ -501,7 +506,7 @@ class AntiEntropy:
     def _end(self, r: _Round, outcome: str) -> None:
         self._round = None
         self.stats[f"rounds_{outcome}"] += 1
-        if outcome in _RECONCILED and not r.partial:
+        if outcome in _RECONCILED and not (r.partial or r.predates_stall):
             self.stalled = None
 
     def _take(self) -> list[Reconcile]:

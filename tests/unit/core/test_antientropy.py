@@ -623,6 +623,22 @@ def test_a_stall_stays_reported_while_rounds_fail_or_leave_a_rest() -> None:
     assert b.view() == a.view()
 
 
+def test_a_round_opened_before_the_stall_does_not_end_the_resync() -> None:
+    a, b = Side("a"), Side("b")
+    for side in (a, b):
+        side.table.fold(side.table.pending_folds())
+    b.ae._next_at = 0.0
+    (effect,) = b.ae.tick(1.0, WALL, picker([("a", ("127.0.0.1", 1))]), joined=True)
+    reply = a.ae.handle(effect.request, WALL)  # "same", answered before...
+    a.put("k")  # ...the writes b misses while frozen
+    b.ae.stall(6.0, now=10.0)
+    assert b.ae.done(effect.token, reply, 10.0, WALL) == []
+    assert b.ae.stalled == 6.0  # that "same" is from before the stall
+    round_between(b, a)
+    assert b.ae.stalled is None
+    assert b.view() == a.view()
+
+
 def test_a_stall_of_a_bootstrapping_or_lone_node_is_not_a_resync() -> None:
     joiner = Side("j", caught_up=False)
     joiner.ae.stall(6.0, now=10.0)
