@@ -383,8 +383,10 @@ class Config:
     max_compound_messages: int = attrs.field(default=128, validator=_at_least_one)
     #: HTTP connections each server (client API, mesh port) serves at once.
     #: When all are taken, the one idle longest (silent since its accept
-    #: first, then between keep-alive requests) is closed to admit a new one;
-    #: only with every one mid-request do new ones wait in the listen backlog
+    #: first, then between keep-alive requests) is closed to admit a new one,
+    #: then one whose request body is still arriving http_header_timeout after
+    #: it began; only with every one busy otherwise do new ones wait in the
+    #: listen backlog
     http_max_connections: int = attrs.field(default=1000, validator=_at_least_one)
     #: request line plus headers, in bytes (431 past it); at least 4096
     http_max_header_bytes: int = attrs.field(default=16 * 1024, validator=_header_bytes)

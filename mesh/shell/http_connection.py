@@ -95,6 +95,9 @@ class Connection:
         self.cancel_scope = trio.CancelScope()
         #: closed to make room for a new connection
         self.evicted = False
+        #: when the current request's body began to be read (None: not yet,
+        #: or read whole): one still arriving long after is evictable
+        self.body_since: float | None = None
         # per request
         self._response_started = False
         self._head_sent = False
@@ -229,7 +232,10 @@ class Connection:
                 if head is None:
                     return
                 first = False
-                await self._handle(*head)
+                try:
+                    await self._handle(*head)
+                finally:
+                    self.server.reading.pop(self, None)
                 if not await self._finish_cycle():
                     return
         except _ClientGoneError:
@@ -367,6 +373,7 @@ class Connection:
         self._head_sent = False
         self._response_done = False
         self._body_done = False
+        self.body_since = None
         self._no_body = request.method == b"HEAD"
         # A large body the app will not read is not drained after the
         # response: the response must then say the connection closes, or a
@@ -426,6 +433,8 @@ class Connection:
             raise _ClientGoneError("incomplete response")
 
     async def _receive(self) -> Message:
+        if self.evicted:
+            self._gone = True  # closed for a new connection (slow body)
         if self._body_done or self._gone or self._response_done:
             # Nothing more to read. An app that keeps receiving after the body
             # waits for the client to go (ASGI): only long waits do, from a
@@ -438,8 +447,18 @@ class Connection:
             await self._write(
                 conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
             )
+        server = self.server
+        if self.body_since is None:
+            self.body_since = trio.current_time()
+            server.reading[self] = None  # oldest body first
+        # The eviction of a slow body cancels this wait (see http_server).
+        scope = self.cancel_scope = trio.CancelScope()
         try:
-            event = await self._next_event(self.server.limits.io_timeout)
+            with scope:
+                event = await self._next_event(server.limits.io_timeout)
+            if scope.cancelled_caught:
+                self._gone = True
+                return {"type": "http.disconnect"}
         except h11.RemoteProtocolError:
             # A malformed body (a bad chunk header): answer 400 before closing,
             # as for a malformed head, unless the app already began its answer.
@@ -462,6 +481,7 @@ class Connection:
                     # with the data, sparing the app a receive.
                     if isinstance(conn.next_event(), h11.EndOfMessage):
                         self._body_done = True
+                        server.reading.pop(self, None)
                         return {
                             "type": "http.request",
                             "body": body,
@@ -471,6 +491,7 @@ class Connection:
             return {"type": "http.request", "body": body, "more_body": True}
         if isinstance(event, h11.EndOfMessage):
             self._body_done = True
+            server.reading.pop(self, None)
             return {"type": "http.request", "body": b"", "more_body": False}
         self._gone = True  # ConnectionClosed mid-body
         return {"type": "http.disconnect"}

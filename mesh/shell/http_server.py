@@ -56,17 +56,24 @@ checks). Two bounds see to it:
   request), then keep-alive connections between requests, longest idle first
   (a client may be about to reuse one: it sees the connection closed, which
   our peers' push client retries, see ``mesh/shell/pusher.py``). A
-  connection whose next bytes have already arrived is not idle. A connection
-  in the middle of a request or response (head partly read, the app running,
-  the response being written) is never closed to make room: only when every
-  slot is busy do new connections wait in the backlog, each busy one bounded
-  by ``header_timeout``, ``io_timeout`` and the app's own limits (a client
+  connection whose next bytes have already arrived is not idle. With none
+  idle, a request whose body is still arriving more than ``header_timeout``
+  after it began is closed, the oldest body first: the app's body timeout
+  bounds each such connection, but a client reopening them could otherwise
+  hold every slot for good (slowloris with bodies; a real client sends its
+  body right after its head). Any other connection in the middle of a request
+  or response (head partly read, the app running, the response being
+  written) is never closed to make room: only when every slot is busy do new
+  connections wait in the backlog, each busy one bounded by
+  ``header_timeout``, ``io_timeout`` and the app's own limits (a client
   trickling heads in still holds a slot up to ``header_timeout``).
 
 ``on_drop`` (a callback of :func:`serve`) is told of each eviction
-(``"evicted"``) and each connection closed for not sending its head in time
-(``"header_timeout"``); the first eviction in a minute is also logged as a
-warning.
+(``"evicted"``, or ``"slow_body"``), each connection closed for not sending
+its head in time (``"header_timeout"``), and each closed after refusing a
+request no app saw (``"bad_request"``, ``"head_too_large"``,
+``"bad_version"``, ``"bad_body"``); the first eviction in a minute is also
+logged as a warning.
 
 The keep-alive timeout must exceed how long the clients keep an idle connection
 pooled (ours: ``push_keepalive_expiry``, checked in ``mesh/config.py``): a client
@@ -79,6 +86,7 @@ responses, noticing disconnects) is :mod:`mesh.shell.http_connection`.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -150,6 +158,8 @@ class _Server:
         self.fresh: dict[Connection, None] = {}
         #: keep-alive connections waiting for their next request
         self.idle: dict[Connection, None] = {}
+        #: connections whose request body is being read, oldest body first
+        self.reading: dict[Connection, None] = {}
         #: set when a slot frees or a connection goes idle, while the accept
         #: loop waits for room
         self._room: trio.Event | None = None
@@ -196,24 +206,32 @@ class _Server:
         try:
             while self.open >= self.limits.max_connections:
                 room = self._room = trio.Event()
-                if self._evict_one():
-                    self.dropped("evicted")
+                reason = self._evict_one()
+                if reason is not None:
+                    self.dropped(reason)
                     now = trio.current_time()
                     if now >= self._next_full_warning:
                         self._next_full_warning = now + _FULL_WARNING_INTERVAL
                         _log.warning(
                             "%d HTTP connections open on %s (http_max_connections):"
-                            " closing the longest idle ones to admit new ones",
+                            " closing the longest idle ones, then the slowest"
+                            " bodies, to admit new ones",
                             self.open,
                             _addr(listening.getsockname()),
                         )
-                await room.wait()
+                    await room.wait()  # the evicted one's slot frees
+                    continue
+                # (a body becomes slow with time alone: no event says so)
+                with trio.move_on_at(self._next_slow_body()):
+                    await room.wait()
         finally:
             self._room = None
 
-    def _evict_one(self) -> bool:
-        """Close the connection idle longest, silent new ones first (module
-        docstring); False when every connection is busy."""
+    def _evict_one(self) -> str | None:
+        """Close the connection idle longest, silent new ones first, else the
+        one whose body has been arriving longest, once that is longer than
+        ``header_timeout`` (module docstring); the drop reason, or None when
+        every connection is busy."""
         for waiting in (self.fresh, self.idle):
             for conn in waiting:  # oldest first
                 # Bytes already there: its task is about to read them (or
@@ -222,8 +240,27 @@ class _Server:
                     del waiting[conn]
                     conn.evicted = True
                     conn.cancel_scope.cancel()
-                    return True
-        return False
+                    return "evicted"
+        for conn in self.reading:  # oldest body first
+            since = conn.body_since
+            if (
+                since is None
+                or trio.current_time() < since + self.limits.header_timeout
+            ):
+                break
+            del self.reading[conn]
+            conn.evicted = True
+            conn.cancel_scope.cancel()
+            return "slow_body"
+        return None
+
+    def _next_slow_body(self) -> float:
+        """When the oldest body being read becomes evictable (inf: none)."""
+        for conn in self.reading:
+            if conn.body_since is not None:
+                return conn.body_since + self.limits.header_timeout
+            break
+        return math.inf
 
     def _release(self) -> None:
         self.open -= 1

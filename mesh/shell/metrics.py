@@ -398,8 +398,10 @@ class Metrics:
         self.http_dropped = Counter(
             "mesh_http_connections_dropped",
             "Connections a server (api, mesh) closed: evicted (idle, to admit "
-            "a new one when all http_max_connections were taken), "
-            "header_timeout (no request head within http_header_timeout), or "
+            "a new one when all http_max_connections were taken), slow_body "
+            "(a request body still arriving http_header_timeout after it began, "
+            "closed for the same reason when none was idle), header_timeout "
+            "(no request head within http_header_timeout), or "
             "after refusing a request no handler saw: bad_request (malformed "
             "head, 400), head_too_large (431), bad_version (505), bad_body "
             "(malformed body framing, 400)",

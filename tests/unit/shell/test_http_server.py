@@ -451,6 +451,38 @@ async def test_silent_connections_are_evicted_before_keep_alive_ones() -> None:
         await other.aclose()
 
 
+async def test_bodies_trickled_on_every_slot_make_room_for_a_client() -> None:
+    """Slowloris with bodies: each trickling connection is bounded by the
+    app's body timeout, but a client reopening them could hold every slot
+    for good. Past header_timeout a body still arriving is evictable, oldest
+    first, once idle connections are gone (audit 10's leftover)."""
+    dropped: list[str] = []
+    limits = ServerLimits(
+        max_connections=2, header_timeout=0.5, keep_alive_timeout=60, io_timeout=60
+    )
+    async with running(router(), limits, on_drop=dropped.append) as (port, _):
+        slow = []
+        for key in "ab":
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(
+                f"POST /echo/{key} HTTP/1.1\r\nhost: x\r\ncontent-length: 100"
+                "\r\n\r\n0123456789".encode()
+            )
+            slow.append(stream)
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await client.send_all(b"GET /echo/c HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await read_responses(client, 1))[0].endswith(b"GET c 0")
+            assert await read_until_closed(slow[0]) == b""  # the oldest body
+        assert dropped == ["slow_body"]
+        # the other one may still finish its body and get its answer
+        await slow[1].send_all(b"x" * 90)
+        with trio.fail_after(10):
+            assert (await read_responses(slow[1], 1))[0].endswith(b"POST b 100")
+        for stream in (client, slow[1]):
+            await stream.aclose()
+
+
 def _slow_app() -> tuple[Router, trio.Event, trio.Event]:
     """``/slow`` answers once ``release`` is set (``started`` tells it is in
     the app), ``/echo/{key}`` at once."""
