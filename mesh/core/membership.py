@@ -341,8 +341,7 @@ class Membership:
                 # our address we are no member (they refuse our alive): say so
                 # (readiness, a warning), and out-incarnate a claim that
                 # could otherwise override us.
-                self.stats["name_conflicts"] += 1
-                self.local_conflict = msg.addr
+                self._claimed_elsewhere(msg.addr)
                 if msg.incarnation >= member.incarnation:
                     self.refute(msg.incarnation, now)
                 self._conflict(member, msg, now)
@@ -378,6 +377,10 @@ class Membership:
             self._event(EventKind.ALIVE, member)
         elif changed:
             self._event(EventKind.UPDATE, member)
+
+    def _claimed_elsewhere(self, addr: Address) -> None:
+        self.stats["name_conflicts"] += 1
+        self.local_conflict = addr
 
     def on_suspect(self, msg: Suspect, now: float) -> Suspicion | None:
         """memberlist suspectNode; returns the running suspicion, if any."""
@@ -495,6 +498,19 @@ class Membership:
                 # Never heard of it and it is not alive: nothing to suspect.
                 continue
             else:
+                if (
+                    state.status is MemberStatus.SUSPECT
+                    and state.name == self.local.name
+                    and state.addr != self.local.addr
+                ):
+                    # Our name, suspect at another address: live, so the
+                    # sender refuses our alive until that address is found
+                    # dead. We are no member meanwhile (audit 11: a restarted
+                    # process said ready for 3.4 s while every peer pushed to
+                    # its previous life).
+                    self._claimed_elsewhere(state.addr)
+                    claim = Alive(state.incarnation, state.name, state.addr, state.tags)
+                    self._conflict(self.local, claim, now)
                 self.on_suspect(Suspect(state.incarnation, state.name, sender), now)
 
     def expire_suspicions(self, now: float) -> None:

@@ -263,3 +263,25 @@ def test_a_newcomer_whose_name_is_held_elsewhere_knows_it_is_no_member() -> None
     # we took over), the conflict is over.
     core.receive(X1, [Alive(100, "me", ("10.0.0.1", 7946))], 3.0)
     assert m.local_conflict is None
+
+
+def test_a_newcomer_whose_name_is_held_suspect_elsewhere_knows_it_is_no_member() -> (
+    None
+):
+    # Our previous life, paused or unreachable, is suspect at its old address:
+    # still live, so peers refuse our alive until it is declared dead (audit
+    # 11: ready for 3.4 s while every peer pushed to the old address).
+    core = _core(incarnation=100)
+    m = core.membership
+    me = ("10.0.0.1", 7946)
+    m.merge([MemberState("me", X2, 40, MemberStatus.SUSPECT)], "x", 1.0)
+    assert m.local_conflict == X2
+    assert [(c.other, c.incarnation, c.local) for c in m.conflicts] == [(X2, 40, True)]
+    # Suspected at our own address is no conflict, nor dead elsewhere.
+    other = _core(incarnation=100)
+    other.membership.merge([MemberState("me", me, 100, MemberStatus.SUSPECT)], "x", 1.0)
+    other.membership.merge([MemberState("me", X2, 40, MemberStatus.DEAD)], "x", 1.0)
+    assert other.membership.local_conflict is None
+    # Held at our own address by a peer: the conflict is over.
+    core.receive(X1, [Alive(101, "me", me)], 3.0)
+    assert m.local_conflict is None
