@@ -48,8 +48,9 @@ __all__ = [
 
 class RouteError(MeshError):
     """A write or delete the table refused: ``status`` is ``invalid``,
-    ``conflict`` (``current`` is the stored route) or ``full``; the HTTP API
-    answers the same cases 400, 409 and 507."""
+    ``conflict`` (``current`` is the stored route), ``full`` or
+    ``unavailable`` (the node has not joined or caught up yet: retry); the
+    HTTP API answers the same cases 400, 409, 507 and 503."""
 
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.reason or outcome.status.value)

@@ -58,7 +58,7 @@ from .effects import (
 )
 from .membership import Membership
 from .probe import Prober
-from .routes import Outcome, Route, RouteTable, Write
+from .routes import Outcome, OutcomeStatus, Route, RouteTable, Write
 from .sync import PushScheduler, RetryPolicy, SyncTicket
 
 __all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
@@ -471,12 +471,35 @@ class NodeCore:
         )
         return outcomes[0], effects
 
+    def write_refusal(self) -> str | None:
+        """Why client writes are refused now, or None. A member that has not
+        joined, or not pulled the mesh's table yet, lacks the stored
+        revision a write inherits and is checked against: its write would be
+        answered 200 and then lose, mesh-wide, to the older entry it could
+        not see (audit 11: 10 of 10 such writes and deletes undone)."""
+        if not self.joined:
+            reason = "not joined"
+        elif not self.ae.caught_up:
+            source = f" from {self.ae.source}" if self.ae.source else ""
+            reason = f"bootstrapping routes{source}"
+        else:
+            return None
+        return (
+            f"this member has not caught up with the mesh ({reason}): retry, "
+            "or write through another member"
+        )
+
     def write_routes(
         self, writes: Sequence[Write], now: float, wall: float
     ) -> tuple[list[Outcome], list[Effect]]:
         """Client writes in order (a batch call), each committed as if alone;
         what changed is queued for peers once, so a batch goes out as one
-        delta batch per peer rather than a first batch of one route."""
+        delta batch per peer rather than a first batch of one route. All are
+        refused (``UNAVAILABLE``) while :meth:`write_refusal` says so."""
+        refusal = self.write_refusal()
+        if refusal is not None:
+            refused = Outcome(OutcomeStatus.UNAVAILABLE, None, refusal)
+            return [refused] * len(writes), self._drain()
         wall_ms = int(wall * 1000)
         table = self.routes
         outcomes: list[Outcome] = []

@@ -135,6 +135,7 @@ class OutcomeStatus(enum.Enum):
     INVALID = "invalid"  # fails the contract's limits (HTTP 400)
     FULL = "full"  # table at max_routes (HTTP 507)
     EXPIRED = "expired"  # older than the GC horizon for a key we lack: refused
+    UNAVAILABLE = "unavailable"  # a client write before we caught up (HTTP 503)
 
 
 @attrs.frozen

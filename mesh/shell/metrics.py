@@ -343,7 +343,8 @@ class Metrics:
         self.route_writes = Counter(
             "mesh_route_writes",
             "Client writes and deletes, by outcome (applied, conflict, invalid: "
-            "refused with 400, each batch item on its own, full)",
+            "refused with 400, each batch item on its own, full, unavailable: "
+            "refused with 503 before this member caught up, a batch once)",
             ["result"],
             registry=self.registry,
         )

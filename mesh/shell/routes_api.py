@@ -105,7 +105,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         status, body = _put(agent, key, parsed)
         if timeout is not None and status == 200:
             body.update(await _sync_all(agent, timeout, request))
-        return json_response(status, body)
+        return json_response(status, body, headers=_retry_after(status))
 
     async def delete_one(request: Request) -> Response:
         with _count_invalid(agent):
@@ -123,7 +123,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         status, body = _delete(agent, key, revision)
         if timeout is not None and status == 200:
             body.update(await _sync_all(agent, timeout, request))
-        return json_response(status, body)
+        return json_response(status, body, headers=_retry_after(status))
 
     async def list_all(request: Request) -> Response:
         prefix = request.query_one("prefix") or ""
@@ -141,6 +141,10 @@ def routes_endpoints(agent: Agent) -> list[Route]:
             _check_query(request, _SYNC_PARAMS)
             timeout = _sync_timeout(request, sync_max)
             puts, deletes = _parse_batch(document)
+        refusal = agent.core.write_refusal()
+        if refusal is not None:  # node-wide: the call, not each item
+            agent.metrics.route_write(OutcomeStatus.UNAVAILABLE.value)
+            raise HttpError(503, refusal, headers=_RETRY_AFTER)
         # Items are checked first and the valid ones written in one core call
         # (in order, each as if alone), so they reach peers as one batch.
         results: list[dict[str, Any]] = []
@@ -183,6 +187,13 @@ def routes_endpoints(agent: Agent) -> list[Route]:
 
 # --- writes ---
 
+#: a 503 (not caught up yet) is worth retrying soon: a bootstrap takes seconds
+_RETRY_AFTER = (("retry-after", "1"),)
+
+
+def _retry_after(status: int) -> tuple[tuple[str, str], ...]:
+    return _RETRY_AFTER if status == 503 else ()
+
 
 @contextlib.contextmanager
 def _count_invalid(agent: Agent) -> Iterator[None]:
@@ -217,6 +228,8 @@ def _result(outcome: Outcome) -> Result:
         return 400, {"error": outcome.reason}
     if status is OutcomeStatus.FULL:
         return 507, {"error": outcome.reason}
+    if status is OutcomeStatus.UNAVAILABLE:
+        return 503, {"error": outcome.reason}
     assert route is not None  # every other outcome names the stored route
     if status is OutcomeStatus.CONFLICT:
         current = route.to_json()

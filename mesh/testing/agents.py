@@ -165,6 +165,13 @@ class AgentProcess:
             return {}
         return {m["name"]: m["status"] for m in body["members"]}
 
+    def caught_up(self) -> bool:
+        """Its route table has caught up (it takes writes: not 503)."""
+        try:
+            return bool(self.get("/v1/health").json()["routes_caught_up"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+
 
 class AgentCluster:
     """N agents on loopback, the first one the seed of the others."""
@@ -215,14 +222,15 @@ class AgentCluster:
         return all(a.statuses().get(name) == status for a in group)
 
     def converged(self) -> bool:
-        """Every live agent sees every live agent alive."""
+        """Every live agent sees every live agent alive, and has caught up
+        with the route table (so a write to any of them is taken)."""
         live = self.live()
         names = {a.name for a in live}
         for agent in live:
             view = agent.statuses()
             if {n for n, s in view.items() if s == "alive"} != names:
                 return False
-        return True
+        return all(agent.caught_up() for agent in live)
 
     def close(self) -> None:
         for agent in self.agents.values():

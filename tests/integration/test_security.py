@@ -86,8 +86,14 @@ def test_wrong_key_and_no_key_cannot_join_nor_change_anything(
     seed = agents[0]
     evil = cluster.add("evil", join=[seed.mesh_addr], extra=["--encrypt", WRONG])
     plain = cluster.add("plain", join=[seed.mesh_addr])
-    write(evil, "svc.real", "http://evil")
-    write(plain, "svc.plain", "http://evil")
+    # Never members, they refuse writes themselves (not joined): nothing of
+    # theirs can reach the mesh either way.
+    for outsider, key in ((evil, "svc.real"), (plain, "svc.plain")):
+        response = outsider.request(
+            "PUT", f"/v1/routes/{key}", json={"target": "http://evil"}
+        )
+        assert response.status_code == 503, response.text
+        assert "(not joined)" in response.json()["error"]
     # Forged gossip straight at the UDP port: an alive for an intruder, in
     # plaintext and sealed with the wrong key.
     alive = Alive(2**40, "intruder", ("127.0.0.1", 9), {})

@@ -73,11 +73,20 @@ class RouteChurn(SimMachine):
         node = nodes[pick % len(nodes)]
         now = self.net.now
         self.counter += 1
+        refused = node.core.write_refusal()
+        index = node.core.routes.index
         if delete:
             outcome, effects = node.core.delete_route(key, None, now, now)
         else:
             target = f"http://t{self.counter}"
             outcome, effects = node.core.put_route(key, target, {}, None, now, now)
+        if refused is not None:
+            # Not joined or not caught up: it cannot know the revision it
+            # would inherit, so it refuses rather than lose the write later.
+            assert outcome.status is OutcomeStatus.UNAVAILABLE
+            assert node.core.routes.index == index
+            self.net.execute(node.name, effects)
+            return
         assert outcome.status is OutcomeStatus.APPLIED
         assert outcome.route is not None
         self.writes.append((node.name, outcome.route))

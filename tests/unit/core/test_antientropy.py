@@ -676,3 +676,31 @@ def test_a_node_paused_past_the_push_deadline_is_not_ready_until_resynced() -> N
     sim.run_for(node.config.push_deadline)
     assert node.route_sync().caught_up
     assert node.ae.stats["stall_resyncs"] == 1
+
+
+def test_a_member_refuses_client_writes_until_it_has_caught_up() -> None:
+    # Restarted empty, it cannot know the revision a write without one
+    # inherits: a write taken then (revision 0) would lose, mesh-wide, to the
+    # stored revision 5 it could not see (audit 11).
+    from mesh.testing.simnet import SimNet
+
+    sim = SimNet.cluster(3, seed=5, profile="local")
+    sim.run_for(3.0)
+    _, out = sim.node("n0").core.put_route("k", "http://t", {}, 5, sim.now, sim.now)
+    sim.execute("n0", out)
+    sim.run_for(1.0)
+    core = sim.restart("n2").core
+    assert core.write_refusal() is not None
+    index = core.routes.index
+    outcome, out = core.put_route("k", "http://new", {}, None, sim.now, sim.now)
+    assert outcome.status is OutcomeStatus.UNAVAILABLE
+    assert core.routes.index == index
+    sim.execute("n2", out)
+    deadline = sim.now + 10.0
+    while core.write_refusal() is not None:
+        assert sim.now < deadline
+        sim.run_for(0.05)
+    outcome, out = core.put_route("k", "http://new", {}, None, sim.now, sim.now)
+    assert outcome.status is OutcomeStatus.APPLIED
+    assert outcome.route is not None
+    assert outcome.route.version.revision == 5  # inherited from the mesh's entry

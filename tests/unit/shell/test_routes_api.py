@@ -228,6 +228,32 @@ async def test_full_table_is_507(make_agent: MakeAgent) -> None:
     assert writes(agent, "full") == 1
 
 
+async def test_writes_before_the_member_caught_up_are_503(
+    make_agent: MakeAgent,
+) -> None:
+    # Not joined yet (its seed never answers here): it cannot know the stored
+    # revision a write inherits or is checked against (audit 11).
+    agent = make_agent("self", join=("127.0.0.1:7999",))
+    index = agent.core.routes.index
+    async with routes_client(agent) as client:
+        put = await client.put("/v1/routes/a", json={"target": "http://x"})
+        delete = await client.delete("/v1/routes/a")
+        batch = await client.post(
+            "/v1/routes", json={"put": [{"key": "b", "target": "http://x"}]}
+        )
+        for response in (put, delete, batch):
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            error = response.json()["error"]
+            assert error.startswith("this member has not caught up with the mesh")
+            assert "(not joined)" in error
+        assert agent.core.routes.index == index  # nothing written
+        # reads still answer, from what it has
+        assert (await client.get("/v1/routes/a")).status_code == 404
+    assert writes(agent, "unavailable") == 3
+    assert writes(agent, "applied") == 0
+
+
 async def test_get_unknown_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/routes/nothing-here")
     assert response.status_code == 404
