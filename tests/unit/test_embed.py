@@ -34,6 +34,16 @@ async def wait_for(check: Callable[[], bool]) -> None:
             await trio.sleep(0.02)
 
 
+async def wait_until_left(observer: mesh.Node, name: str) -> None:
+    """Until ``observer`` holds ``name`` as left (a graceful leave, not dead)."""
+    await wait_for(
+        lambda: (
+            [m.status for m in observer.members() if m.name == name]
+            == [mesh.MemberStatus.LEFT]
+        )
+    )
+
+
 async def test_two_nodes_replicate_and_watch() -> None:
     async with mesh.open_node(config("a")) as a:
         async with mesh.open_node(config("b", join=(a.address,))) as b:
@@ -58,12 +68,7 @@ async def test_two_nodes_replicate_and_watch() -> None:
             assert batch.events[0].deleted
             assert b.get_route("svc.x") is None
         # b left gracefully: a saw it leave, not die
-        await wait_for(
-            lambda: (
-                [m.status for m in a.members() if m.name == "b"]
-                == [mesh.MemberStatus.LEFT]
-            )
-        )
+        await wait_until_left(a, "b")
 
 
 async def test_rejected_writes_raise() -> None:
@@ -103,12 +108,7 @@ async def test_a_client_leave_ends_the_block_and_the_node_leaves_gracefully() ->
             with pytest.raises(StopAsyncIteration):
                 await anext(watch)
         assert b.health()["reasons"] == ["leaving"]
-        await wait_for(
-            lambda: (
-                [m.status for m in a.members() if m.name == "b"]
-                == [mesh.MemberStatus.LEFT]
-            )
-        )
+        await wait_until_left(a, "b")
 
 
 async def test_a_bad_sync_timeout_is_refused_before_the_write() -> None:
