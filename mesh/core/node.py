@@ -630,6 +630,17 @@ class NodeCore:
         self._join_attempts += 1
         for seed in self.config.join:
             self._join_pending.add(self._exchange(seed, ExchangePurpose.JOIN, seed))
+        if not self.joined:
+            # Members that reached us meanwhile are the mesh as much as a seed:
+            # with every seed gone for good, they are the only way in (else we
+            # never sync, and once they reap us, no member knows us: churn
+            # property, nightly profile).
+            for member in self.membership.random_members(
+                1, exclude=(self.name,), now=now
+            ):
+                self._join_pending.add(
+                    self._exchange(member.addr, ExchangePurpose.JOIN, member.name)
+                )
 
     def _schedule_join_retry(self, now: float) -> None:
         cfg = self.config

@@ -8,9 +8,20 @@ import attrs
 import pytest
 
 from mesh.config import Config
-from mesh.core.effects import EventKind, Exchange, ProbeTcp, Send
+from mesh.core.effects import EventKind, Exchange, ExchangePurpose, ProbeTcp, Send
 from mesh.core.node import NodeCore
-from mesh.messages import Ack, Alive, Dead, MemberStatus, Nack, Ping, PingReq, Suspect
+from mesh.messages import (
+    Ack,
+    Alive,
+    Dead,
+    MemberState,
+    MemberStatus,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+)
 
 from .harness import Wire
 
@@ -373,3 +384,35 @@ def test_a_leave_whose_join_fails_is_done_at_once() -> None:
     assert joiner.leave_pending()
     joiner.exchange_done(exchange.token, [], 0.2)  # the seed never answered
     assert not joiner.leave_pending()
+
+
+def test_a_joiner_whose_seeds_are_gone_joins_through_a_member_that_reached_it() -> None:
+    # Its only seed died; a member gossiped to it meanwhile. Seeds alone, it
+    # would retry the dead seed for ever, never sync, and be forgotten by the
+    # members that once knew it (churn property, nightly profile).
+    joiner = NodeCore(
+        attrs.evolve(LAN, name="g", join=("10.0.0.1:7946",)),
+        addr=("10.0.0.2", 7946),
+        rng=random.Random(7),
+        now=0.0,
+    )
+    [first] = [e for e in joiner.start(0.0) if isinstance(e, Exchange)]
+    assert first.target == "10.0.0.1:7946"
+    joiner.receive(("10.0.0.3", 7946), [Alive(4, "m", ("10.0.0.3", 7946))], 0.1)
+    joiner.exchange_done(first.token, [], 0.2)  # the seed never answered
+    effects: list[Exchange] = []
+    while not effects:
+        retry = joiner.next_deadline()
+        assert retry is not None
+        assert retry < 60.0
+        effects = [e for e in joiner.tick(retry) if isinstance(e, Exchange)]
+    assert {e.target for e in effects} == {"10.0.0.1:7946", ("10.0.0.3", 7946)}
+    assert all(e.purpose is ExchangePurpose.JOIN for e in effects)
+    via_member = next(e for e in effects if e.target == ("10.0.0.3", 7946))
+    member_reply = PushPull(
+        False,
+        (MemberState("m", ("10.0.0.3", 7946), 4, MemberStatus.ALIVE),),
+        sender="m",
+    )
+    joiner.exchange_done(via_member.token, [member_reply], retry + 0.1)
+    assert joiner.joined
