@@ -266,7 +266,7 @@ class NodeCore:
         self, src: Address, messages: Sequence[Message], now: float
     ) -> list[Effect]:
         """One decoded datagram from ``src``."""
-        self._last_now = now
+        self._note_time(now)
         m = self.membership
         prober = self.prober
         for msg in messages:
@@ -290,14 +290,8 @@ class NodeCore:
         """Run every timer that is due. ``wall`` (wall-clock seconds) lets
         anti-entropy collect old tombstones; without it they wait."""
         m = self.membership
-        planned, self._planned = self._planned, None
-        if planned is not None and now - planned > self.config.probe_interval:
-            if self.config.awareness_max_multiplier > 1:  # Lifeguard on
-                self._stalled(now)
-            if now - planned > self.config.push_deadline and self.joined:
-                # peers gave up pushing to us meanwhile (see AntiEntropy.stall)
-                self.ae.stall(now - planned, now)
-        self._last_now = now
+        self._note_time(now)
+        self._planned = None
         if m.suspicions:
             m.expire_suspicions(now)
         self.prober.tick(now)
@@ -386,7 +380,7 @@ class NodeCore:
         self, token: int, reply: AeReply | None, now: float, wall: float
     ) -> list[Effect]:
         """Result of a :class:`Reconcile`: the peer's reply, or None."""
-        self._last_now = now
+        self._note_time(now)
         self._out.extend(self.ae.done(token, reply, now, wall))
         return self._drain()
 
@@ -425,6 +419,23 @@ class NodeCore:
             and self.membership.num_live() == 1
             and not self.membership.leaving
         )
+
+    def _note_time(self, now: float) -> None:
+        """An input at ``now``: if the wake we planned is more than a probe
+        interval past, our timers did not fire on time, so this process was
+        stalled. Checked on every input that moves our clock, not only on the
+        late tick: a datagram read first after a SIGCONT re-planned the wake
+        and hid the lateness from the tick (audit 12: 3 of 14 stalls missed,
+        each then ready with a stale table)."""
+        planned = self._planned
+        if planned is not None and now - planned > self.config.probe_interval:
+            self._planned = None
+            if self.config.awareness_max_multiplier > 1:  # Lifeguard on
+                self._stalled(now)
+            if now - planned > self.config.push_deadline and self.joined:
+                # peers gave up pushing to us meanwhile (see AntiEntropy.stall)
+                self.ae.stall(now - planned, now)
+        self._last_now = now
 
     def _stalled(self, now: float) -> None:
         """Our timers fired more than a probe interval late: this process was
@@ -630,17 +641,6 @@ class NodeCore:
         self._join_attempts += 1
         for seed in self.config.join:
             self._join_pending.add(self._exchange(seed, ExchangePurpose.JOIN, seed))
-        if not self.joined:
-            # Members that reached us meanwhile are the mesh as much as a seed:
-            # with every seed gone for good, they are the only way in (else we
-            # never sync, and once they reap us, no member knows us: churn
-            # property, nightly profile).
-            for member in self.membership.random_members(
-                1, exclude=(self.name,), now=now
-            ):
-                self._join_pending.add(
-                    self._exchange(member.addr, ExchangePurpose.JOIN, member.name)
-                )
 
     def _schedule_join_retry(self, now: float) -> None:
         cfg = self.config
@@ -654,8 +654,12 @@ class NodeCore:
         m = self.membership
         interval = push_pull_scale(self.config.push_pull_interval, m.num_live())
         self._next_sync_at = now + interval
-        if not self.joined:
-            return
+        # Not joined yet, but members reached us: sync with them all the same
+        # (memberlist's push-pull does not wait for a join), or a joiner whose
+        # seeds are gone for good is forgotten by those members once they
+        # reap it, and never known again (churn property, nightly profile).
+        # It stays unjoined: only a seed's answer is a join (a member that
+        # reached us may itself be unjoined: two such would form an island).
         peers = m.random_members(1, exclude=(self.name,), now=now)
         if peers:
             self._summary_syncs.add(
