@@ -487,7 +487,12 @@ class NodeCore:
         joined, or not pulled the mesh's table yet, lacks the stored
         revision a write inherits and is checked against: its write would be
         answered 200 and then lose, mesh-wide, to the older entry it could
-        not see (audit 11: 10 of 10 such writes and deletes undone)."""
+        not see (audit 11: 10 of 10 such writes and deletes undone). A
+        member leaving the mesh refuses them too: its last pushes are being
+        flushed, and a write taken after the flush would go with it (audit
+        12: the last 1-2 writes acknowledged during a leave were lost)."""
+        if self.membership.leaving:
+            return "this member is leaving the mesh: write through another member"
         if not self.joined:
             reason = "not joined"
         elif not self.ae.caught_up:

@@ -254,6 +254,22 @@ async def test_writes_before_the_member_caught_up_are_503(
     assert writes(agent, "applied") == 0
 
 
+async def test_writes_while_the_member_leaves_are_503(
+    agent: Agent, client: httpx.AsyncClient
+) -> None:
+    # Its last pushes are being flushed: a write taken now could go with it
+    # (audit 12: the last 1-2 writes acknowledged during a leave were lost).
+    assert (await client.put("/v1/routes/a", json={"target": "http://x"})).is_success
+    agent.core.leave(trio.current_time())
+    put = await client.put("/v1/routes/b", json={"target": "http://x"})
+    batch = await client.post("/v1/routes", json={"delete": [{"key": "a"}]})
+    for response in (put, batch):
+        assert response.status_code == 503
+        assert "leaving the mesh" in response.json()["error"]
+    assert (await client.get("/v1/routes/a")).status_code == 200  # reads answer
+    assert writes(agent, "unavailable") == 2
+
+
 async def test_get_unknown_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/routes/nothing-here")
     assert response.status_code == 404
