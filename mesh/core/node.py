@@ -23,6 +23,7 @@ Member-table exchanges (join, periodic sync, reconnect to dead members) are full
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections.abc import Collection, Sequence
@@ -30,7 +31,7 @@ from collections.abc import Collection, Sequence
 import attrs
 
 from ..codec import PACKET_OVERHEAD, encoded_size
-from ..config import Config
+from ..config import Config, parse_address
 from ..messages import (
     Ack,
     Address,
@@ -62,6 +63,23 @@ from .routes import Outcome, OutcomeStatus, Route, RouteTable, Write
 from .sync import PushScheduler, RetryPolicy, SyncTicket
 
 __all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
+
+_LIVE_STATUSES = frozenset({MemberStatus.ALIVE, MemberStatus.SUSPECT})
+
+
+def _ip_seeds(seeds: Sequence[str]) -> list[tuple[Address, str]]:
+    """The seeds given as IP addresses, parsed (a DNS name is skipped: only
+    the shell resolves names)."""
+    out = []
+    for text in seeds:
+        host, port = parse_address(text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        out.append(((host, port), text))
+    return out
+
 
 _GONE = (EventKind.DEAD, EventKind.LEFT, EventKind.REAP)
 
@@ -121,6 +139,7 @@ class NodeCore:
         self._next_gossip_at = now
         self._next_sync_at = now + config.push_pull_interval * (0.5 + rng.random() / 2)
         self._next_reconnect_at = now + config.reconnect_interval
+        self._seed_addrs = _ip_seeds(config.join)
         self._next_reap_at = now + min(
             config.reconnect_timeout, config.tombstone_timeout
         )
@@ -677,6 +696,31 @@ class NodeCore:
         member = self.membership.random_dead()
         if member is not None:
             self._exchange(member.addr, ExchangePurpose.RECONNECT, member.name)
+        if self.joined:
+            seed = self._unknown_seed()
+            if seed is not None:
+                addr, text = seed
+                self._exchange(addr, ExchangePurpose.RECONNECT, text)
+
+    def _unknown_seed(self) -> tuple[Address, str] | None:
+        """A seed given as an IP address that no live member of ours is at.
+
+        Joining needs one seed's answer. Two members cut off from the rest
+        while they (re)start may each be the other's answer: joined, they
+        never knock on the other seeds again, and after the partition heals
+        the two meshes know nothing of each other, for good (the nightly
+        anti-entropy property found such an island). Knocking on such a
+        seed once a reconnect interval merges them; a seed that is one of
+        our live members costs nothing. Seeds given as DNS names are left
+        to the shell's resolution at join time (not compared here)."""
+        m = self.membership
+        known = {x.addr for x in m if x.status in _LIVE_STATUSES}
+        unknown = [
+            (addr, text)
+            for addr, text in self._seed_addrs
+            if addr not in known and addr != m.local.addr
+        ]
+        return self.rng.choice(unknown) if unknown else None
 
     def _ae_peer(self, marked: Collection[str]) -> tuple[str, Address] | None:
         """An alive member for an anti-entropy round: a needs-repair one first."""

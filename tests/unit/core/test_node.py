@@ -12,6 +12,7 @@ from mesh.core.effects import EventKind, Exchange, ExchangePurpose, ProbeTcp, Se
 from mesh.core.node import NodeCore
 from mesh.messages import (
     Ack,
+    Address,
     Alive,
     Dead,
     MemberState,
@@ -437,3 +438,46 @@ def test_a_stall_is_noticed_when_a_datagram_is_read_before_the_late_tick() -> No
     assert core.ae.stats["stall_resyncs"] == 1
     assert core.membership.stats["stalls"] == 1
     assert not core.route_sync().caught_up
+
+
+def test_a_joined_member_knocks_on_seeds_none_of_its_members_is_at() -> None:
+    # Two members cut off while they (re)start may join each other only and
+    # never knock on the other seeds again: after the heal, two meshes for
+    # good (nightly anti-entropy property). A seed no live member is at gets
+    # an exchange once a reconnect interval; known seeds cost nothing.
+    config = attrs.evolve(
+        LAN, name="g", join=("10.0.0.1:7946", "10.0.0.3:7946", "seeds.example:7946")
+    )
+    core = NodeCore(config, addr=("10.0.0.2", 7946), rng=random.Random(7), now=0.0)
+    [first, _dns] = [e for e in core.start(0.0) if isinstance(e, Exchange)][:2]
+    reply = PushPull(
+        False,
+        (MemberState("a", ("10.0.0.1", 7946), 1, MemberStatus.ALIVE),),
+        sender="a",
+    )
+    core.exchange_done(first.token, [reply], 0.1)
+    assert core.joined
+
+    alive = {"a": ("10.0.0.1", 7946)}  # nobody answers probes here: refuted
+
+    def knocks(until: float) -> list[Address | str]:
+        out: list[Address | str] = []
+        now = 0.1
+        while (deadline := core.next_deadline()) is not None and deadline <= until:
+            now = max(now, deadline)
+            out += [
+                e.target
+                for e in core.tick(now)
+                if isinstance(e, Exchange) and e.purpose is ExchangePurpose.RECONNECT
+            ]
+            for name, addr in alive.items():
+                view = core.member(name)
+                incarnation = view.incarnation + 1 if view is not None else 1
+                core.receive(addr, [Alive(incarnation, name, addr)], now)
+        return out
+
+    found = knocks(LAN.reconnect_interval + 1.0)
+    assert found == [("10.0.0.3", 7946)]  # names are the shell's to resolve
+    # once a member lives at that seed too, nothing more
+    alive["c"] = ("10.0.0.3", 7946)
+    assert knocks(3 * LAN.reconnect_interval + 2.0) == []
