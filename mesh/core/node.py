@@ -449,6 +449,7 @@ class NodeCore:
         planned = self._planned
         if planned is not None and now - planned > self.config.probe_interval:
             self._planned = None
+            self.membership.stats["stalls"] += 1
             if self.config.awareness_max_multiplier > 1:  # Lifeguard on
                 self._stalled(now)
             if now - planned > self.config.push_deadline and self.joined:
@@ -469,7 +470,6 @@ class NodeCore:
         for suspicion in m.suspicions.values():
             suspicion.deadline = max(suspicion.deadline, grace)
         m.awareness.apply_delta(1)
-        m.stats["stalls"] += 1
 
     # --- routes ---
 

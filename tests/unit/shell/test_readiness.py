@@ -66,3 +66,12 @@ async def test_a_name_held_at_another_address_is_not_ready(
     assert reason.startswith(
         f"name conflict: {agent.core.name} is held at 10.0.0.9:7946"
     )
+
+
+async def test_stalls_and_stall_resyncs_are_exported(make_agent: MakeAgent) -> None:
+    agent = make_agent("self")
+    agent.core.membership.stats["stalls"] = 3
+    agent.core.ae.stats["stall_resyncs"] = 2
+    registry = agent.metrics.registry
+    assert registry.get_sample_value("mesh_timer_stalls_total") == 3
+    assert registry.get_sample_value("mesh_antientropy_stall_resyncs_total") == 2
