@@ -262,7 +262,8 @@ class Config:
     join_backoff_max: float = attrs.field(default=30.0, validator=_positive)
     #: Serf's ReconnectInterval: push-pull with one random dead member this often,
     #: so the two sides of a healed partition merge without an operator, and
-    #: with one seed (an IP address) none of our live members is at
+    #: with one seed address none of our live members is at (DNS seeds are
+    #: resolved again for it)
     reconnect_interval: float = attrs.field(default=30.0, validator=_positive)
     #: Serf's ReconnectTimeout: dead members are forgotten after this long
     reconnect_timeout: float = attrs.field(default=86400.0, validator=_positive)

@@ -25,6 +25,7 @@ __all__ = [
     "ProbeTcp",
     "Push",
     "Reconcile",
+    "ResolveSeeds",
     "Send",
     "TcpProbeResult",
 ]
@@ -130,4 +131,14 @@ class Push:
     batch: Batch
 
 
-Effect = Send | Exchange | ProbeTcp | MemberEvent | Push | Reconcile
+@attrs.frozen
+class ResolveSeeds:
+    """Resolve these seeds (``HOST:PORT`` with a DNS name) and report every
+    address with ``NodeCore.seeds_resolved(addrs, now)`` (an empty list when
+    none resolves). Asked once a ``reconnect_interval``: the core compares
+    them with its live members, which it cannot do with names."""
+
+    seeds: tuple[str, ...]
+
+
+Effect = Send | Exchange | ProbeTcp | MemberEvent | Push | Reconcile | ResolveSeeds

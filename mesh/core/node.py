@@ -54,6 +54,7 @@ from .effects import (
     MemberEvent,
     MemberView,
     Push,
+    ResolveSeeds,
     Send,
     TcpProbeResult,
 )
@@ -65,6 +66,11 @@ from .sync import PushScheduler, RetryPolicy, SyncTicket
 __all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
 
 _LIVE_STATUSES = frozenset({MemberStatus.ALIVE, MemberStatus.SUSPECT})
+
+
+def _format_addr(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ip_seeds(seeds: Sequence[str]) -> list[tuple[Address, str]]:
@@ -140,6 +146,10 @@ class NodeCore:
         self._next_sync_at = now + config.push_pull_interval * (0.5 + rng.random() / 2)
         self._next_reconnect_at = now + config.reconnect_interval
         self._seed_addrs = _ip_seeds(config.join)
+        self._dns_seeds = tuple(
+            text for text in config.join if text not in {t for _, t in self._seed_addrs}
+        )
+        self._resolved_seeds: list[tuple[Address, str]] = []
         self._next_reap_at = now + min(
             config.reconnect_timeout, config.tombstone_timeout
         )
@@ -697,10 +707,25 @@ class NodeCore:
         if member is not None:
             self._exchange(member.addr, ExchangePurpose.RECONNECT, member.name)
         if self.joined:
-            seed = self._unknown_seed()
-            if seed is not None:
-                addr, text = seed
-                self._exchange(addr, ExchangePurpose.RECONNECT, text)
+            self._knock_on_unknown_seed()
+            if self._dns_seeds:
+                self._out.append(ResolveSeeds(self._dns_seeds))
+
+    def seeds_resolved(self, addrs: Sequence[Address], now: float) -> list[Effect]:
+        """The addresses the seeds of :class:`ResolveSeeds` resolve to now
+        (kept until the next resolution, at most ``max_members``); knock on
+        one no live member of ours is at, as for IP seeds."""
+        cap = self.config.max_members
+        self._resolved_seeds = [(a, _format_addr(a)) for a in addrs[:cap]]
+        if self.joined:
+            self._knock_on_unknown_seed()
+        return self._drain()
+
+    def _knock_on_unknown_seed(self) -> None:
+        seed = self._unknown_seed()
+        if seed is not None:
+            addr, text = seed
+            self._exchange(addr, ExchangePurpose.RECONNECT, text)
 
     def _unknown_seed(self) -> tuple[Address, str] | None:
         """A seed given as an IP address that no live member of ours is at.
@@ -711,13 +736,13 @@ class NodeCore:
         the two meshes know nothing of each other, for good (the nightly
         anti-entropy property found such an island). Knocking on such a
         seed once a reconnect interval merges them; a seed that is one of
-        our live members costs nothing. Seeds given as DNS names are left
-        to the shell's resolution at join time (not compared here)."""
+        our live members costs nothing. Seeds given as DNS names count with
+        the addresses the shell last resolved them to (:meth:`seeds_resolved`)."""
         m = self.membership
         known = {x.addr for x in m if x.status in _LIVE_STATUSES}
         unknown = [
             (addr, text)
-            for addr, text in self._seed_addrs
+            for addr, text in (*self._seed_addrs, *self._resolved_seeds)
             if addr not in known and addr != m.local.addr
         ]
         return self.rng.choice(unknown) if unknown else None

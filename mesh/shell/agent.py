@@ -45,6 +45,7 @@ from ..core.effects import (
     MemberEvent,
     ProbeTcp,
     Push,
+    ResolveSeeds,
     Send,
     TcpProbeResult,
 )
@@ -400,6 +401,11 @@ class Agent:
                     effect.token, None, trio.current_time(), time.time()
                 ),
             )
+        elif isinstance(effect, ResolveSeeds):
+            self._spawn(
+                functools.partial(self._run_resolve, effect),
+                lambda: self.core.seeds_resolved([], trio.current_time()),
+            )
         elif isinstance(effect, Push):
             if self.push_handler is not None:
                 self.push_handler(effect)
@@ -458,6 +464,17 @@ class Agent:
         self._dispatch(
             self.core.exchange_done(effect.token, replies, trio.current_time())
         )
+
+    async def _run_resolve(self, effect: ResolveSeeds) -> None:
+        assert self.peers is not None
+        addrs: dict[Address, None] = {}
+        try:
+            with trio.move_on_after(self.config.tcp_timeout):
+                for seed in effect.seeds:
+                    addrs.update(dict.fromkeys(await self.peers.resolve(seed)))
+        finally:
+            self._io_inflight -= 1
+        self._dispatch(self.core.seeds_resolved(list(addrs), trio.current_time()))
 
     async def _run_reconcile(self, effect: Reconcile) -> None:
         assert self.peers is not None

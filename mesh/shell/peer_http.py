@@ -309,6 +309,10 @@ class PeerClient:
             errors.append(f"no answer within tcp_timeout ({self._tcp_timeout:g} s)")
         return replies
 
+    async def resolve(self, seed: str) -> list[Address]:
+        """Every address a seed ``HOST:PORT`` resolves to now ([] if none)."""
+        return await self._resolve(seed)
+
     async def _resolve(
         self, target: Address | str, errors: list[str] | None = None
     ) -> list[Address]:

@@ -25,6 +25,7 @@ from ..core.effects import (
     ProbeTcp,
     Push,
     Reconcile,
+    ResolveSeeds,
     Send,
     TcpProbeResult,
 )
@@ -310,6 +311,9 @@ class SimLoop:
                 self._start_push(node, effect)
             elif isinstance(effect, Reconcile):
                 self._start_reconcile(node, effect)
+            elif isinstance(effect, ResolveSeeds):
+                # no DNS in the simulator: seeds are addresses (never asked)
+                self._after(node, node.core.seeds_resolved([], self.now))
             else:  # pragma: no cover - a new effect type must be taught here
                 raise TypeError(f"unknown effect {effect!r}")
         if not node.up:

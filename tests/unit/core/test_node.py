@@ -8,7 +8,14 @@ import attrs
 import pytest
 
 from mesh.config import Config
-from mesh.core.effects import EventKind, Exchange, ExchangePurpose, ProbeTcp, Send
+from mesh.core.effects import (
+    EventKind,
+    Exchange,
+    ExchangePurpose,
+    ProbeTcp,
+    ResolveSeeds,
+    Send,
+)
 from mesh.core.node import NodeCore
 from mesh.messages import (
     Ack,
@@ -481,3 +488,38 @@ def test_a_joined_member_knocks_on_seeds_none_of_its_members_is_at() -> None:
     # once a member lives at that seed too, nothing more
     alive["c"] = ("10.0.0.3", 7946)
     assert knocks(3 * LAN.reconnect_interval + 2.0) == []
+
+
+def test_seeds_given_as_names_are_resolved_and_knocked_on_as_addresses() -> None:
+    config = attrs.evolve(LAN, name="g", join=("10.0.0.1:7946", "seeds.example:7946"))
+    core = NodeCore(config, addr=("10.0.0.2", 7946), rng=random.Random(7), now=0.0)
+    first = next(e for e in core.start(0.0) if isinstance(e, Exchange))
+    reply = PushPull(
+        False,
+        (MemberState("a", ("10.0.0.1", 7946), 1, MemberStatus.ALIVE),),
+        sender="a",
+    )
+    core.exchange_done(first.token, [reply], 0.1)
+    now = 0.1
+    asked: list[ResolveSeeds] = []
+    while not asked:
+        deadline = core.next_deadline()
+        assert deadline is not None
+        assert deadline <= 2 * LAN.reconnect_interval  # probes slow: no acks here
+        now = max(now, deadline)
+        asked = [e for e in core.tick(now) if isinstance(e, ResolveSeeds)]
+        core.receive(
+            ("10.0.0.1", 7946), [Alive(int(now) + 2, "a", ("10.0.0.1", 7946))], now
+        )
+    assert asked == [ResolveSeeds(("seeds.example:7946",))]
+    # the name stands for a, who is ours, and for 10.0.0.4, who is not
+    effects = core.seeds_resolved([("10.0.0.1", 7946), ("10.0.0.4", 7946)], now)
+    knocks = [e.target for e in effects if isinstance(e, Exchange)]
+    assert knocks == [("10.0.0.4", 7946)]
+    assert all(
+        e.purpose is ExchangePurpose.RECONNECT
+        for e in effects
+        if isinstance(e, Exchange)
+    )
+    # resolved to our members only: nothing to knock on
+    assert core.seeds_resolved([("10.0.0.1", 7946)], now) == []

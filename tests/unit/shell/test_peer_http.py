@@ -187,3 +187,15 @@ async def test_unresolvable_seed_is_a_failure(make_agent: MakeAgent) -> None:
         )
     assert bad_name == bad_form == []
     assert errors(agent, "resolve") == 2
+
+
+async def test_a_seed_name_resolves_to_every_address(make_agent: MakeAgent) -> None:
+    # What the core compares with its live members once a reconnect interval
+    # (islands formed while members restarted merge through DNS seeds too).
+    agent = make_agent()
+    infos = await trio.socket.getaddrinfo("localhost", 7946, type=socket.SOCK_STREAM)
+    expected = {(str(info[4][0]), 7946) for info in infos}
+    async with make_client(agent) as http:
+        client = peer_client(agent, http)
+        assert set(await client.resolve("localhost:7946")) == expected
+        assert await client.resolve("no-such-host.invalid:7946") == []
