@@ -9,6 +9,8 @@ it does not know instead of misreading it.
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 from collections.abc import Mapping
 
 import attrs
@@ -27,10 +29,28 @@ __all__ = [
     "PingReq",
     "PushPull",
     "Suspect",
+    "format_address",
+    "is_ip_literal",
 ]
 
 #: (host, port) of a member's mesh port; host is a literal IP address string.
 Address = tuple[str, int]
+
+
+def format_address(addr: Address) -> str:
+    """``host:port``, with IPv6 hosts in brackets."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4/IPv6 literal; cached, it is asked per datagram sent."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class MemberStatus(enum.Enum):

@@ -23,7 +23,6 @@ Member-table exchanges (join, periodic sync, reconnect to dead members) are full
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import random
 from collections.abc import Collection, Sequence
@@ -44,6 +43,8 @@ from ..messages import (
     PingReq,
     PushPull,
     Suspect,
+    format_address,
+    is_ip_literal,
 )
 from .antientropy import AeReply, AeRequest, AntiEntropy
 from .effects import (
@@ -68,23 +69,20 @@ __all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
 _LIVE_STATUSES = frozenset({MemberStatus.ALIVE, MemberStatus.SUSPECT})
 
 
-def _format_addr(addr: Address) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _ip_seeds(seeds: Sequence[str]) -> list[tuple[Address, str]]:
-    """The seeds given as IP addresses, parsed (a DNS name is skipped: only
-    the shell resolves names)."""
-    out = []
+def _split_seeds(
+    seeds: Sequence[str],
+) -> tuple[list[tuple[Address, str]], tuple[str, ...]]:
+    """The seeds given as IP addresses, parsed, and those given as DNS names
+    (only the shell resolves names: :class:`ResolveSeeds`)."""
+    addrs: list[tuple[Address, str]] = []
+    names: list[str] = []
     for text in seeds:
         host, port = parse_address(text)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            continue
-        out.append(((host, port), text))
-    return out
+        if is_ip_literal(host):
+            addrs.append(((host, port), text))
+        else:
+            names.append(text)
+    return addrs, tuple(names)
 
 
 _GONE = (EventKind.DEAD, EventKind.LEFT, EventKind.REAP)
@@ -145,10 +143,7 @@ class NodeCore:
         self._next_gossip_at = now
         self._next_sync_at = now + config.push_pull_interval * (0.5 + rng.random() / 2)
         self._next_reconnect_at = now + config.reconnect_interval
-        self._seed_addrs = _ip_seeds(config.join)
-        self._dns_seeds = tuple(
-            text for text in config.join if text not in {t for _, t in self._seed_addrs}
-        )
+        self._seed_addrs, self._dns_seeds = _split_seeds(config.join)
         self._resolved_seeds: list[tuple[Address, str]] = []
         self._next_reap_at = now + min(
             config.reconnect_timeout, config.tombstone_timeout
@@ -716,7 +711,7 @@ class NodeCore:
         (kept until the next resolution, at most ``max_members``); knock on
         one no live member of ours is at, as for IP seeds."""
         cap = self.config.max_members
-        self._resolved_seeds = [(a, _format_addr(a)) for a in addrs[:cap]]
+        self._resolved_seeds = [(a, format_address(a)) for a in addrs[:cap]]
         if self.joined:
             self._knock_on_unknown_seed()
         return self._drain()

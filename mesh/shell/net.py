@@ -10,7 +10,6 @@ socket to :mod:`mesh.shell.http_server`.
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import os
 import socket
@@ -18,7 +17,7 @@ import struct
 
 import trio
 
-from ..messages import Address
+from ..messages import Address, format_address, is_ip_literal
 
 __all__ = [
     "advertise_address",
@@ -36,22 +35,6 @@ __all__ = [
 ]
 
 _ANY_HOSTS = frozenset(("0.0.0.0", "::", ""))
-
-
-def format_address(addr: Address) -> str:
-    """``host:port``, with IPv6 hosts in brackets."""
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@functools.lru_cache(maxsize=4096)
-def is_ip_literal(host: str) -> bool:
-    """True for an IPv4/IPv6 literal; cached, it is asked per datagram sent."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def resolve_bind(host: str, port: int) -> tuple[socket.AddressFamily, Address]:
