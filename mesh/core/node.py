@@ -517,16 +517,11 @@ class NodeCore:
         12: the last 1-2 writes acknowledged during a leave were lost)."""
         if self.membership.leaving:
             return "this member is leaving the mesh: write through another member"
-        if not self.joined:
-            reason = "not joined"
-        elif not self.ae.caught_up:
-            source = f" from {self.ae.source}" if self.ae.source else ""
-            reason = f"bootstrapping routes{source}"
-        else:
-            return None
+        if self.joined and self.ae.caught_up:
+            return None  # (a stall's resync does not refuse: see route_sync)
         return (
-            f"this member has not caught up with the mesh ({reason}): retry, "
-            "or write through another member"
+            f"this member has not caught up with the mesh "
+            f"({self.route_sync().reason}): retry, or write through another member"
         )
 
     def write_routes(
