@@ -95,9 +95,6 @@ class Connection:
         self.cancel_scope = trio.CancelScope()
         #: closed to make room for a new connection
         self.evicted = False
-        #: when the current request's body began to be read (None: not yet,
-        #: or read whole): one still arriving long after is evictable
-        self.body_since: float | None = None
         # per request
         self._response_started = False
         self._head_sent = False
@@ -373,7 +370,6 @@ class Connection:
         self._head_sent = False
         self._response_done = False
         self._body_done = False
-        self.body_since = None
         self._no_body = request.method == b"HEAD"
         # A large body the app will not read is not drained after the
         # response: the response must then say the connection closes, or a
@@ -448,9 +444,8 @@ class Connection:
                 conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
             )
         server = self.server
-        if self.body_since is None:
-            self.body_since = trio.current_time()
-            server.reading[self] = None  # oldest body first
+        # when its body began to be read, oldest first (popped once read whole)
+        server.reading.setdefault(self, trio.current_time())
         # The eviction of a slow body cancels this wait (see http_server).
         scope = self.cancel_scope = trio.CancelScope()
         try:

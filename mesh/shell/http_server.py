@@ -158,8 +158,9 @@ class _Server:
         self.fresh: dict[Connection, None] = {}
         #: keep-alive connections waiting for their next request
         self.idle: dict[Connection, None] = {}
-        #: connections whose request body is being read, oldest body first
-        self.reading: dict[Connection, None] = {}
+        #: connections whose request body is being read -> when it began,
+        #: oldest body first
+        self.reading: dict[Connection, float] = {}
         #: set when a slot frees or a connection goes idle, while the accept
         #: loop waits for room
         self._room: trio.Event | None = None
@@ -241,12 +242,8 @@ class _Server:
                     conn.evicted = True
                     conn.cancel_scope.cancel()
                     return "evicted"
-        for conn in self.reading:  # oldest body first
-            since = conn.body_since
-            if (
-                since is None
-                or trio.current_time() < since + self.limits.header_timeout
-            ):
+        for conn, since in self.reading.items():  # oldest body first
+            if trio.current_time() < since + self.limits.header_timeout:
                 break
             del self.reading[conn]
             conn.evicted = True
@@ -256,11 +253,8 @@ class _Server:
 
     def _next_slow_body(self) -> float:
         """When the oldest body being read becomes evictable (inf: none)."""
-        for conn in self.reading:
-            if conn.body_since is not None:
-                return conn.body_since + self.limits.header_timeout
-            break
-        return math.inf
+        oldest = next(iter(self.reading.values()), None)
+        return math.inf if oldest is None else oldest + self.limits.header_timeout
 
     def _release(self) -> None:
         self.open -= 1
