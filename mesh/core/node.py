@@ -17,20 +17,20 @@ nacks and ping-reqs to it and runs its timers. Gossip is piggybacked on every
 datagram and sent to ``gossip_nodes`` random members each ``gossip_interval``
 while the queue is not empty.
 
-Member-table exchanges (join, periodic sync, reconnect to dead members) are full
-``PushPull`` records; the shell carries them over TCP.
+Member-table exchanges (join, periodic sync, reconnect to dead members and
+unknown seeds) are :class:`~mesh.core.exchanges.MemberExchanges`'; the node
+runs their timers and starts the route table's bootstrap once a seed answers.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Collection, Sequence
 
 import attrs
 
 from ..codec import PACKET_OVERHEAD, encoded_size
-from ..config import Config, parse_address
+from ..config import Config
 from ..messages import (
     Ack,
     Address,
@@ -43,57 +43,26 @@ from ..messages import (
     PingReq,
     PushPull,
     Suspect,
-    format_address,
-    is_ip_literal,
 )
 from .antientropy import AeReply, AeRequest, AntiEntropy
 from .effects import (
     Effect,
     EventKind,
-    Exchange,
-    ExchangePurpose,
     MemberEvent,
     MemberView,
     Push,
-    ResolveSeeds,
     Send,
     TcpProbeResult,
 )
+from .exchanges import MemberExchanges
 from .membership import Membership
 from .probe import Prober
 from .routes import Outcome, OutcomeStatus, Route, RouteTable, Write
 from .sync import PushScheduler, RetryPolicy, SyncTicket
 
-__all__ = ["NodeCore", "RouteSync", "push_pull_scale"]
-
-_LIVE_STATUSES = frozenset({MemberStatus.ALIVE, MemberStatus.SUSPECT})
-
-
-def _split_seeds(
-    seeds: Sequence[str],
-) -> tuple[list[tuple[Address, str]], tuple[str, ...]]:
-    """The seeds given as IP addresses, parsed, and those given as DNS names
-    (only the shell resolves names: :class:`ResolveSeeds`)."""
-    addrs: list[tuple[Address, str]] = []
-    names: list[str] = []
-    for text in seeds:
-        host, port = parse_address(text)
-        if is_ip_literal(host):
-            addrs.append(((host, port), text))
-        else:
-            names.append(text)
-    return addrs, tuple(names)
-
+__all__ = ["NodeCore", "RouteSync"]
 
 _GONE = (EventKind.DEAD, EventKind.LEFT, EventKind.REAP)
-
-
-def push_pull_scale(interval: float, n: int) -> float:
-    """memberlist util.go::pushPullScale: ``interval * (ceil(log2 n - log2 32) + 1)``
-    above 32 members, so exchange load stays flat as the mesh grows."""
-    if n <= 32:
-        return interval
-    return interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
 
 
 @attrs.frozen
@@ -140,27 +109,17 @@ class NodeCore:
             send=self._send,
             emit=self._out_append,
         )
+        self.exchanges = MemberExchanges(
+            config, self.membership, rng=rng, now=now, emit=self._out_append
+        )
         self._next_gossip_at = now
-        self._next_sync_at = now + config.push_pull_interval * (0.5 + rng.random() / 2)
-        self._next_reconnect_at = now + config.reconnect_interval
-        self._seed_addrs, self._dns_seeds = _split_seeds(config.join)
-        self._resolved_seeds: list[tuple[Address, str]] = []
         self._next_reap_at = now + min(
             config.reconnect_timeout, config.tombstone_timeout
         )
-        self._tokens = 0
-        self._exchanges: dict[int, tuple[ExchangePurpose, str]] = {}
-        self._join_pending: set[int] = set()
-        # tokens of summary syncs: a mismatch is followed by a full one
-        self._summary_syncs: set[int] = set()
-        self._join_attempts = 0
-        self._join_retry_at: float | None = None
-        self._next_rejoin_at = now + config.join_backoff_max
         # the wake-up time we last asked for: a tick much later than it means
         # this process was stalled (see _stalled)
         self._planned: float | None = None
         self._last_now = now
-        self.joined = not config.join
         self.started = False
         self.routes = RouteTable(
             origin=config.name,
@@ -185,7 +144,7 @@ class NodeCore:
             repair=self.pushes.needs_repair,
             rng=rng,
             now=now,
-            caught_up=not config.join,
+            caught_up=self.exchanges.joined,
         )
         #: the shell's retry schedule for one push batch
         self.retry_policy = RetryPolicy(
@@ -197,6 +156,16 @@ class NodeCore:
         )
 
     # --- queries ---
+
+    @property
+    def joined(self) -> bool:
+        """A seed answered our join (a node without seeds is joined at once)."""
+        return self.exchanges.joined
+
+    @joined.setter
+    def joined(self, value: bool) -> None:
+        # the simulator's instant bootstrap marks a whole cluster joined
+        self.exchanges.joined = value
 
     @property
     def health_score(self) -> int:
@@ -238,7 +207,7 @@ class NodeCore:
         m = self.membership
         if not m.leaving:
             return False
-        if self._join_pending:
+        if self.exchanges.join_pending:
             return True
         return m.num_live() > 0 and m.broadcasts.pending_for(self.name)
 
@@ -246,19 +215,15 @@ class NodeCore:
         """When ``tick`` must next be called (None: only on input)."""
         # Called after every input (by the shell and the simulator): plain
         # comparisons, no list, and the dead count only when it could matter.
-        t = min(self.prober.next_deadline(), self._next_sync_at, self._next_reap_at)
+        t = self.exchanges.next_deadline(
+            min(self.prober.next_deadline(), self._next_reap_at)
+        )
         m = self.membership
         # A lone node has nobody to gossip to: no wake-ups for its queue.
         if self._next_gossip_at < t and len(m.broadcasts) and m.num_live() > 1:
             t = self._next_gossip_at
         if m.suspicions:
             t = min(t, min(s.deadline for s in m.suspicions.values()))
-        if self._next_reconnect_at < t and m.count(MemberStatus.DEAD):
-            t = self._next_reconnect_at
-        if self._join_retry_at is not None and self._join_retry_at < t:
-            t = self._join_retry_at
-        if self._next_rejoin_at < t and self._alone_with_seeds():
-            t = self._next_rejoin_at
         if self.pushes.held:
             ready = self.pushes.next_ready_at()
             if ready is not None and ready < t:
@@ -283,7 +248,7 @@ class NodeCore:
         """Begin: send join exchanges to the seeds (if any)."""
         self.started = True
         if self.config.join:
-            self._join(now)
+            self.exchanges.join()
         return self._drain()
 
     def receive(
@@ -322,19 +287,7 @@ class NodeCore:
         if len(m.broadcasts) and now >= self._next_gossip_at:
             self._gossip(now)
             self._next_gossip_at = now + self.config.gossip_interval
-        if now >= self._next_sync_at:
-            self._sync(now)
-        if now >= self._next_reconnect_at:
-            self._next_reconnect_at = now + self.config.reconnect_interval
-            self._reconnect(now)
-        if self._join_retry_at is not None and now >= self._join_retry_at:
-            self._join_retry_at = None
-            self._join(now)
-        if self._alone_with_seeds() and now >= self._next_rejoin_at:
-            # Joined once, but everyone we knew is gone (or we only ever met a
-            # seed that died): knock on the seeds again, as a fresh start would.
-            self._next_rejoin_at = now + self.config.join_backoff_max
-            self._join(now)
+        self.exchanges.tick(now)
         if self.pushes.held:
             self._take_pushes(now)
         if now >= self._next_reap_at:
@@ -350,36 +303,11 @@ class NodeCore:
         self, token: int, replies: Sequence[PushPull], now: float
     ) -> list[Effect]:
         """Result of an :class:`Exchange`: the replies (empty: it failed)."""
-        entry = self._exchanges.pop(token, None)
-        if entry is None:
-            return []
-        purpose, sender = entry
-        summary = token in self._summary_syncs
-        self._summary_syncs.discard(token)
-        for reply in replies:
-            if reply.summary:
-                self.membership.stats["exchange_sync_same"] += 1
-                continue
-            self.membership.merge(reply.members, reply.sender or sender, now)
-            if summary and self.membership.digest() != reply.digest:
-                # Their rows are merged; now they need ours (push-pull).
-                member = self.membership.get(sender)
-                if member is not None:
-                    self._exchange(member.addr, purpose, sender)
-        self.membership.stats[
-            f"exchange_{purpose.value}_{'ok' if replies else 'failed'}"
-        ] += 1
-        if purpose is ExchangePurpose.JOIN:
-            self._join_pending.discard(token)
-            if replies and not self.joined:
-                self.joined = True
-                self.ae.kick(now)  # bootstrap the route table at once
-                self._join_retry_at = None
-                self.membership.out.append(
-                    MemberEvent(EventKind.JOINED, self.membership.local.view())
-                )
-            elif not self.joined and not self._join_pending:
-                self._schedule_join_retry(now)
+        if self.exchanges.done(token, replies, now):
+            self.ae.kick(now)  # bootstrap the route table at once
+            self.membership.out.append(
+                MemberEvent(EventKind.JOINED, self.membership.local.view())
+            )
         return self._drain()
 
     def handle_exchange(
@@ -390,14 +318,7 @@ class NodeCore:
         A summary request (a periodic sync) is answered with a summary when the
         digests match: an idle 1,000-member mesh exchanges two digests, not
         two tables."""
-        m = self.membership
-        digest = m.digest()
-        if request.summary and request.digest == digest:
-            m.stats["exchange_served_same"] += 1
-            return PushPull(False, (), self.name, digest, summary=True), self._drain()
-        reply = PushPull(False, m.states(), self.name, digest)
-        self.membership.merge(request.members, request.sender or "?", now)
-        self.membership.stats["exchange_served"] += 1
+        reply = self.exchanges.handle(request, now)
         return reply, self._drain()
 
     def reconcile_done(
@@ -434,15 +355,6 @@ class NodeCore:
         self._gossip(now)
         self._next_gossip_at = now + self.config.gossip_interval
         return self._drain()
-
-    def _alone_with_seeds(self) -> bool:
-        return (
-            self.joined
-            and bool(self.config.join)
-            and not self._join_pending
-            and self.membership.num_live() == 1
-            and not self.membership.leaving
-        )
 
     def _note_time(self, now: float) -> None:
         """An input at ``now``: if the wake we planned is more than a probe
@@ -639,103 +551,11 @@ class NodeCore:
 
     # --- member-table exchanges ---
 
-    def _exchange(
-        self,
-        target: Address | str,
-        purpose: ExchangePurpose,
-        peer: str,
-        *,
-        summary: bool = False,
-    ) -> int:
-        self._tokens += 1
-        token = self._tokens
-        self._exchanges[token] = (purpose, peer)
-        m = self.membership
-        request = PushPull(
-            purpose is ExchangePurpose.JOIN,
-            () if summary else m.states(),
-            self.name,
-            m.digest(),
-            summary,
-        )
-        self._out.append(Exchange(token, target, request, purpose))
-        return token
-
-    def _join(self, now: float) -> None:
-        self._join_attempts += 1
-        for seed in self.config.join:
-            self._join_pending.add(self._exchange(seed, ExchangePurpose.JOIN, seed))
-
-    def _schedule_join_retry(self, now: float) -> None:
-        cfg = self.config
-        base = min(
-            cfg.join_backoff_max,
-            cfg.join_backoff_min * 2 ** min(self._join_attempts - 1, 30),
-        )
-        self._join_retry_at = now + base * (0.5 + self.rng.random() / 2)
-
-    def _sync(self, now: float) -> None:
-        m = self.membership
-        interval = push_pull_scale(self.config.push_pull_interval, m.num_live())
-        self._next_sync_at = now + interval
-        # Not joined yet, but members reached us: sync with them all the same
-        # (memberlist's push-pull does not wait for a join), or a joiner whose
-        # seeds are gone for good is forgotten by those members once they
-        # reap it, and never known again (churn property, nightly profile).
-        # It stays unjoined: only a seed's answer is a join (a member that
-        # reached us may itself be unjoined: two such would form an island).
-        peers = m.random_members(1, exclude=(self.name,), now=now)
-        if peers:
-            self._summary_syncs.add(
-                self._exchange(
-                    peers[0].addr, ExchangePurpose.SYNC, peers[0].name, summary=True
-                )
-            )
-
-    def _reconnect(self, now: float) -> None:
-        member = self.membership.random_dead()
-        if member is not None:
-            self._exchange(member.addr, ExchangePurpose.RECONNECT, member.name)
-        if self.joined:
-            self._knock_on_unknown_seed()
-            if self._dns_seeds:
-                self._out.append(ResolveSeeds(self._dns_seeds))
-
     def seeds_resolved(self, addrs: Sequence[Address], now: float) -> list[Effect]:
         """The addresses the seeds of :class:`ResolveSeeds` resolve to now
-        (kept until the next resolution, at most ``max_members``); knock on
-        one no live member of ours is at, as for IP seeds."""
-        cap = self.config.max_members
-        self._resolved_seeds = [(a, format_address(a)) for a in addrs[:cap]]
-        if self.joined:
-            self._knock_on_unknown_seed()
+        (see :meth:`MemberExchanges.seeds_resolved`)."""
+        self.exchanges.seeds_resolved(addrs)
         return self._drain()
-
-    def _knock_on_unknown_seed(self) -> None:
-        seed = self._unknown_seed()
-        if seed is not None:
-            addr, text = seed
-            self._exchange(addr, ExchangePurpose.RECONNECT, text)
-
-    def _unknown_seed(self) -> tuple[Address, str] | None:
-        """A seed given as an IP address that no live member of ours is at.
-
-        Joining needs one seed's answer. Two members cut off from the rest
-        while they (re)start may each be the other's answer: joined, they
-        never knock on the other seeds again, and after the partition heals
-        the two meshes know nothing of each other, for good (the nightly
-        anti-entropy property found such an island). Knocking on such a
-        seed once a reconnect interval merges them; a seed that is one of
-        our live members costs nothing. Seeds given as DNS names count with
-        the addresses the shell last resolved them to (:meth:`seeds_resolved`)."""
-        m = self.membership
-        known = {x.addr for x in m if x.status in _LIVE_STATUSES}
-        unknown = [
-            (addr, text)
-            for addr, text in (*self._seed_addrs, *self._resolved_seeds)
-            if addr not in known and addr != m.local.addr
-        ]
-        return self.rng.choice(unknown) if unknown else None
 
     def _ae_peer(self, marked: Collection[str]) -> tuple[str, Address] | None:
         """An alive member for an anti-entropy round: a needs-repair one first."""

@@ -119,7 +119,7 @@ def test_unknown_seed_fails_after_tcp_timeout_and_retries() -> None:
 def test_stale_results_of_a_crashed_process_are_dropped() -> None:
     sim = converged_cluster(3)
     sim.partition([["n0"]])  # n0's exchanges now fail at tcp_timeout
-    sim.node("n0").core._next_sync_at = sim.now  # force an exchange now
+    sim.node("n0").core.exchanges.next_sync_at = sim.now  # force an exchange now
     sim.run_for(0.001)
     sim.restart("n0")
     new = sim.node("n0").core
@@ -139,7 +139,7 @@ def test_exchange_with_a_paused_peer_waits_for_resume_or_times_out(
     n0, n1 = sim.node("n0"), sim.node("n1")
     assert n0.config.tcp_timeout == 1.0
     sim.pause("n1", pause)
-    n0.core._exchange(n1.addr, ExchangePurpose.SYNC, "n1")
+    n0.core.exchanges.exchange(n1.addr, ExchangePurpose.SYNC, "n1")
     sim._after(n0, n0.core._drain())
     sim.run_for(2.0)
     stats = n0.core.membership.stats
@@ -399,8 +399,10 @@ def test_a_member_table_difference_is_merged_both_ways_by_a_sync() -> None:
         sim.now,
     )
     before = n1.membership.stats["exchange_sync_ok"]
-    token = n1._exchange(sim.node("n0").addr, ExchangePurpose.SYNC, "n0", summary=True)
-    n1._summary_syncs.add(token)
+    token = n1.exchanges.exchange(
+        sim.node("n0").addr, ExchangePurpose.SYNC, "n0", summary=True
+    )
+    n1.exchanges.summary_syncs.add(token)
     sim._after(sim.node("n1"), n1._drain())
     sim.run_for(0.1)
     # the summary, then one full exchange (gossip may carry the rows too)

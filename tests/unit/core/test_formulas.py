@@ -7,7 +7,7 @@ import pytest
 
 from mesh.core.awareness import Awareness
 from mesh.core.broadcast import retransmit_limit
-from mesh.core.node import push_pull_scale
+from mesh.core.exchanges import push_pull_scale
 from mesh.core.suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
 
 
