@@ -476,14 +476,9 @@ class NodeCore:
         Not re-pushed: the origin pushes to everyone and anti-entropy repairs
         whoever it missed, so deltas do not echo around the mesh.
         """
-        counts: dict[str, int] = {}
-        wall_ms = int(wall * 1000)
-        horizon = self.ae.horizon(wall)
-        for route in routes:
-            status = self.routes.apply(
-                route, wall_ms=wall_ms, horizon_ms=horizon
-            ).status.value
-            counts[status] = counts.get(status, 0) + 1
+        counts = self.routes.apply_many(
+            routes, wall_ms=int(wall * 1000), horizon_ms=self.ae.horizon(wall)
+        )
         return counts, self._drain()
 
     def push_done(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from mesh.core.digest import element_of
 from mesh.core.routes import (
     HybridClock,
     OutcomeStatus,
@@ -30,6 +31,41 @@ def test_version_string_sorts_like_the_version() -> None:
     assert sorted(versions) == sorted(versions, key=str)
     for v in versions:
         assert Version.parse(str(v)) == v
+
+
+@given(
+    st.text(min_size=1, max_size=20),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.text(min_size=1, max_size=20),
+)
+def test_the_table_folds_the_digest_element_of_key_and_version_text(
+    key: str, revision: int, hlc: int, origin: str
+) -> None:
+    """The element is part of the anti-entropy protocol: every member must
+    hash an entry alike, whatever shortcut the table takes to compute it."""
+    t = table()
+    version = Version(revision, hlc, origin)
+    t.apply(
+        Route("k" + key.encode("utf-8", "replace").hex(), "x", {}, version), wall_ms=0
+    )
+    (stored,) = t
+    assert t.by_element(element_of(stored.key, str(version))) == stored
+
+
+def test_pushed_batch_counts_outcomes_like_one_apply_each() -> None:
+    t, u = table(), table()
+    old = Route("k", "x", {}, Version(0, 5, "z"))
+    new = Route("k", "y", {}, Version(0, 9, "z"))
+    batch = [new, old, new, Route("j", "x", {}, Version(0, 1, "z"))]
+    counts = t.apply_many(batch, wall_ms=0, horizon_ms=None)
+    one_by_one: dict[str, int] = {}
+    for r in batch:
+        status = u.apply(r, wall_ms=0).status.value
+        one_by_one[status] = one_by_one.get(status, 0) + 1
+    assert counts == one_by_one == {"applied": 2, "stale": 1, "duplicate": 1}
+    assert list(t) == list(u)
+    assert t.summary() == u.summary()
 
 
 def test_write_then_read_and_revision_ordering() -> None:
