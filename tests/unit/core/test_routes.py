@@ -53,6 +53,16 @@ def test_the_table_folds_the_digest_element_of_key_and_version_text(
     assert t.by_element(element_of(stored.key, str(version))) == stored
 
 
+def test_a_route_is_immutable_and_its_repr_leaves_out_target_and_meta() -> None:
+    r = Route("k", "http://user:tok3n@x", {"auth": "s3cret"}, Version(0, 1, "a"))
+    assert "tok3n" not in repr(r)
+    assert "s3cret" not in repr(r)
+    assert "'k'" in repr(r)
+    with pytest.raises(AttributeError):
+        r.target = "y"  # type: ignore[misc]
+    assert Route("k", "x") == Route("k", "x", {}, Version(0, 0, ""), False)
+
+
 def test_pushed_batch_counts_outcomes_like_one_apply_each() -> None:
     t, u = table(), table()
     old = Route("k", "x", {}, Version(0, 5, "z"))
