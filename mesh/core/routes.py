@@ -48,8 +48,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
-import attrs
-
 from .digest import Digest, Symbol
 
 __all__ = [
@@ -155,9 +153,9 @@ class OutcomeStatus(enum.Enum):
     UNAVAILABLE = "unavailable"  # a client write before we caught up (HTTP 503)
 
 
-@attrs.frozen
-class Outcome:
-    """What applying a write did; the API maps it to a status code."""
+class Outcome(NamedTuple):
+    """What applying a write did; the API maps it to a status code (a named
+    tuple: one per item of a batch call)."""
 
     status: OutcomeStatus
     route: Route | None = None  # the stored route after the call
@@ -168,15 +166,22 @@ class Outcome:
         return self.status is OutcomeStatus.APPLIED
 
 
-@attrs.frozen
-class Write:
-    """One client write (or delete) for :meth:`NodeCore.write_routes`."""
+class Write(NamedTuple):
+    """One client write (or delete) for :meth:`NodeCore.write_routes`; a
+    named tuple like :class:`Route` (one per item of a batch call), and like
+    it shown without target and meta, which may carry access tokens."""
 
     key: str
-    target: str = attrs.field(repr=False)  # may carry access tokens
-    meta: Mapping[str, str] = attrs.field(repr=False, factory=dict)
+    target: str
+    meta: Mapping[str, str] = _NO_META
     revision: int | None = None
     deleted: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Write(key={self.key!r}, revision={self.revision!r}, "
+            f"deleted={self.deleted!r})"
+        )
 
 
 def is_unicode(text: str) -> bool:

@@ -29,9 +29,8 @@ import math
 import re
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
 import trio
 
 from ..core.routes import Outcome, OutcomeStatus, Write, validate_route_fields
@@ -73,13 +72,16 @@ _DELETE_PARAMS = _SYNC_PARAMS | {"revision"}
 Result = tuple[int, dict[str, Any]]
 
 
-@attrs.frozen
-class _Put:
-    """A parsed put; target and meta may carry tokens, so never in a repr."""
+class _Put(NamedTuple):
+    """A parsed put; target and meta may carry tokens, so never in a repr
+    (a named tuple: one per item of a batch call, built in C)."""
 
-    target: str = attrs.field(repr=False)
-    meta: dict[str, str] = attrs.field(repr=False)
+    target: str
+    meta: dict[str, str]
     revision: int | None
+
+    def __repr__(self) -> str:
+        return f"_Put(revision={self.revision!r})"
 
 
 def routes_endpoints(agent: Agent) -> list[Route]:

@@ -12,6 +12,7 @@ from mesh.core.routes import (
     Route,
     RouteTable,
     Version,
+    Write,
     validate_route_fields,
 )
 
@@ -61,6 +62,9 @@ def test_a_route_is_immutable_and_its_repr_leaves_out_target_and_meta() -> None:
     with pytest.raises(AttributeError):
         r.target = "y"  # type: ignore[misc]
     assert Route("k", "x") == Route("k", "x", {}, Version(0, 0, ""), False)
+    w = Write("k", "http://user:tok3n@x", {"auth": "s3cret"}, 7)
+    assert "tok3n" not in repr(w)
+    assert "s3cret" not in repr(w)
 
 
 def test_pushed_batch_counts_outcomes_like_one_apply_each() -> None:
