@@ -273,7 +273,22 @@ class AntiEntropy:
 
     def horizon(self, wall: float) -> int | None:
         """Entries written before this (ms) are refused for unknown keys; None
-        while bootstrapping or merging (take everything)."""
+        while bootstrapping or merging (take everything).
+
+        Back from a stall, until a round has reconciled us, the time stalled
+        does not count towards the tombstone lifetime: a write made while we
+        were frozen may be older than the TTL by now, yet we cannot have seen
+        it deleted. Refused, it would look expired to us and we would have
+        every member that holds it drop it (audit 14: a write answered 200,
+        lost mesh-wide, after a member was stopped longer than the TTL)."""
+        h = self._drop_horizon(wall)
+        if h is not None and self.stalled is not None:
+            h -= int(self.stalled * 1000)
+        return h
+
+    def _drop_horizon(self, wall: float) -> int | None:
+        """:meth:`horizon` without the stall allowance: a peer's drop is for an
+        entry *we* hold, and a stall is no reason to hold on to it."""
         r = self._round
         if not self.caught_up or (r is not None and r.kind is _Kind.MERGE):
             return None
@@ -546,7 +561,7 @@ class AntiEntropy:
 
     def _honour(self, drops: Sequence[Drop], wall: float) -> None:
         """Forget our entries a peer refused, if below our horizon too."""
-        horizon = self.horizon(wall)
+        horizon = self._drop_horizon(wall)
         if horizon is None:
             return
         for key, version in drops[: self.config.antientropy_repair_max]:

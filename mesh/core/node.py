@@ -333,6 +333,7 @@ class NodeCore:
         self, request: AeRequest, now: float, wall: float
     ) -> tuple[AeReply, list[Effect]]:
         """A peer's anti-entropy request: our reply and effects."""
+        self._note_time(now)  # judged by our horizon: a stall must show first
         reply = self.ae.handle(request, wall)
         return reply, self._drain()
 
@@ -369,8 +370,12 @@ class NodeCore:
             self.membership.stats["stalls"] += 1
             if self.config.awareness_max_multiplier > 1:  # Lifeguard on
                 self._stalled(now)
-            if now - planned > self.config.push_deadline and self.joined:
-                # peers gave up pushing to us meanwhile (see AntiEntropy.stall)
+            cfg = self.config
+            if now - planned > min(cfg.push_deadline, cfg.route_tombstone_ttl) and (
+                self.joined
+            ):
+                # peers gave up pushing to us meanwhile, or writes made while
+                # we were frozen are older than the TTL (see AntiEntropy.stall)
                 self.ae.stall(now - planned, now)
         self._last_now = now
 
@@ -476,6 +481,7 @@ class NodeCore:
         Not re-pushed: the origin pushes to everyone and anti-entropy repairs
         whoever it missed, so deltas do not echo around the mesh.
         """
+        self._note_time(now)  # a push may be the first input after a stall
         counts = self.routes.apply_many(
             routes, wall_ms=int(wall * 1000), horizon_ms=self.ae.horizon(wall)
         )

@@ -360,8 +360,9 @@ class Metrics:
         )
         self.routes_received = Counter(
             "mesh_routes_received",
-            "Route deltas pushed by peers, by outcome "
-            "(applied, stale, duplicate, invalid, full)",
+            "Route deltas pushed by peers, by outcome (applied, stale, "
+            "duplicate, invalid, full, expired: older than the tombstone "
+            "horizon for a key this member does not hold)",
             ["outcome"],
             registry=self.registry,
         )

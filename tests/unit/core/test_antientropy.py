@@ -678,6 +678,54 @@ def test_a_node_paused_past_the_push_deadline_is_not_ready_until_resynced() -> N
     assert node.ae.stats["stall_resyncs"] == 1
 
 
+@pytest.mark.parametrize("first_input", ["timer", "push"])
+def test_a_member_stalled_past_the_tombstone_ttl_takes_the_writes_it_missed(
+    first_input: str,
+) -> None:
+    # Audit 14: back from a stall longer than the TTL, a member refused a
+    # write made while it was frozen as "older than the horizon" (it could be
+    # a write whose delete it forgot) and had every other member drop it: a
+    # write answered 200 and held by all the others, lost mesh-wide. Time
+    # stalled does not count towards the TTL: it could not have seen a
+    # delete made while it was frozen.
+    from mesh.testing.simnet import SimNet
+
+    ttl = 4.0
+    sim = SimNet.cluster(3, seed=3, profile="local", route_tombstone_ttl=ttl)
+    sim.run_for(3.0)
+    stalled = sim.node("n2").core
+    pause = ttl + 1.1
+    sim.pause("n2", pause)
+    sim.run_for(0.6)
+    writer = sim.node("n0").core
+    _, out = writer.put_route("y1", "http://t", {}, None, sim.now, sim.now)
+    sim.execute("n0", out)
+    if first_input == "push":
+        # a push that waited in the frozen member's socket is the first
+        # thing it handles, before any timer of its own (handed to its core
+        # just before the simulator resumes it)
+        route = writer.routes.get("y1")
+        assert route is not None
+        sim.run_for(pause - 0.65)
+        counts, effects = stalled.receive_routes([route], sim.now, sim.now)
+        sim.execute("n2", effects)
+        assert counts == {"applied": 1}
+    else:
+        sim.run_for(pause - 0.6)
+    deadline = sim.now + 5 * stalled.config.antientropy_interval
+    while not (stalled.route_sync().caught_up and stalled.routes.get("y1")):
+        assert sim.now < deadline
+        sim.run_for(0.05)
+    sim.run_for(3 * stalled.config.antientropy_interval)
+    for name in ("n0", "n1", "n2"):
+        held = sim.node(name).core.routes.get("y1")
+        assert held is not None, name
+        assert not held.deleted
+    assert all(
+        sim.node(name).core.ae.stats["routes_dropped"] == 0 for name in ("n0", "n1")
+    )
+
+
 def test_a_member_refuses_client_writes_until_it_has_caught_up() -> None:
     # Restarted empty, it cannot know the revision a write without one
     # inherits: a write taken then (revision 0) would lose, mesh-wide, to the
