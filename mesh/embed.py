@@ -124,6 +124,21 @@ class Node:
 
         return {**self._agent.health(), **readiness(self._agent)}
 
+    async def wait_ready(self) -> None:
+        """Return once the node is ready (``health()["ready"]``): joined, its
+        route table caught up with the mesh, no name conflict, not leaving.
+
+        Writes before that raise :class:`RouteError` (``unavailable``): a
+        node that has not pulled the mesh's table cannot know the revision a
+        write inherits. Woken by every input the node handles, no polling;
+        bound the wait with ``trio.fail_after``: a node none of whose seeds
+        answers never gets ready.
+        """
+        from .shell.api import readiness
+
+        while not readiness(self._agent)["ready"]:
+            await self._agent.wait_dispatch()
+
     # --- writes ---
 
     async def put_route(

@@ -23,9 +23,10 @@ async def main() -> None:
         async with mesh.open_node(config("a")) as a:
             print(f"a listening: mesh={a.address} api={a.http_address}")
             async with mesh.open_node(config("b", join=(a.address,))) as b:
-                # b is up once open_node returns; a learns of it a moment later.
-                while len(a.members()) < 2:
-                    await trio.sleep(0.05)
+                # b is up once open_node returns, and ready (joined through a,
+                # which then knows it too, and caught up) a moment later.
+                await b.wait_ready()
+                assert len(a.members()) == 2
                 # b's table, kept in step with the mesh: a snapshot, then changes.
                 table: dict[str, str] = {}
                 watch = b.watch_routes(prefix="svc.")

@@ -152,6 +152,10 @@ class Agent:
         # queries, streams, the embedding API) wake on it instead of polling.
         self._routes_index = self.core.routes.index
         self._routes_changed = trio.Event()
+        # Created by a waiter, set and dropped after the core's next input:
+        # readiness waiters (the embedding API) re-check on every state
+        # change instead of polling, and nobody pays for it when none waits.
+        self._dispatched: trio.Event | None = None
         #: set to begin the graceful leave (signal, API, embedding caller)
         self.shutdown_requested = trio.Event()
         #: set once our leave has been gossiped enough (or there is nobody to tell)
@@ -269,6 +273,14 @@ class Agent:
         calling, with no checkpoint in between, and again after."""
         await self._routes_changed.wait()
 
+    async def wait_dispatch(self) -> None:
+        """Return after the core's next input has been handled. Check the
+        condition you wait for before calling, with no checkpoint in between,
+        and again after."""
+        if self._dispatched is None:
+            self._dispatched = trio.Event()
+        await self._dispatched.wait()
+
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
 
@@ -341,6 +353,9 @@ class Agent:
             self._wake.set()
         if self.core.membership.leaving and self._leave_spread():
             self.leave_done.set()
+        if self._dispatched is not None:
+            self._dispatched.set()
+            self._dispatched = None
 
     def _table_full(self) -> None:
         """The table refused a peer's route for lack of room: members diverge

@@ -71,6 +71,19 @@ async def test_two_nodes_replicate_and_watch() -> None:
         await wait_until_left(a, "b")
 
 
+async def test_wait_ready_returns_once_a_joiner_takes_writes() -> None:
+    async with mesh.open_node(config("a")) as a:
+        await a.put_route("k", "http://t", revision=5)
+        async with mesh.open_node(config("b", join=(a.address,))) as b:
+            with trio.fail_after(DEADLINE):
+                await b.wait_ready()
+            health = b.health()
+            assert health["ready"]
+            assert health["joined"]
+            assert b.get_route("k") is not None  # pulled before it is ready
+            await b.put_route("j", "http://t")  # taken at once, no retry
+
+
 async def test_rejected_writes_raise() -> None:
     async with mesh.open_node(config("a")) as a:
         await a.put_route("k", "t", revision=5)
@@ -87,7 +100,8 @@ async def test_a_client_leave_ends_the_block_and_the_node_leaves_gracefully() ->
     reached_after_leave = False
     async with mesh.open_node(config("a")) as a:
         async with mesh.open_node(config("b", join=(a.address,))) as b:
-            await wait_for(lambda: [m.name for m in a.members()] == ["a", "b"])
+            with trio.fail_after(DEADLINE):
+                await b.wait_ready()  # a joiner takes writes once caught up
             await b.put_route("k", "t")
             async with httpx.AsyncClient(trust_env=False) as client:
                 response = await client.get(f"http://{b.http_address}/v1/routes/k")
