@@ -23,7 +23,8 @@ Command = Callable[[argparse.Namespace], int]
 
 
 _CLIENT_EPILOG = """\
-the agent is found at --http (default 127.0.0.1:8946, or MESH_HTTP_ADDR); an
+the agent is found at --http (else MESH_HTTP_ADDR, else MESH_HTTP as the agent
+reads it, with a wildcard host on loopback, else 127.0.0.1:8946); an
 https:// URL when it serves TLS, verified against --tls-ca (or MESH_TLS_CA)
 when given, else the system's trust store. --api-token (or MESH_API_TOKEN) is
 sent as Authorization: Bearer. Errors are one line on stderr; the exit status
@@ -39,7 +40,10 @@ def add_client_parsers(subparsers: Any) -> None:
         "--http",
         metavar="ADDR",
         default=None,
-        help="agent API: HOST:PORT or URL (default: MESH_HTTP_ADDR or 127.0.0.1:8946)",
+        help=(
+            "agent API: HOST:PORT or URL (default: MESH_HTTP_ADDR, else the "
+            "agent's MESH_HTTP, else 127.0.0.1:8946)"
+        ),
     )
     common.add_argument(
         "--api-token",
@@ -144,11 +148,14 @@ def _client(args: argparse.Namespace) -> Any:
 
     if args.http is not None:
         http, source = args.http, "--http"
+    elif os.environ.get("MESH_HTTP_ADDR"):
+        http, source = os.environ["MESH_HTTP_ADDR"], "MESH_HTTP_ADDR"
+    elif os.environ.get("MESH_HTTP"):
+        # the agent's own setting, from the same environment (a sourced
+        # mesh.env, `docker exec` into the agent's container): its address
+        http, source = _dialable(os.environ["MESH_HTTP"]), "MESH_HTTP"
     else:
-        http, source = (
-            os.environ.get("MESH_HTTP_ADDR") or DEFAULT_HTTP,
-            "MESH_HTTP_ADDR",
-        )
+        http, source = DEFAULT_HTTP, "the default"
     try:
         url = base_url(http)
     except ClientError as exc:
@@ -175,6 +182,18 @@ def _client(args: argparse.Namespace) -> Any:
             raise ClientError(f"{ca_source}: no such file: {ca!r}")
         verify = ca
     return Client(url, token=token, timeout=args.timeout, verify=verify)
+
+
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}
+
+
+def _dialable(listen: str) -> str:
+    """An agent's listen address (``MESH_HTTP``) as one to call: a wildcard
+    host is reached on loopback."""
+    host, sep, port = listen.strip().rpartition(":")
+    if not sep or "://" in listen:
+        return listen
+    return f"{_WILDCARDS.get(host, host)}:{port}"
 
 
 def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:

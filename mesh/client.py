@@ -62,7 +62,8 @@ class ClientError(MeshError):
 
 
 def base_url(http: str) -> str:
-    """``HOST:PORT`` or a full ``http(s)://`` URL, as a base URL.
+    """``HOST:PORT`` (a bare ``HOST``: the API's default port 8946) or a full
+    ``http(s)://`` URL, as a base URL.
 
     Raises:
         ClientError: not an address the client can call; the message says why.
@@ -84,6 +85,9 @@ def base_url(http: str) -> str:
         raise ClientError(f"{http!r}: the port must be 1-65535")
     if url.query or url.fragment:
         raise ClientError(f"{http!r}: the address takes no query or fragment")
+    if url.port is None and "://" not in http:
+        # a bare HOST is the agent's host: its API port, not HTTP's 80
+        url = url.copy_with(port=int(DEFAULT_HTTP.rpartition(":")[2]))
     return str(url).rstrip("/")
 
 

@@ -45,6 +45,9 @@ class Recorder:
         ("HTTPS://Agent.Example:443/", "https://agent.example:443"),
         ("http://[::1]:8946", "http://[::1]:8946"),
         ("http://proxy.example/mesh/", "http://proxy.example/mesh"),
+        # a bare host is an agent's: its API port, not 80 (audit 14)
+        ("127.0.0.1", "http://127.0.0.1:8946"),
+        ("[::1]", "http://[::1]:8946"),
     ],
 )
 def test_base_url_normalises(http: str, url: str) -> None:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,8 @@ from mesh.cli_client import _client
 from mesh.client import Client, ClientError
 from mesh.core.routes import KEY_RE
 from mesh.testing.agents import AgentProcess, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DEADLINE = 15.0
 TOKEN = "s3cret-token"
@@ -104,6 +107,49 @@ def test_http_from_environment(
     code, out, _ = run(capsys, "members", "--json")
     assert code == 0
     assert json.loads(out)["members"][0]["name"] == "cli-a"
+
+
+@pytest.mark.parametrize("wildcard", [False, True])
+def test_http_from_the_agents_own_setting(
+    agent: AgentProcess,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    wildcard: bool,
+) -> None:
+    # audit 14: `. /etc/mesh/mesh.env; mesh members` asked the default port
+    # while the agent listened where MESH_HTTP said
+    port = agent.http_addr.rpartition(":")[2]
+    monkeypatch.delenv("MESH_HTTP_ADDR", raising=False)
+    monkeypatch.setenv("MESH_HTTP", f"0.0.0.0:{port}" if wildcard else agent.http_addr)
+    code, out, _ = run(capsys, "members", "--json")
+    assert code == 0
+    assert json.loads(out)["members"][0]["name"] == "cli-a"
+    monkeypatch.setenv("MESH_HTTP_ADDR", "garbage::")  # the client's own wins
+    assert one_error_line(capsys, "members").startswith("MESH_HTTP_ADDR: ")
+
+
+def _healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """docs/deploy/Dockerfile's HEALTHCHECK, run as the container would."""
+    dockerfile = (ROOT / "docs" / "deploy" / "Dockerfile").read_text()
+    line = next(x for x in dockerfile.splitlines() if x.startswith("HEALTHCHECK"))
+    argv = json.loads(line[line.index("[") :])
+    assert argv[:2] == ["python", "-c"]
+    return subprocess.run(
+        [sys.executable, "-c", argv[2]],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_container_healthcheck_finds_the_agent(agent: AgentProcess) -> None:
+    port = agent.http_addr.rpartition(":")[2]
+    for http in (agent.http_addr, f"0.0.0.0:{port}"):
+        assert _healthcheck({"MESH_HTTP": http}).returncode == 0
+    # empty counts as unset, as for the agent (audit 14: a ValueError)
+    assert "ValueError" not in _healthcheck({"MESH_HTTP": ""}).stderr
 
 
 def test_routes_put_get_list_delete(
