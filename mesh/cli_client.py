@@ -197,7 +197,8 @@ def _dialable(listen: str) -> str:
 
 
 def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:
-    """Wrap a client command: an error is one line on stderr, exit 1."""
+    """Wrap a client command: an error is one line on stderr, exit 1 (with
+    ``--json``, the agent's JSON error body, if any, also goes to stdout)."""
 
     def command(args: argparse.Namespace) -> int:
         from .client import LIBRARY_ERRORS, ClientError
@@ -206,6 +207,9 @@ def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:
             with _client(args) as client:
                 run(client, args)
         except ClientError as exc:
+            if getattr(args, "json", False) and exc.document is not None:
+                # the agent's error document for scripts (a 409's current route)
+                _print_json(exc.document)
             return _fail(str(exc))
         # mesh.client turns these into ClientError; should one slip through
         # (bad input the client did not foresee), it is still one line.

@@ -192,6 +192,13 @@ def test_put_conflict_and_sync(
     code, _, err = run(capsys, "routes", "put", "k.rev", "t", "--revision", "4", *http)
     assert code == 1
     assert " 409 " in err
+    # --json: the error document on stdout too, for scripts (audit 14)
+    code, out, err = run(
+        capsys, "routes", "put", "k.rev", "t", "--revision", "4", *http, "--json"
+    )
+    assert code == 1
+    assert " 409 " in err
+    assert json.loads(out)["current"]["revision"] == 5
     code, out, _ = run(
         capsys, "routes", "put", "k.sync", "t", "--sync-timeout", "1", *http, "--json"
     )
