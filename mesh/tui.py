@@ -54,7 +54,12 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )  # fmt: skip
     p.add_argument("--nodes", type=int, default=5, help="agents to start (default 5)")
-    p.add_argument("--profile", default="local", choices=["local", "lan", "wan"])
+    p.add_argument(
+        "--profile",
+        default="local",
+        choices=["local", "lan", "wan"],
+        help="timer preset of the agents (default local: sub-second detection)",
+    )
     p.add_argument(
         "--duration", type=float, default=0.0,
         help="stop after this many seconds (default: until q or Ctrl-C)",
@@ -121,7 +126,7 @@ def _watch(
     with _raw_keys(stop.wake_fd) as keys:
         while stop.signum is None and (deadline is None or time.monotonic() < deadline):
             try:
-                _render(cluster, message, plain)
+                _render(cluster, message, plain, legend=keys.fd is not None)
             except OSError as exc:
                 if exc.errno not in (errno.EIO, errno.EPIPE):
                     raise
@@ -270,7 +275,9 @@ def _act(cluster: AgentCluster, key: str, keys: _Keys) -> str:
     return f"{verbs[key]} {agent.name}"
 
 
-def _render(cluster: AgentCluster, message: str, plain: bool) -> None:
+def _render(
+    cluster: AgentCluster, message: str, plain: bool, *, legend: bool = True
+) -> None:
     agents = list(cluster.agents.values())
     views = {a.name: (a.statuses() if _can_answer(a) else {}) for a in agents}
     mark = _PLAIN if plain else _MARK
@@ -294,12 +301,13 @@ def _render(cluster: AgentCluster, message: str, plain: bool) -> None:
         )
         lines.append(f"{i + 1:>2}  {agent.name.ljust(width)} {state.ljust(8)} {cells}")
     lines += ["", *_activity(agents, width)]
-    lines += [
-        "",
-        "keys: k<n> kill  p<n> pause  c<n> continue  r<n> restart  l<n> leave  "
-        "w<n> write a route  a add  q quit",
-        message,
-    ]
+    if legend:  # (no keys are read when stdin is not a terminal)
+        lines += [
+            "",
+            "keys: k<n> kill  p<n> pause  c<n> continue  r<n> restart  l<n> leave  "
+            "w<n> write a route  a add  q quit",
+        ]
+    lines.append(message)
     text = "\n".join(lines)
     if plain:
         print(text + "\n", flush=True)
