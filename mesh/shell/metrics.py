@@ -288,7 +288,9 @@ class Metrics:
             "mesh_exchange_errors",
             "Failed calls on the mesh port's HTTP, by side and reason: "
             "member-table exchanges (join, push-pull sync) and anti-entropy "
-            "requests alike (client: our calls; server: requests we refused)",
+            "requests alike (client: our calls; server: requests we refused, "
+            "bad bodies by decode reason, and not_found, bad_method, "
+            "body_timeout, too_large)",
             ["side", "reason"],
             registry=self.registry,
         )

@@ -157,10 +157,26 @@ def make_peer_app(
     def on_error(request: Request, exc: BaseException) -> None:
         log.error("peer request failed", path=request.path, exc_info=exc)
 
+    def observe(method: str, pattern: str, status: int) -> None:
+        # Refusals no handler counts itself (audit 15: unseen by operators);
+        # a ping for another name is an answer, not a refusal.
+        reason = _REFUSALS.get(status)
+        if reason is not None and not (status == 404 and pattern == PING_PATH):
+            metrics.exchange_errors.labels("server", reason).inc()
+
     table = [Route("POST", EXCHANGE_PATH, exchange), Route("GET", PING_PATH, ping)]
     if handle_routes is not None:
         table.append(Route("POST", ROUTES_PATH, routes))
-    return Router(table, on_error=on_error)
+    return Router(table, on_error=on_error, observe=observe)
+
+
+#: peer-port statuses answered before (or instead of) a handler's own checks
+_REFUSALS = {
+    404: "not_found",
+    405: "bad_method",
+    408: "body_timeout",
+    413: "too_large",
+}
 
 
 def _client(request: Request) -> str:

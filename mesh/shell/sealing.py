@@ -204,6 +204,10 @@ class Sealer:
 
         return sealed_app
 
+    def _refused(self, reason: str) -> None:
+        # the peer app's own refusals count here too (peer_http.make_peer_app)
+        self._metrics.exchange_errors.labels("server", reason).inc()
+
     async def _serve(
         self, app: ASGIApp, scope: Scope, receive: Receive, send: Send
     ) -> None:
@@ -240,6 +244,7 @@ class Sealer:
     ) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > PEER_BODY_LIMIT:
+            self._refused("too_large")
             await _send_error(
                 send, 413, f"request body must be at most {PEER_BODY_LIMIT} bytes"
             )
@@ -249,9 +254,12 @@ class Sealer:
             try:
                 body = await self._read(receive, charged)
             except HttpError as exc:
+                if exc.status == 413:
+                    self._refused("too_large")
                 await _send_error(send, exc.status, exc.message)
                 return
         if cancel.cancelled_caught:
+            self._refused("body_timeout")
             await _send_error(send, 408, "request body too slow")
             return
         nonce = b""

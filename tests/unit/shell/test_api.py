@@ -350,6 +350,27 @@ async def test_peer_exchange_over_limit_is_413(make_agent: MakeAgent) -> None:
             headers={"content-length": str(16 * 1024 * 1024 + 1)},
         )
     assert response.status_code == 413
+    assert server_errors(agent, "too_large") == 1
+
+
+async def test_peer_port_refusals_are_counted(make_agent: MakeAgent) -> None:
+    # audit 15: 404, 405 and 413 on the mesh port were counted nowhere
+    agent = make_agent("node-a")
+    async with peer_client(agent) as client:
+        assert (await client.post("/mesh/v1/nope")).status_code == 404
+        assert (await client.get(EXCHANGE_PATH)).status_code == 405
+        other = await client.get(PING_PATH, params={"name": "someone-else"})
+    assert other.status_code == 404  # an answer to a probe, not a refusal
+    assert server_errors(agent, "not_found") == 1
+    assert server_errors(agent, "bad_method") == 1
+
+
+def server_errors(agent: Agent, reason: str) -> float:
+    labels = {"side": "server", "reason": reason}
+    value = agent.metrics.registry.get_sample_value(
+        "mesh_exchange_errors_total", labels
+    )
+    return value or 0.0
 
 
 # --- the router ---

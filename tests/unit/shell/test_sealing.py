@@ -370,6 +370,15 @@ async def test_peer_app_bounds_buffered_bytes(make_agent: MakeAgent) -> None:
     assert server.sealer._buffered == 0
     # A declared 1 TiB body is refused before a byte is read.
     assert await call(app, [], content_length=2**40) == 413
+    assert server_refused(server, "too_large") == 1  # counted (audit 15)
+
+
+def server_refused(agent: Agent, reason: str) -> float:
+    labels = {"side": "server", "reason": reason}
+    value = agent.metrics.registry.get_sample_value(
+        "mesh_exchange_errors_total", labels
+    )
+    return value or 0.0
 
 
 async def call(app: ASGIApp, chunks: list[bytes], content_length: int = 0) -> int:
@@ -467,3 +476,4 @@ async def test_a_peer_body_too_slow_is_408_and_the_connection_closes(
             stop.set()
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"connection: close" in answer.lower()
+    assert server_refused(agent, "body_timeout") == 1
