@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from route_bodies import put_bodies
+
 from mesh.codec_routes import decode_routes, encode_routes
 from mesh.config import Config
 from mesh.core.node import NodeCore
@@ -72,21 +74,7 @@ def writer(n: int, batch: int) -> tuple[float, ...]:
         Config.lan(name="a"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
     )
     wall = time.time()
-    bodies = [
-        json.dumps(
-            {
-                "put": [
-                    {
-                        "key": f"w-{b}-{i}",
-                        "target": "10.0.0.1:8080",
-                        "meta": {"bench": "wrk"},
-                    }
-                    for i in range(batch)
-                ]
-            }
-        ).encode()
-        for b in range(n // batch)
-    ]
+    bodies = put_bodies(n, batch)
     spent = [0.0] * len(WRITER)
     clock = time.process_time
     for b, body in enumerate(bodies):

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from route_bodies import put_bodies
+
 PARTS = ("receive", "write", "fold")
 
 
@@ -52,21 +54,7 @@ def workload(tree: str, part: str, n: int) -> None:
         for body in bodies:
             core.receive_routes(decode_routes(body, max_routes=100)[1], 1.0, wall)
     else:
-        bodies = [
-            json.dumps(
-                {
-                    "put": [
-                        {
-                            "key": f"w-{b}-{i}",
-                            "target": "10.0.0.1:8080",
-                            "meta": {"bench": "wrk"},
-                        }
-                        for i in range(100)
-                    ]
-                }
-            ).encode()
-            for b in range(n // 100)
-        ]
+        bodies = put_bodies(n, 100)
         for b, body in enumerate(bodies):
             items = json.loads(body)["put"]
             writes = [routes_api._batch_item(item, deleted=False) for item in items]
