@@ -3,14 +3,16 @@ receiver's decode and apply, the writer's batch call (JSON, item checks, core
 write, results and their JSON, push bodies for 4 peers), and the digest fold,
 for one or more source trees side by side.
 
-Why instructions: this machine is shared and its speed moves by 2x within a
-session, so CPU seconds of two trees measured minutes apart compare badly;
-callgrind's instruction count is the same for the same code and inputs
-whatever else runs. Each part runs at two sizes and the difference is divided
-by the routes added, so start-up and imports cancel out.
+The request bodies are built beforehand and read from a file, so building
+them counts for no tree. Why instructions: this machine is shared and its
+speed moves by 2x within a session, so CPU seconds of two trees measured
+minutes apart compare badly; callgrind's instruction count is the same for
+the same code and inputs whatever else runs. Each part runs at two sizes and
+the difference is divided by the routes added, so start-up and imports
+cancel out.
 
 Run: python scripts/bench/route_path_instr.py [--trees before=/tmp/t,after=.]
-     [--small 200] [--large 2200]   (valgrind required; ~1 min per part and tree)
+     [--small 200] [--large 2200]   (valgrind; ~1.5 min per part and tree)
 """
 
 from __future__ import annotations
@@ -23,38 +25,49 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import msgpack
 from route_bodies import put_bodies
 
-PARTS = ("receive", "write", "fold")
+PARTS = ("receive", "write", "fold", "floor")
 
 
-def workload(tree: str, part: str, n: int) -> None:
-    """One part for ``n`` routes, in batches of 100 (run under callgrind)."""
+def pushed_bodies(n: int) -> list[bytes]:
+    """``n`` routes as pushed route batches of 100 (``codec_routes``'s wire
+    form, built here so that no tree's code builds them)."""
+    from mesh.codec import PROTOCOL_VERSION
+
+    hlc = int(1.7e12) << 16
+    rows = [
+        [f"w-1-{i}", "10.0.0.1:8080", {"bench": "wrk"}, 0, hlc + i, "n2", False]
+        for i in range(n)
+    ]
+    return [
+        msgpack.packb([PROTOCOL_VERSION, "n2", rows[i : i + 100]], use_bin_type=True)
+        for i in range(0, n, 100)
+    ]
+
+
+def workload(tree: str, part: str, bodies_file: str) -> None:
+    """One part over the bodies in ``bodies_file`` (run under callgrind)."""
     sys.path.insert(0, tree)
     from mesh.codec_routes import decode_routes, encode_routes
     from mesh.config import Config
     from mesh.core.node import NodeCore
-    from mesh.core.routes import Route, Version
     from mesh.shell import routes_api
 
+    bodies = msgpack.unpackb(Path(bodies_file).read_bytes())
     core = NodeCore(
         Config.lan(name="a"), addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0
     )
     wall = 1.7e9
-    hlc = int(wall * 1000) << 16
     if part in ("receive", "fold"):
-        routes = [
-            Route(
-                f"w-1-{i}", "10.0.0.1:8080", {"bench": "wrk"}, Version(0, hlc + i, "n2")
-            )
-            for i in range(n)
-        ]
-        bodies = [encode_routes("n2", routes[i : i + 100]) for i in range(0, n, 100)]
         for body in bodies:
             core.receive_routes(decode_routes(body, max_routes=100)[1], 1.0, wall)
-    else:
-        bodies = put_bodies(n, 100)
+        if part == "fold":
+            core.routes.fold(core.routes.pending_folds())
+    elif part == "write":
         for b, body in enumerate(bodies):
             items = json.loads(body)["put"]
             writes = [routes_api._batch_item(item, deleted=False) for item in items]
@@ -67,13 +80,42 @@ def workload(tree: str, part: str, n: int) -> None:
             stored = [o.route for o in outcomes if o.route is not None]
             for _ in range(4):
                 encode_routes("a", stored)
-    if part == "fold":
-        core.routes.fold(core.routes.pending_folds())
+    else:
+        floor(bodies)
+
+
+def floor(bodies: list[bytes]) -> None:
+    """The least a receiver must do per pushed route in CPython, with no
+    object, outcome, index or metric: unpack, check the key, order versions,
+    store, hash the digest element (no fold). What a rewrite of the receive
+    path down to bare tuples could at best reach."""
+    import hashlib
+
+    key_ok = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}").fullmatch
+    table: dict[str, tuple[Any, ...]] = {}
+    pending: dict[int, int] = {}
+    blake2b = hashlib.blake2b
+    for body in bodies:
+        for key, target, meta, rev, hlc, origin, deleted in msgpack.unpackb(
+            body, raw=False
+        )[2]:
+            if not key_ok(key) or type(target) is not str or type(meta) is not dict:
+                raise ValueError(key)
+            version = (rev, hlc, origin)
+            current = table.get(key)
+            if current is not None and current[0] >= version:
+                continue
+            table[key] = (version, target, meta, deleted)
+            text = f"{key}\x00{rev:020d}.{hlc:020d}.{origin}"
+            element = blake2b(text.encode(), digest_size=8).digest()
+            pending[int.from_bytes(element, "little") or 1] = 1
 
 
 def count(tree: str, part: str, n: int) -> int:
     """Instructions of one run of ``workload`` under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
+        bodies = put_bodies(n, 100) if part == "write" else pushed_bodies(n)
+        Path(f"{tmp}/bodies").write_bytes(msgpack.packb(bodies, use_bin_type=True))
         proc = subprocess.run(
             [
                 "valgrind",
@@ -84,7 +126,7 @@ def count(tree: str, part: str, n: int) -> int:
                 "--run",
                 tree,
                 part,
-                str(n),
+                f"{tmp}/bodies",
             ],
             capture_output=True,
             text=True,
@@ -104,12 +146,12 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--large", type=int, default=2200)
     parser.add_argument(
-        "--run", nargs=3, metavar=("TREE", "PART", "N"), help=argparse.SUPPRESS
+        "--run", nargs=3, metavar=("TREE", "PART", "BODIES"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.run:
-        tree, part, n = args.run
-        workload(tree, part, int(n))
+        tree, part, bodies_file = args.run
+        workload(tree, part, bodies_file)
         return
     trees = [item.split("=", 1) for item in args.trees.split(",")]
     added = args.large - args.small
@@ -130,6 +172,10 @@ def main() -> None:
         ("a receiver: decode and apply", lambda p: p["receive"]),
         ("the fold (every replica)", lambda p: p["fold"] - p["receive"]),
         ("the writer's batch call, without its fold", lambda p: p["write"]),
+        (
+            "a receiver's floor in CPython (no objects), without the fold",
+            lambda p: p["floor"],
+        ),
         (
             "mesh-wide: writer + 4 receivers + 5 folds",
             lambda p: p["write"] + 4 * p["receive"] + 5 * (p["fold"] - p["receive"]),
