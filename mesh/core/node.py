@@ -18,8 +18,9 @@ datagram and sent to ``gossip_nodes`` random members each ``gossip_interval``
 while the queue is not empty.
 
 Member-table exchanges (join, periodic sync, reconnect to dead members and
-unknown seeds) are :class:`~mesh.core.exchanges.MemberExchanges`'; the node
-runs their timers and starts the route table's bootstrap once a seed answers.
+unknown seeds) are :class:`~mesh.core.exchanges.MemberExchanges`' work; the
+node runs their timers and starts the route table's bootstrap once a seed
+answers.
 """
 
 from __future__ import annotations
