@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -161,6 +161,14 @@ class Request:
             raise HttpError(400, f"malformed JSON: {exc}") from None
         except RecursionError:
             raise HttpError(400, "malformed JSON: nested too deep") from None
+
+
+def refuse_repeated(query: Mapping[str, list[str]], names: Iterable[str]) -> None:
+    """HttpError 400 when one of ``names`` is given twice in a query: which of
+    two values counts would be a guess (reads and writes alike)."""
+    repeated = sorted(name for name in names if len(query.get(name, ())) > 1)
+    if repeated:
+        raise HttpError(400, f"query parameters given twice: {', '.join(repeated)}")
 
 
 def _too_large(limit: int) -> HttpError:

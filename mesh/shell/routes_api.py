@@ -44,6 +44,7 @@ from .asgi import (
     Response,
     Route,
     json_response,
+    refuse_repeated,
     wait_unless_disconnected,
 )
 from .watch_api import encode_route_list
@@ -128,6 +129,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         return json_response(status, body, headers=_retry_after(status))
 
     async def list_all(request: Request) -> Response:
+        refuse_repeated(request.query, ("prefix",))
         prefix = request.query_one("prefix") or ""
         # The table and its index at one instant; encoding a long list then
         # yields to the loop between slices, reading only this snapshot.
@@ -303,9 +305,7 @@ def _check_query(request: Request, known: frozenset[str]) -> None:
     unknown = sorted(set(request.query) - known)
     if unknown:
         raise HttpError(400, f"unknown query parameters: {', '.join(unknown)}")
-    repeated = sorted(name for name, values in request.query.items() if len(values) > 1)
-    if repeated:
-        raise HttpError(400, f"query parameters given twice: {', '.join(repeated)}")
+    refuse_repeated(request.query, request.query)
 
 
 def _sync_timeout(request: Request, maximum: float) -> float | None:

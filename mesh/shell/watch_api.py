@@ -69,6 +69,7 @@ from .asgi import (
     Response,
     Scope,
     Send,
+    refuse_repeated,
     until_disconnected,
 )
 
@@ -393,6 +394,7 @@ def wrap_list(hub: RouteWatchHub, inner: Handler) -> Handler:
     table = agent.core.routes
 
     async def handler(request: Request) -> Response:
+        refuse_repeated(request.query, ("index", "wait"))
         index = _parse_index(request.query_one("index"))
         wait_text = request.query_one("wait")
         if index is not None or wait_text is not None:
@@ -515,6 +517,7 @@ def _query(scope: Scope) -> dict[str, str]:
     parsed = parse_qs(
         scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
     )
+    refuse_repeated(parsed, ("index", "prefix"))
     return {k: v[-1] for k, v in parsed.items()}
 
 

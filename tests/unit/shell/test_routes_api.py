@@ -581,6 +581,19 @@ async def test_write_calls_refuse_unknown_or_repeated_query_parameters(
     assert writes(agent, "invalid") == 1
 
 
+@pytest.mark.parametrize(
+    "query", ["prefix=a&prefix=b", "index=1&index=2", "wait=1s&wait=2s&index=1"]
+)
+async def test_reads_refuse_a_repeated_query_parameter(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    # audit 14: a read took the last of two values, a write refused them
+    response = await client.get(f"/v1/routes?{query}")
+    assert response.status_code == 400
+    assert "given twice" in response.json()["error"]
+    assert (await client.get("/v1/routes?prefix=a&other=1")).status_code == 200
+
+
 async def test_sync_all_waits_for_the_peer_ack(
     agent: Agent, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
 ) -> None:

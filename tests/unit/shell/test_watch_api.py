@@ -486,6 +486,14 @@ async def test_stream_prefix_and_heartbeat(node: Open) -> None:
     assert heartbeat == {"event": "heartbeat", "index": b + 2}
 
 
+async def test_stream_refuses_a_repeated_query_parameter(node: Open) -> None:
+    _, client = await node()
+    async with client:
+        response = await client.get(f"{STREAM_PATH}?prefix=a&prefix=b")
+    assert response.status_code == 400
+    assert "given twice: prefix" in response.json()["error"]
+
+
 async def test_stream_ends_when_agent_leaves(node: Open) -> None:
     running, _ = await node()
     stream = await NdjsonStream.open(running, STREAM_PATH)
