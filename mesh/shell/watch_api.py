@@ -351,7 +351,10 @@ def _parse_index(text: str | None) -> int | None:
     if text is None:
         return None
     if not _INDEX_RE.fullmatch(text):
-        raise HttpError(400, f"index must be a non-negative integer, got {text!r}")
+        raise HttpError(
+            400,
+            f"index must be a non-negative integer of at most 20 digits, got {text!r}",
+        )
     return int(text)
 
 

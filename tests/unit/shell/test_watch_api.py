@@ -176,6 +176,7 @@ async def test_blocking_query_answers_at_once_when_behind_or_ahead(
     [
         ("index=-1", "index must be a non-negative integer"),
         ("index=x", "index must be a non-negative integer"),
+        ("index=" + "9" * 21, "at most 20 digits"),
         ("index=0&wait=soon", "wait must be a duration"),
         ("wait=10d", "wait must be a duration"),
     ],
