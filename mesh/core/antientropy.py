@@ -288,9 +288,19 @@ class AntiEntropy:
 
     def _drop_horizon(self, wall: float) -> int | None:
         """:meth:`horizon` without the stall allowance: a peer's drop is for an
-        entry *we* hold, and a stall is no reason to hold on to it."""
+        entry *we* hold, and a stall is no reason to hold on to it.
+
+        None while we are alone too, not only during the merge round that
+        ends it: a member's repair may reach us before our merge starts, and
+        judged by our horizon, its writes made while we were cut off looked
+        expired, and we had it drop them (audit 16: a write held by 4 of 5
+        members, answered 200, lost mesh-wide)."""
         r = self._round
-        if not self.caught_up or (r is not None and r.kind is _Kind.MERGE):
+        if (
+            not self.caught_up
+            or self.alone
+            or (r is not None and r.kind is _Kind.MERGE)
+        ):
             return None
         return self._horizon_ms(wall)
 

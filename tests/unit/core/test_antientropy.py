@@ -505,6 +505,24 @@ def test_a_first_node_restarted_empty_merges_instead_of_erasing_old_routes() -> 
     ]
 
 
+def test_a_node_alone_refuses_nothing_from_a_round_that_reaches_it_first() -> None:
+    # Audit 16: cut off longer than the TTL, the lone member answered a
+    # member's repair round before its own merge began; judged by its horizon,
+    # the writes made meanwhile looked expired, and it had the member drop
+    # them: a write held by 4 of 5 members, answered 200, lost mesh-wide.
+    lone, member = Side("c", alone=True), Side("a")
+    member.put("w_major", wall=WALL)  # written while c was cut off
+    later = WALL + 3 * TTL
+    trips = round_between(member, lone, wall=later)
+    assert "w_major" in lone.view()
+    assert member.view().keys() == {"w_major"}
+    assert all(not getattr(reply, "drops", ()) for _, reply in trips)
+    assert member.ae.stats["routes_dropped"] == 0
+    # and it honours no drop meanwhile either
+    lone.put("old", wall=WALL)
+    assert lone.ae.horizon(later) is None
+
+
 def test_a_node_alone_for_a_while_merges_when_members_come_back() -> None:
     a, b = Side("a"), Side("b")
     a.ae._next_at = 0.0
