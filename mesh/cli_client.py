@@ -148,9 +148,9 @@ def _client(args: argparse.Namespace) -> Any:
 
     if args.http is not None:
         http, source = args.http, "--http"
-    elif os.environ.get("MESH_HTTP_ADDR"):
+    elif os.environ.get("MESH_HTTP_ADDR", "").strip():
         http, source = os.environ["MESH_HTTP_ADDR"], "MESH_HTTP_ADDR"
-    elif os.environ.get("MESH_HTTP"):
+    elif os.environ.get("MESH_HTTP", "").strip():
         # the agent's own setting, from the same environment (a sourced
         # mesh.env, `docker exec` into the agent's container): its address
         http, source = _dialable(os.environ["MESH_HTTP"]), "MESH_HTTP"

@@ -71,6 +71,8 @@ def base_url(http: str) -> str:
     text = http.strip()
     if not text:
         raise ClientError("empty address: expected HOST:PORT or an http(s):// URL")
+    if any(c.isspace() for c in text):
+        raise ClientError(f"{http!r} has a space in it: expected HOST:PORT or a URL")
     if "://" not in text:
         text = f"http://{text}"
     try:

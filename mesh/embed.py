@@ -133,11 +133,24 @@ class Node:
         write inherits. Woken by every input the node handles, no polling;
         bound the wait with ``trio.fail_after``: a node none of whose seeds
         answers never gets ready.
+
+        Raises:
+            RouteError: ``unavailable``, once the node is leaving (or has
+                left): it will not be ready again, so the wait would not end.
         """
         from .shell.api import readiness
 
-        while not readiness(self._agent)["ready"]:
-            await self._agent.wait_dispatch()
+        agent = self._agent
+        while not readiness(agent)["ready"]:
+            if agent.shutdown_requested.is_set():
+                raise RouteError(
+                    Outcome(
+                        OutcomeStatus.UNAVAILABLE,
+                        None,
+                        "this node is leaving the mesh: it will not be ready again",
+                    )
+                )
+            await agent.wait_dispatch()
 
     # --- writes ---
 

@@ -69,6 +69,7 @@ def test_base_url_normalises(http: str, url: str) -> None:
         ("127.0.0.1:99999", "port must be 1-65535"),
         ("agent.example?x=1", "no query or fragment"),
         ("http://agent.example/#top", "no query or fragment"),
+        ("bad addr", "has a space in it"),  # audit 16: looked up as bad%20addr
     ],
 )
 def test_bad_address_is_a_client_error(http: str, reason: str) -> None:

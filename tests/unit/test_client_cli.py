@@ -124,6 +124,8 @@ def test_http_from_the_agents_own_setting(
     code, out, _ = run(capsys, "members", "--json")
     assert code == 0
     assert json.loads(out)["members"][0]["name"] == "cli-a"
+    monkeypatch.setenv("MESH_HTTP_ADDR", " ")  # blank counts as unset (audit 16)
+    assert run(capsys, "members", "--json")[0] == 0
     monkeypatch.setenv("MESH_HTTP_ADDR", "garbage::")  # the client's own wins
     assert one_error_line(capsys, "members").startswith("MESH_HTTP_ADDR: ")
 
@@ -150,6 +152,8 @@ def test_the_container_healthcheck_finds_the_agent(agent: AgentProcess) -> None:
         assert _healthcheck({"MESH_HTTP": http}).returncode == 0
     # empty counts as unset, as for the agent (audit 14: a ValueError)
     assert "ValueError" not in _healthcheck({"MESH_HTTP": ""}).stderr
+    # the agent strips the value (audit 16: a leading space failed the check)
+    assert _healthcheck({"MESH_HTTP": f" {agent.http_addr} "}).returncode == 0
 
 
 def test_routes_put_get_list_delete(

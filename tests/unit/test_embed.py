@@ -122,6 +122,9 @@ async def test_a_client_leave_ends_the_block_and_the_node_leaves_gracefully() ->
             with pytest.raises(StopAsyncIteration):
                 await anext(watch)
         assert b.health()["reasons"] == ["leaving"]
+        with trio.fail_after(DEADLINE), pytest.raises(RouteError) as info:
+            await b.wait_ready()  # it will never be ready: no endless wait
+        assert info.value.status == "unavailable"
         await wait_until_left(a, "b")
 
 
