@@ -146,6 +146,9 @@ class Agent:
         # Replaced on every push_done: waiters (sync=all, the leave flush)
         # re-check their condition when a push ends instead of polling.
         self._push_progress = trio.Event()
+        # seed -> the join failure last logged for it (at most one per seed
+        # in config.join): the same failure again goes to debug
+        self._join_failures: dict[str, str] = {}
         # member name -> when we saw it dead (for the "dead member is back" log)
         self._dead_since: dict[str, float] = {}
         # Replaced each time core.routes.index moves: route watchers (blocking
@@ -468,14 +471,20 @@ class Agent:
             )
         finally:
             self._io_inflight -= 1
-        if not replies and join:
+        if join:
             target = effect.target
             seed = target if isinstance(target, str) else format_address(target)
-            self.log.info(
-                "join attempt failed; will retry",
-                seed=seed,
-                error="; ".join(errors or ()) or "no answer",
-            )
+            if replies:
+                self._join_failures.pop(seed, None)
+            else:
+                error = "; ".join(errors or ()) or "no answer"
+                # Once per seed and reason at info: a member cut off for an
+                # hour knocks every few seconds (audit 17: a line each time).
+                said = self._join_failures.get(seed) == error
+                self._join_failures[seed] = error
+                (self.log.debug if said else self.log.info)(
+                    "join attempt failed; will retry", seed=seed, error=error
+                )
         self._dispatch(
             self.core.exchange_done(effect.token, replies, trio.current_time())
         )

@@ -10,9 +10,9 @@ import structlog
 import trio
 import trio.testing
 
-from mesh.core.effects import Effect
+from mesh.core.effects import Effect, Exchange, ExchangePurpose
 from mesh.core.routes import Route, Version
-from mesh.messages import Alive, Dead
+from mesh.messages import Alive, Dead, PushPull
 
 from .conftest import MakeAgent
 
@@ -181,3 +181,33 @@ async def test_a_full_table_refusing_peers_routes_is_logged_once_a_minute(
     warnings = [e for e in logs if e["event"].startswith("route table full")]
     assert len(warnings) == 2
     assert warnings[0]["max_routes"] == 1
+
+
+async def test_a_join_failure_is_logged_at_info_once_per_seed_and_reason(
+    make_agent: MakeAgent,
+) -> None:
+    """Audit 17: a member cut off for a long partition logged every knock on
+    its seeds at info, every 1-3 s."""
+    agent = make_agent(join=("127.0.0.1:1",))
+    reasons = iter(["refused", "refused", "refused", "tls failed", "tls failed"])
+
+    class Peers:
+        async def exchange(
+            self, target: object, request: object, *, errors: list[str]
+        ) -> list[PushPull]:
+            errors.append(next(reasons))
+            return []
+
+    agent.peers = Peers()  # type: ignore[assignment]
+    with structlog.testing.capture_logs() as logs:
+        for token in range(1, 6):
+            agent._io_inflight += 1
+            await agent._run_exchange(
+                Exchange(token, "127.0.0.1:1", PushPull(True, ()), ExchangePurpose.JOIN)
+            )
+    failures = [e for e in logs if e["event"] == "join attempt failed; will retry"]
+    assert [e["error"] for e in failures if e["log_level"] == "info"] == [
+        "refused",
+        "tls failed",
+    ]
+    assert agent._io_inflight == 0
