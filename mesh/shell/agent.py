@@ -506,10 +506,26 @@ class Agent:
             reply = await reconcile(self, self.peers, effect)
         finally:
             self._io_inflight -= 1
+        stats = self.core.ae.stats
+        before = stats.copy()
         self._dispatch(
             self.core.reconcile_done(
                 effect.token, reply, trio.current_time(), time.time()
             )
+        )
+        # What each step did (a round's outcome, routes repaired, refused as
+        # expired, dropped): audit 17 could diagnose a race between rounds
+        # only by polling metrics, since no round was logged at any level.
+        self.log.debug(
+            "anti-entropy step",
+            peer=effect.peer,
+            request=type(effect.request).__name__,
+            answered=reply is not None,
+            **{
+                key: count - before[key]
+                for key, count in stats.items()
+                if count != before[key] and key.startswith(("rounds_", "routes_"))
+            },
         )
 
     async def _run_probe(self, effect: ProbeTcp) -> None:

@@ -211,3 +211,33 @@ async def test_a_join_failure_is_logged_at_info_once_per_seed_and_reason(
         "tls failed",
     ]
     assert agent._io_inflight == 0
+
+
+async def test_an_anti_entropy_step_is_logged_at_debug_with_what_it_did(
+    make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit 17: rounds were logged at no level at all."""
+    from mesh.core.antientropy import AeSymbols, Reconcile, SymbolsStatus
+    from mesh.shell import agent as agent_module
+
+    agent = make_agent()
+    agent.receive(("127.0.0.2", 7946), [Alive(1, "peer", ("127.0.0.2", 7946), {})])
+    agent.core.ae.alone = False  # a member of a mesh: an ordinary round
+    agent.core.ae._next_at = 0.0
+    (effect,) = [
+        e for e in agent.core.tick(trio.current_time()) if isinstance(e, Reconcile)
+    ]
+
+    async def same(*_: object) -> AeSymbols:
+        return AeSymbols(SymbolsStatus.SAME)
+
+    monkeypatch.setattr(agent_module, "reconcile", same)
+    agent.peers = object()  # type: ignore[assignment]
+    agent._io_inflight += 1
+    with structlog.testing.capture_logs() as logs:
+        await agent._run_reconcile(effect)
+    (step,) = [e for e in logs if e["event"] == "anti-entropy step"]
+    assert step["peer"] == "peer"
+    assert step["request"] == "AeOpen"
+    assert step["answered"] is True
+    assert step["rounds_same"] == 1
