@@ -37,7 +37,14 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-__all__ = ["Digest", "Symbol", "element_of", "estimate_difference", "peel"]
+__all__ = [
+    "Digest",
+    "Symbol",
+    "element_of",
+    "element_of_text",
+    "estimate_difference",
+    "peel",
+]
 
 _MASK = (1 << 64) - 1
 _INV_2_32 = 1.0 / float(1 << 32)
@@ -55,7 +62,13 @@ def _mix(z: int) -> int:
 
 def element_of(key: str, version: str) -> int:
     """The 64-bit element of one table entry (never 0)."""
-    digest = hashlib.blake2b(f"{key}\x00{version}".encode(), digest_size=8).digest()
+    return element_of_text(f"{key}\x00{version}")
+
+
+def element_of_text(text: str) -> int:
+    """The element of an entry given as ``key NUL version``: for a caller
+    that builds that text in one format (the route table, per entry stored)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") or 1
 
 

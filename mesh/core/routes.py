@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import hashlib
 import heapq
 import re
 import sys
@@ -48,7 +47,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
-from .digest import Digest, Symbol
+from .digest import Digest, Symbol, element_of_text
 
 __all__ = [
     "MAX_META_ENTRIES",
@@ -75,7 +74,6 @@ _key_ok = KEY_RE.fullmatch
 _HLC_LOGICAL_BITS = 16
 _HLC_LOGICAL_MASK = (1 << _HLC_LOGICAL_BITS) - 1
 _MAX_U64 = (1 << 64) - 1
-_blake2b = hashlib.blake2b
 
 
 class Version(NamedTuple):
@@ -232,10 +230,7 @@ def _element_of(key: str, version: Version) -> int:
     """``element_of(key, str(version))`` with one format and no method call:
     the digest's element of every entry stored, on every replica."""
     revision, hlc, origin = version
-    text = f"{key}\x00{revision:020d}.{hlc:020d}.{origin}"
-    return (
-        int.from_bytes(_blake2b(text.encode(), digest_size=8).digest(), "little") or 1
-    )
+    return element_of_text(f"{key}\x00{revision:020d}.{hlc:020d}.{origin}")
 
 
 def version_ms(version: Version) -> int:
