@@ -52,7 +52,7 @@ from .auth import client_ssl_context, peer_scheme
 from .http_client import H11Transport, PeerHttpClient
 from .metrics import Metrics
 from .net import format_address
-from .sealing import Sealer
+from .sealing import PEER_REFUSALS, Sealer
 
 __all__ = [
     "ACK_LIMIT",
@@ -160,7 +160,7 @@ def make_peer_app(
     def observe(method: str, pattern: str, status: int) -> None:
         # Refusals no handler counts itself (audit 15: unseen by operators);
         # a ping for another name is an answer, not a refusal.
-        reason = _REFUSALS.get(status)
+        reason = PEER_REFUSALS.get(status)
         if reason is not None and not (status == 404 and pattern == PING_PATH):
             metrics.exchange_errors.labels("server", reason).inc()
 
@@ -168,15 +168,6 @@ def make_peer_app(
     if handle_routes is not None:
         table.append(Route("POST", ROUTES_PATH, routes))
     return Router(table, on_error=on_error, observe=observe)
-
-
-#: peer-port statuses answered before (or instead of) a handler's own checks
-_REFUSALS = {
-    404: "not_found",
-    405: "bad_method",
-    408: "body_timeout",
-    413: "too_large",
-}
 
 
 def _client(request: Request) -> str:

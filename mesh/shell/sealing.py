@@ -35,11 +35,22 @@ from ..security import (
 from .asgi import ASGIApp, HttpError, Message, Receive, Scope, Send, read_body
 from .metrics import Metrics
 
-__all__ = ["PEER_BODY_LIMIT", "Sealer"]
+__all__ = ["PEER_BODY_LIMIT", "PEER_REFUSALS", "Sealer"]
 
 #: largest peer request body read before authentication: the largest plaintext
 #: body (16 MiB, a push-pull or a route batch) plus room for the envelope
 PEER_BODY_LIMIT = 16 * 1024 * 1024 + 1024
+
+
+#: peer-port statuses answered before (or instead of) a handler's own checks,
+#: by this wrapper or the peer app, -> their reason in
+#: ``mesh_exchange_errors_total{side="server"}``
+PEER_REFUSALS = {
+    404: "not_found",
+    405: "bad_method",
+    408: "body_timeout",
+    413: "too_large",
+}
 
 
 class Sealer:
@@ -204,9 +215,9 @@ class Sealer:
 
         return sealed_app
 
-    def _refused(self, reason: str) -> None:
+    def _refused(self, status: int) -> None:
         # the peer app's own refusals count here too (peer_http.make_peer_app)
-        self._metrics.exchange_errors.labels("server", reason).inc()
+        self._metrics.exchange_errors.labels("server", PEER_REFUSALS[status]).inc()
 
     async def _serve(
         self, app: ASGIApp, scope: Scope, receive: Receive, send: Send
@@ -244,7 +255,7 @@ class Sealer:
     ) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > PEER_BODY_LIMIT:
-            self._refused("too_large")
+            self._refused(413)
             await _send_error(
                 send, 413, f"request body must be at most {PEER_BODY_LIMIT} bytes"
             )
@@ -255,11 +266,11 @@ class Sealer:
                 body = await self._read(receive, charged)
             except HttpError as exc:
                 if exc.status == 413:
-                    self._refused("too_large")
+                    self._refused(413)
                 await _send_error(send, exc.status, exc.message)
                 return
         if cancel.cancelled_caught:
-            self._refused("body_timeout")
+            self._refused(408)
             await _send_error(send, 408, "request body too slow")
             return
         nonce = b""
