@@ -184,16 +184,25 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(url, token=token, timeout=args.timeout, verify=verify)
 
 
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}
-
-
 def _dialable(listen: str) -> str:
-    """An agent's listen address (``MESH_HTTP``) as one to call: a wildcard
-    host is reached on loopback."""
-    host, sep, port = listen.strip().rpartition(":")
-    if not sep or "://" in listen:
+    """An agent's listen address (``MESH_HTTP``, parsed as the agent parses
+    it) as one to call: a wildcard host is reached on loopback. Anything the
+    agent would refuse is returned as it is, for :func:`base_url` to name."""
+    import ipaddress
+
+    from .config import parse_address
+    from .errors import ConfigError
+    from .messages import format_address, is_ip_literal
+
+    try:
+        host, port = parse_address(listen)
+    except ConfigError:
         return listen
-    return f"{_WILDCARDS.get(host, host)}:{port}"
+    if is_ip_literal(host):
+        ip = ipaddress.ip_address(host)
+        if ip.is_unspecified:
+            host = "::1" if ip.version == 6 else "127.0.0.1"
+    return format_address((host, port))
 
 
 def _client_command(run: Callable[[Any, argparse.Namespace], None]) -> Command:
