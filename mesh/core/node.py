@@ -366,18 +366,17 @@ class NodeCore:
         and hid the lateness from the tick (audit 12: 3 of 14 stalls missed,
         each then ready with a stale table)."""
         planned = self._planned
-        if planned is not None and now - planned > self.config.probe_interval:
+        cfg = self.config
+        if planned is not None and now - planned > cfg.probe_interval:
             self._planned = None
             self.membership.stats["stalls"] += 1
-            if self.config.awareness_max_multiplier > 1:  # Lifeguard on
+            if cfg.awareness_max_multiplier > 1:  # Lifeguard on
                 self._stalled(now)
-            cfg = self.config
-            if now - planned > min(cfg.push_deadline, cfg.route_tombstone_ttl) and (
-                self.joined
-            ):
+            late = now - planned
+            if self.joined and late > min(cfg.push_deadline, cfg.route_tombstone_ttl):
                 # peers gave up pushing to us meanwhile, or writes made while
                 # we were frozen are older than the TTL (see AntiEntropy.stall)
-                self.ae.stall(now - planned, now)
+                self.ae.stall(late, now)
         self._last_now = now
 
     def _stalled(self, now: float) -> None:
