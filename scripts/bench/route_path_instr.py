@@ -12,7 +12,8 @@ the difference is divided by the routes added, so start-up and imports
 cancel out.
 
 Run: python scripts/bench/route_path_instr.py [--trees before=/tmp/t,after=.]
-     [--small 200] [--large 2200]   (valgrind; ~1.5 min per part and tree)
+     [--small 200] [--large 2200] [--parts receive,fold]
+     (valgrind; ~1.5 min per part and tree)
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--large", type=int, default=2200)
     parser.add_argument(
+        "--parts", default=",".join(PARTS), help="a subset of " + ",".join(PARTS)
+    )
+    parser.add_argument(
         "--run", nargs=3, metavar=("TREE", "PART", "BODIES"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -156,7 +160,8 @@ def main() -> None:
     trees = [item.split("=", 1) for item in args.trees.split(",")]
     added = args.large - args.small
     per: dict[str, dict[str, float]] = {}
-    for part in PARTS:
+    parts = args.parts.split(",")
+    for part in parts:
         for name, path in trees:
             path = str(Path(path).resolve())
             big, small = count(path, part, args.large), count(path, part, args.small)
@@ -165,6 +170,8 @@ def main() -> None:
                 f"{name} {part}: {per[name][part]:,.0f} instructions per route",
                 flush=True,
             )
+    if set(parts) != set(PARTS):
+        return  # the table needs every part
     print()
     print("| part, instructions per route | " + " | ".join(n for n, _ in trees) + " |")
     print("|---|" + "---|" * len(trees))

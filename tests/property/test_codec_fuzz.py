@@ -350,3 +350,69 @@ def test_keyring_operation_decoder(data: bytes) -> None:
     except HttpError as exc:
         status = exc.status
     assert status in (200, 400)
+
+
+# Near-valid route rows: a valid row with one field (or none) swapped for a
+# value just inside or outside the contract (as far as msgpack can carry it),
+# so the inline check of decode_routes meets both sides of every limit.
+_VALID_ROW = ("k1", "t", {"a": "b"}, 0, 5, "n1", False)
+_FIELD_CHOICES: tuple[tuple[Any, ...], ...] = (
+    ("a.b:c@d-e", "", "-bad", "k" * 253, "k" * 254, "é", 7),
+    ("", "x", "t" * 1024, "t" * 1025, "é" * 1024, "é" * 1025, 5, None),
+    (
+        {},
+        {"é": "b"},
+        {"a": "v" * 256},
+        {"a": "v" * 257},
+        {"a": 1},
+        [],
+        None,
+        {str(i): "v" for i in range(32)},
+        {str(i): "v" for i in range(33)},
+    ),
+    (1, 2**64 - 1, -(2**63), -1, True, 1.0, None),
+    (0, 2**64 - 1, -(2**63), -1, False, "1"),
+    ("n2", "n3", "", "bad name", 3, None),
+    (True, 0, 1, None),
+)
+
+
+@st.composite
+def _near_valid_row(draw: st.DrawFn) -> list[Any]:
+    row = list(_VALID_ROW)
+    field = draw(st.integers(-1, 6))
+    if field >= 0:
+        row[field] = draw(st.sampled_from(_FIELD_CHOICES[field]))
+    if field == 1 and draw(st.booleans()):
+        row[6] = True  # a tombstone's target is not checked for length
+    return row + draw(st.sampled_from([[], ["extra"]]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_near_valid_row(), max_size=6))
+def test_route_rows_inline_check_agrees_with_the_field_by_field_one(
+    rows: list[list[Any]],
+) -> None:
+    """decode_routes' inline check may only take a row that ``_route`` takes,
+    and must build the same route; a row either refuses is refused whole."""
+    from mesh.codec_routes import _route
+
+    # two valid rows first: their origins are then known to the batch, which
+    # is when the inline check applies
+    seen = [["s1", "t", {}, 0, 0, "n1", False], ["s2", "t", {}, 0, 0, "n2", False]]
+    wire = seen + rows
+    data = msgpack.packb([PROTOCOL_VERSION, "n0", wire])
+    origins: set[str] = set()
+    try:
+        expected: list[Any] | None = [
+            _route(row, origins) for row in msgpack.unpackb(data)[2]
+        ]
+    except DecodeError:
+        expected = None
+    try:
+        got: list[Any] | None = decode_routes(data, max_routes=10)[1]
+    except DecodeError:
+        got = None
+    assert got == expected
+    if got is not None and expected is not None:
+        assert [type(r.meta) for r in got] == [type(r.meta) for r in expected]
