@@ -207,7 +207,8 @@ def validate_route_fields(
         return f"key must match ^{KEY_RE.pattern}$"
     if not isinstance(target, str) or not 1 <= len(target) <= MAX_TARGET_LEN:
         return f"target must be a string of 1..{MAX_TARGET_LEN} characters"
-    if not is_unicode(target):
+    # (isascii first: the common case without a call, on every route)
+    if not target.isascii() and not is_unicode(target):
         return f"target: {_NOT_UNICODE}"
     if meta is None or meta == {}:
         return None
@@ -221,7 +222,7 @@ def validate_route_fields(
             return "meta keys and values must be strings"
         if len(k) > MAX_META_LEN or len(v) > MAX_META_LEN:
             return f"meta keys and values must be at most {MAX_META_LEN} characters"
-        if not is_unicode(k) or not is_unicode(v):
+        if not (k.isascii() or is_unicode(k)) or not (v.isascii() or is_unicode(v)):
             return f"meta: {_NOT_UNICODE}"
     return None
 
@@ -451,12 +452,12 @@ class RouteTable:
         """:meth:`apply` for each of a pushed batch: counts by status value.
         No :class:`Outcome` per route: a batch's sender wants only counts,
         and every replica runs this for every route written in the mesh."""
-        counts: dict[str, int] = {}
+        counts: dict[OutcomeStatus, int] = {}
         apply = self._apply
         for route in routes:
-            status = apply(route, wall_ms, horizon_ms).value
+            status = apply(route, wall_ms, horizon_ms)
             counts[status] = counts.get(status, 0) + 1
-        return counts
+        return {status.value: n for status, n in counts.items()}
 
     def _apply(
         self, route: Route, wall_ms: int, horizon_ms: int | None
@@ -526,7 +527,12 @@ class RouteTable:
         element = _element_of(key, route.version)
         self._element[key] = element
         self._keys[element] = key
-        self._toggle(element, 1)
+        pending = self._pending  # _toggle(element, 1), inlined: every route
+        net = pending.get(element, 0) + 1
+        if net:
+            pending[element] = net
+        else:
+            del pending[element]
         self.index += 1
         if self._changes is not None:
             self._changes.append((self.index, key, route))

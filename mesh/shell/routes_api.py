@@ -333,8 +333,8 @@ def _parse_put(document: object, fields: frozenset[str]) -> _Put | str:
     """A put's fields, or the 400 error message."""
     if not isinstance(document, dict):
         return "body must be a JSON object"
-    unknown = sorted(set(document) - fields)
-    if unknown:
+    if not document.keys() <= fields:  # (no set built for a valid put)
+        unknown = sorted(set(document) - fields)
         return f"unknown fields: {', '.join(unknown)}"
     if "target" not in document:
         return "target is required"
