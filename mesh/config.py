@@ -354,7 +354,7 @@ class Config:
     antientropy_min_symbols: int = attrs.field(default=24, validator=_at_least_one)
     #: routes sent or asked for in one repair request; the rest waits a round
     antientropy_repair_max: int = attrs.field(default=2048, validator=_at_least_one)
-    #: digest updates folded per timer tick (each ~20 µs): a burst of writes
+    #: digest updates folded per timer tick (each a few µs): a burst of writes
     #: is folded in slices of this many while the loop keeps serving; a node
     #: with more pending answers rounds "busy" meanwhile
     antientropy_fold_batch: int = attrs.field(default=512, validator=_at_least_one)

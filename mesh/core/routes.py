@@ -452,12 +452,14 @@ class RouteTable:
         """:meth:`apply` for each of a pushed batch: counts by status value.
         No :class:`Outcome` per route: a batch's sender wants only counts,
         and every replica runs this for every route written in the mesh."""
-        counts: dict[OutcomeStatus, int] = {}
+        counts: dict[str, int] = {}
         apply = self._apply
         for route in routes:
-            status = apply(route, wall_ms, horizon_ms)
+            # (_value_: a plain attribute; .value is a property, and a dict
+            # keyed by the member would call enum's __hash__, both Python)
+            status = apply(route, wall_ms, horizon_ms)._value_
             counts[status] = counts.get(status, 0) + 1
-        return {status.value: n for status, n in counts.items()}
+        return counts
 
     def _apply(
         self, route: Route, wall_ms: int, horizon_ms: int | None
@@ -557,7 +559,7 @@ class RouteTable:
         return len(self._pending)
 
     def fold(self, limit: int) -> int:
-        """Fold up to ``limit`` pending changes into the digest (~10 µs each);
+        """Fold up to ``limit`` pending changes into the digest (a few µs each);
         returns how many remain. The node calls this a batch per timer tick,
         so a bulk load of 100,000 routes never stalls its loop for seconds."""
         pending = self._pending
