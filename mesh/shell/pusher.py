@@ -43,6 +43,7 @@ import trio
 
 from ..codec_routes import decode_routes_ack, encode_routes
 from ..core.effects import Push
+from ..core.routes import Route
 from ..core.sync import Batch, Failure, is_transient
 from ..errors import DecodeError
 from ..messages import Address
@@ -146,6 +147,10 @@ class Pusher:
         self._tasks = 0
         self._requests = 0
         self._max_requests = 0
+        # The last body encoded, with the routes it holds: peers that keep up
+        # are handed batches of the very same routes, and encoding one costs
+        # ~1.5 µs a route. The routes are kept so their ids stay theirs.
+        self._last_body: tuple[tuple[Route, ...], bytes] | None = None
 
     def statistics(self) -> PushStatistics:
         return PushStatistics(
@@ -180,10 +185,24 @@ class Pusher:
             )
         self._agent.push_done(batch, result == "ok", result)
 
+    def _body(self, routes: tuple[Route, ...]) -> bytes:
+        """The batch's body, reused when the last batch held the same route
+        objects in the same order (one body per write for every peer)."""
+        last = self._last_body
+        if (
+            last is not None
+            and len(last[0]) == len(routes)
+            and all(a is b for a, b in zip(last[0], routes, strict=True))
+        ):
+            return last[1]
+        body = encode_routes(self._agent.core.name, routes)
+        self._last_body = (routes, body)
+        return body
+
     async def _deliver(self, batch: Batch) -> str:
         """Attempts with backoff until acked, a permanent failure, the retries
         run out, or ``batch.deadline`` (every wait below ends by it)."""
-        body = encode_routes(self._agent.core.name, batch.routes)
+        body = self._body(batch.routes)
         url = self._url(batch.addr)
         count = len(batch.routes)
         deadline = batch.deadline

@@ -635,3 +635,40 @@ async def test_peer_app_refuses_a_bad_batch_and_counts_it() -> None:
     assert ok.headers["content-type"] == "application/msgpack"
     assert decode_routes_ack(ok.content) == {"received": 1, "applied": 1}
     assert wrong.status_code == 405
+
+
+def test_peers_handed_the_same_routes_share_one_encoded_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write goes to every peer as the same routes: it is encoded once.
+    A later write (other routes) is encoded afresh, and each peer still
+    decodes exactly what was written to it."""
+    from mesh.shell import pusher as pusher_module
+
+    encoded: list[int] = []
+    real = pusher_module.encode_routes
+
+    def counting(sender: str, routes: Any) -> bytes:
+        encoded.append(len(routes))
+        return real(sender, routes)
+
+    monkeypatch.setattr(pusher_module, "encode_routes", counting)
+
+    async def main() -> None:
+        got: dict[str, list[list[str]]] = {}
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            _, routes = decode_routes(request.content, max_routes=10_000)
+            got.setdefault(peer_name(request), []).append([r.target for r in routes])
+            return ack(request)
+
+        async with pushing(handler, peers=3) as h:
+            h.write("k1", "http://one")
+            await h.agent.flush_pushes()
+            h.write("k1", "http://two")
+            await h.agent.flush_pushes()
+        assert encoded == [1, 1]  # one body per write, not one per peer
+        assert len(got) == 3
+        assert all(v == [["http://one"], ["http://two"]] for v in got.values())
+
+    run(main)
