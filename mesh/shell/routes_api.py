@@ -172,6 +172,25 @@ def routes_endpoints(agent: Agent) -> list[Route]:
                     key=write.key,
                     result=outcome.status.value,
                 )
+                route = outcome.route
+                if (
+                    outcome.status is _APPLIED
+                    and route is not None
+                    and not route.deleted
+                ):
+                    # _result's answer to a stored put, built in one literal
+                    # (the common item, one per route of the call)
+                    version = route.version
+                    results[slot] = {
+                        "key": route.key,
+                        "status": 200,
+                        "target": route.target,
+                        "meta": dict(route.meta),
+                        "version": str(version),
+                        "origin": version.origin,
+                        "revision": version.revision,
+                    }
+                    continue
                 status, answer = _result(outcome)
                 results[slot] = {"key": write.key, "status": status, **answer}
         body: dict[str, Any] = {"results": results}
@@ -222,6 +241,9 @@ def _delete(agent: Agent, key: str, revision: int | None) -> Result:
     outcome = agent.delete_route(key, revision)
     agent.log.debug("route delete", key=key, result=outcome.status.value)
     return _result(outcome)
+
+
+_APPLIED = OutcomeStatus.APPLIED
 
 
 def _result(outcome: Outcome) -> Result:
