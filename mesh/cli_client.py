@@ -364,7 +364,7 @@ def _print_write(verb: str, args: argparse.Namespace, document: Any) -> None:
         from .client import ClientError
 
         raise ClientError(
-            f"committed, but not acknowledged within {args.sync_timeout} s by "
+            f"committed, but not acknowledged within {args.sync_timeout:g} s by "
             f"{len(pending)} member(s): {', '.join(pending)}"
         )
 

@@ -68,13 +68,16 @@ def parse_pairs(items: Sequence[Any], source: str) -> dict[str, str]:
     """``KEY=VALUE`` items (``--tag``, ``--meta``) as a dict.
 
     Raises:
-        ConfigError: an item without ``=``, naming ``source``.
+        ConfigError: an item without ``=`` or with an empty KEY (``=v`` is
+            a slip, not a name), naming ``source``.
     """
     pairs: dict[str, str] = {}
     for item in items:
         if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"{source} must be KEY=VALUE, got {item!r}")
         key, _, value = item.partition("=")
+        if not key.strip():
+            raise ConfigError(f"{source} must be KEY=VALUE with a KEY, got {item!r}")
         pairs[key.strip()] = value
     return pairs
 

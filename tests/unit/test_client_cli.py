@@ -297,6 +297,11 @@ def test_bad_meta_is_a_client_error(
 ) -> None:
     message = one_error_line(capsys, "routes", "put", "k", "t", "--meta", "x", *nowhere)
     assert message == "--meta must be KEY=VALUE, got 'x'"
+    # an empty KEY is a slip (audit 14 saw "=v" stored as meta key "")
+    message = one_error_line(
+        capsys, "routes", "put", "k", "t", "--meta", "=v", *nowhere
+    )
+    assert message == "--meta must be KEY=VALUE with a KEY, got '=v'"
 
 
 @pytest.mark.parametrize(
@@ -510,12 +515,12 @@ def test_a_write_some_member_did_not_acknowledge_exits_1(
             lambda: a.statuses().get("cli-sync-b") == "alive", DEADLINE, what="b"
         )
         b.pause()
-        http = ("--http", a.http_addr, "--sync-timeout", "0.5")
+        http = ("--http", a.http_addr, "--sync-timeout", "1")
         code, out, err = run(capsys, "routes", "put", "k.synced", "t", *http)
         assert code == 1
         assert "pending: cli-sync-b" in out
         assert err.count("\n") == 1
-        assert "not acknowledged within 0.5 s by 1 member(s): cli-sync-b" in err
+        assert "not acknowledged within 1 s by 1 member(s): cli-sync-b" in err
         code, out, _ = run(capsys, "routes", "delete", "k.synced", *http, "--json")
         assert code == 1
         assert json.loads(out)["pending"] == ["cli-sync-b"]

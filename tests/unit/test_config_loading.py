@@ -126,6 +126,7 @@ def test_empty_env_values_are_unset() -> None:
         ({"bind": "nope"}, {}, None, "--bind"),
         ({"bind": "1.2.3.4:99999"}, {}, None, "port must be in 0..65535"),
         ({"tag": ["x"]}, {}, None, "--tag must be KEY=VALUE"),
+        ({"tag": [" =x"]}, {}, None, "--tag must be KEY=VALUE with a KEY"),
         ({"name": "bad name"}, {}, None, "name must match"),
         ({}, {}, "surprise = 1\n", "unknown setting 'surprise'"),
         ({}, {}, "probe_interval = 'x'\n", "probe_interval must be a number"),
