@@ -515,12 +515,12 @@ def test_a_write_some_member_did_not_acknowledge_exits_1(
             lambda: a.statuses().get("cli-sync-b") == "alive", DEADLINE, what="b"
         )
         b.pause()
-        http = ("--http", a.http_addr, "--sync-timeout", "1")
+        http = ("--http", a.http_addr, "--sync-timeout", "0.5")
         code, out, err = run(capsys, "routes", "put", "k.synced", "t", *http)
         assert code == 1
         assert "pending: cli-sync-b" in out
         assert err.count("\n") == 1
-        assert "not acknowledged within 1 s by 1 member(s): cli-sync-b" in err
+        assert "not acknowledged within 0.5 s by 1 member(s): cli-sync-b" in err
         code, out, _ = run(capsys, "routes", "delete", "k.synced", *http, "--json")
         assert code == 1
         assert json.loads(out)["pending"] == ["cli-sync-b"]
