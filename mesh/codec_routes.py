@@ -126,6 +126,7 @@ def _routes(rows: list[Any], origins: set[str]) -> list[Route]:
     out: list[Route] = []
     append = out.append
     key_ok = _key_ok
+    new = tuple.__new__
     for row in rows:
         if type(row) is list and len(row) == 7:
             key, target, meta, revision, hlc, origin, deleted = row
@@ -145,8 +146,10 @@ def _routes(rows: list[Any], origins: set[str]) -> list[Route]:
                 and target.isascii()
                 and (not meta or _ascii_meta(meta))
             ):
-                version = Version(revision, hlc, origin)
-                append(Route(key, target, meta, version, deleted))
+                # tuple.__new__ straight: a named tuple's own __new__ is a
+                # Python function, one frame per route and per version
+                version = new(Version, (revision, hlc, origin))
+                append(new(Route, (key, target, meta, version, deleted)))
                 continue
         append(_route(row, origins))
     return out

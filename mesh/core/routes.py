@@ -102,6 +102,7 @@ class Version(NamedTuple):
 
 
 _ZERO_VERSION = Version(0, 0, "")
+_new = tuple.__new__
 
 
 _NO_META: Mapping[str, str] = types.MappingProxyType({})
@@ -406,13 +407,18 @@ class RouteTable:
             # A write must supersede what it replaces, even one whose HLC was
             # clamped as too far ahead of our clock.
             hlc = max(hlc, current.version.hlc + 1)
-        version = Version(revision, hlc, self.origin)
-        route = Route(
-            key,
-            "" if deleted else target,
-            {} if deleted else dict(meta),
-            version,
-            deleted,
+        # tuple.__new__ straight, as codec_routes does: a named tuple's own
+        # __new__ is a Python function (one frame per route and version)
+        version = _new(Version, (revision, hlc, self.origin))
+        route = _new(
+            Route,
+            (
+                key,
+                "" if deleted else target,
+                {} if deleted else dict(meta),
+                version,
+                deleted,
+            ),
         )
         return self._store(route, current)
 

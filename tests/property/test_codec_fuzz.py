@@ -22,6 +22,7 @@ from mesh.codec import (
     encoded_size,
 )
 from mesh.codec_routes import decode_routes, decode_routes_ack
+from mesh.core.routes import Route, Version
 from mesh.errors import DecodeError
 from mesh.messages import Message, MessageType, PushPull
 from mesh.security import AuthError, Keyring, Kind
@@ -416,3 +417,4 @@ def test_route_rows_inline_check_agrees_with_the_field_by_field_one(
     assert got == expected
     if got is not None and expected is not None:
         assert [type(r.meta) for r in got] == [type(r.meta) for r in expected]
+        assert all(type(r) is Route and type(r.version) is Version for r in got)
