@@ -49,6 +49,9 @@ _K8S_SERVICE_LINK = re.compile(
     r"MESH_[A-Z0-9_]*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
     r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
 )
+#: the agent process's collector thresholds (CPython's default is
+#: (700, 10, 10)); why, at gc.set_threshold in _cmd_agent
+_GC_THRESHOLDS = (700, 10, 100)
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off"))
 
@@ -263,6 +266,14 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     # allocates, not the ~10^5 objects of its libraries (those scans were
     # tens-of-ms pauses in replication-lag tails).
     gc.freeze()
+    # The route table's entries are named tuples, which the collector never
+    # untracks (it does so for plain tuples only): a full collection walks
+    # two objects per route, ~0.3 s at 200,000 routes. Full collections come
+    # once the table has grown by a quarter anyway (CPython's own rule);
+    # asking for 100 middle collections between them, not 10, keeps a table
+    # that grows under load from paying that walk every second or two (~15 %
+    # of a replica's CPU per pushed route while it grew; docs/benchmarks.md).
+    gc.set_threshold(*_GC_THRESHOLDS)
     try:
         trio.run(run_agent, config)
     except OSError as exc:  # a port could not be bound
