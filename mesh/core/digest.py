@@ -139,7 +139,14 @@ class Digest:
         self.toggle([(element, -1)])
 
     def toggle(self, changes: Sequence[tuple[int, int]]) -> None:
-        """Add (sign +1) or remove (-1) each element.
+        """Add (sign +1) or remove (-1) each ``(element, sign)``."""
+        if changes:
+            elements, signs = zip(*changes, strict=True)
+            self.fold(elements, signs)
+
+    def fold(self, elements: Sequence[int], signs: Sequence[int]) -> None:
+        """Add (sign +1) or remove (-1) each element: :meth:`toggle` with the
+        pairs already apart, as the route table keeps them.
 
         Below :data:`VECTOR_FROM` changes the walk of :func:`indices` runs in
         Python (numpy's fixed cost per step would dominate); from there on it
@@ -147,26 +154,27 @@ class Digest:
         symbols touched are updated in one scatter per array, and both give
         bit for bit the symbols :func:`indices` defines (a test checks it):
         the mapping is part of the anti-entropy protocol."""
-        if not changes:
+        if not elements:
             return
-        if len(changes) < VECTOR_FROM:
-            owners, where = self._walk_python(changes)
+        if len(elements) < VECTOR_FROM:
+            owners, where = self._walk_python(elements)
         else:
-            owners, where = self._walk_vector(changes)
-        elements = np.fromiter((e for e, _ in changes), np.uint64, len(changes))
-        signs = np.fromiter((s for _, s in changes), np.int64, len(changes))
-        checks = _checksums(elements)
-        self.size += int(signs.sum())
+            owners, where = self._walk_vector(elements)
+        values = np.array(elements, dtype=np.uint64)
+        sign = np.array(signs, dtype=np.int64)
+        checks = _checksums(values)
+        total = int(sign.sum())
+        self.size += total
         # symbol 0 holds every element
-        self._count[0] += signs.sum()
-        self._xor[0] ^= np.bitwise_xor.reduce(elements)
+        self._count[0] += total
+        self._xor[0] ^= np.bitwise_xor.reduce(values)
         self._check[0] ^= np.bitwise_xor.reduce(checks)
-        np.add.at(self._count, where, signs[owners])
-        np.bitwise_xor.at(self._xor, where, elements[owners])
+        np.add.at(self._count, where, sign[owners])
+        np.bitwise_xor.at(self._xor, where, values[owners])
         np.bitwise_xor.at(self._check, where, checks[owners])
 
     def _walk_python(
-        self, changes: Sequence[tuple[int, int]]
+        self, elements: Sequence[int]
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """(change number, symbol index) of every index past 0: the walk of
         :func:`indices`, inlined."""
@@ -176,7 +184,7 @@ class Digest:
         sqrt = math.sqrt
         owners: list[int] = []
         where: list[int] = []
-        for n, (element, _) in enumerate(changes):
+        for n, element in enumerate(elements):
             seed = element.to_bytes(8, "little")
             i = 0
             block = 0
@@ -193,7 +201,7 @@ class Digest:
         return np.array(owners, dtype=np.intp), np.array(where, dtype=np.intp)
 
     def _walk_vector(
-        self, changes: Sequence[tuple[int, int]]
+        self, elements: Sequence[int]
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """The same pairs as :meth:`_walk_python`, a block of 16 uniforms at a
         time for every element still below the limit. Only the BLAKE2b call
@@ -201,9 +209,9 @@ class Digest:
         IEEE operations in the same order, so the indices are identical."""
         limit = float(self.max_symbols)
         blake2b = hashlib.blake2b
-        seeds = [element.to_bytes(8, "little") for element, _ in changes]
-        rows = np.arange(len(changes), dtype=np.intp)
-        at = np.zeros(len(changes), dtype=np.float64)
+        seeds = [element.to_bytes(8, "little") for element in elements]
+        rows = np.arange(len(elements), dtype=np.intp)
+        at = np.zeros(len(elements), dtype=np.float64)
         owners: list[npt.NDArray[np.intp]] = []
         where: list[npt.NDArray[np.intp]] = []
         block = 0

@@ -569,11 +569,15 @@ class RouteTable:
         returns how many remain. The node calls this a batch per timer tick,
         so a bulk load of 100,000 routes never stalls its loop for seconds."""
         pending = self._pending
-        changes = []
-        for _ in range(min(limit, len(pending))):
-            element, net = pending.popitem()
-            changes.append((element, 1 if net > 0 else -1))
-        self.digest.toggle(changes)
+        if limit >= len(pending):  # all of them: no loop in Python
+            elements, nets = list(pending), list(pending.values())
+            pending.clear()
+        else:
+            taken = [pending.popitem() for _ in range(limit)]
+            elements, nets = [e for e, _ in taken], [n for _, n in taken]
+        # added since the last fold, or removed (a net of 2 would take two
+        # keys with one 64-bit element: folded once, as before)
+        self.digest.fold(elements, [1 if n > 0 else -1 for n in nets])
         return len(pending)
 
     def symbols(self, start: int, stop: int) -> list[Symbol]:

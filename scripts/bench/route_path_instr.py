@@ -19,6 +19,7 @@ Run: python scripts/bench/route_path_instr.py [--trees before=/tmp/t,after=.]
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import re
@@ -51,7 +52,12 @@ def pushed_bodies(n: int) -> list[bytes]:
 
 
 def workload(tree: str, part: str, bodies_file: str) -> None:
-    """One part over the bodies in ``bodies_file`` (run under callgrind)."""
+    """One part over the bodies in ``bodies_file`` (run under callgrind).
+    The cyclic collector is off: a full collection costs what the heap
+    holds, not what the code does, and one more or less in either size of
+    run moved a part's count by ~10 % (the agent's collector settings are
+    measured in wall-clock terms, docs/benchmarks.md)."""
+    gc.disable()
     sys.path.insert(0, tree)
     from mesh.codec_routes import decode_routes, encode_routes
     from mesh.config import Config
