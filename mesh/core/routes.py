@@ -232,7 +232,12 @@ def _element_of(key: str, version: Version) -> int:
     """``element_of(key, str(version))`` with one format and no method call:
     the digest's element of every entry stored, on every replica."""
     revision, hlc, origin = version
+    if revision == 0:  # most writes carry none: no padding of it to format
+        return element_of_text(f"{key}\x00{_NO_REVISION}.{hlc:020d}.{origin}")
     return element_of_text(f"{key}\x00{revision:020d}.{hlc:020d}.{origin}")
+
+
+_NO_REVISION = "0" * 20
 
 
 def version_ms(version: Version) -> int:

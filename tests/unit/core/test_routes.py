@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from mesh.core.digest import element_of
 from mesh.core.routes import (
@@ -40,6 +40,7 @@ def test_version_string_sorts_like_the_version() -> None:
     st.integers(0, 2**64 - 1),
     st.text(min_size=1, max_size=20),
 )
+@example(key="a", revision=0, hlc=5, origin="n")  # the table's own shortcut
 def test_the_table_folds_the_digest_element_of_key_and_version_text(
     key: str, revision: int, hlc: int, origin: str
 ) -> None:
