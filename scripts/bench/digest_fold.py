@@ -1,10 +1,12 @@
 """Why the digest fold costs what it does: the production index walk against
 three cheaper-looking mappings, on fold CPU and on peeling efficiency.
 
-The fold (``Digest.toggle``) is the largest single item of a replica's CPU
+The fold (``Digest.toggle``) was the largest single item of a replica's CPU
 under batch load (docs/benchmarks.md): every element lands in ~16 symbols,
-and each of them is a few Python-level operations. The variants here were
-tried as replacements and are kept only as evidence (none is used):
+and each of them was a few Python-level operations. Since session 9
+production folds a slice at a time in numpy (``production`` below), with the
+``numpy`` variant as its prototype. The other variants were tried as
+replacements for the per-element walk and are kept only as evidence:
 
 * ``lut``: the same gap process, its ``1/sqrt(u) - 1`` read from a 65,536-entry
   table of 16-bit uniforms instead of computed;
@@ -14,9 +16,9 @@ tried as replacements and are kept only as evidence (none is used):
   pattern share all its symbols;
 * ``alpha``: index ``i`` hit with probability ``1/(1 + 0.75 i)`` instead of
   ``1/(1 + i/2)``: fewer symbols per element (~11.5 instead of ~16);
-* ``numpy`` (only where numpy is installed; mesh does not depend on it): the
-  production mapping, bit for bit (checked at start), folded a slice of 512
-  at a time as the node does, the walk and the updates vectorised;
+* ``numpy`` (the prototype of today's production fold): the production
+  mapping, bit for bit (checked at start), folded a slice of 512 at a time
+  as the node does, the walk and the updates vectorised;
 * ``numpy-splitmix``: the same gap law with uniforms numpy can compute too
   (splitmix64 instead of BLAKE2b), so nothing per element stays in Python.
 
@@ -196,7 +198,7 @@ def _fold_production(changes: list[tuple[int, int]]) -> None:
     Digest(SYMBOLS).toggle(changes)
 
 
-# --- vectorised folds (numpy, if installed: not a dependency of mesh) ---
+# --- vectorised folds (numpy) ---
 
 _GAMMA = 0x9E3779B97F4A7C15
 _SLICE = 512  # the node folds in slices of antientropy_fold_batch
