@@ -8,11 +8,14 @@ what the replica that took the write pays besides: the floor under the batch
 throughput of ``routes_throughput.py``. Medians over repetitions.
 
 Run: python scripts/bench/route_path_cost.py [--routes 20000] [--reps 5]
+     python scripts/bench/route_path_cost.py --routes 200000 --reps 2 \\
+         --gc default,agent,off
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -130,7 +133,17 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--gc",
+        default="",
+        help="collector settings to compare on the receiver, alternating: "
+        "comma-separated of default, agent (mesh agent's), off; the writer "
+        "is then not run",
+    )
     args = parser.parse_args()
+    if args.gc:
+        _compare_collectors(args)
+        return
     runs, wruns = [], []
     for _ in range(args.reps):  # alternating: noise hits both sides alike
         runs.append(once(args.routes, args.batch))
@@ -141,6 +154,54 @@ def main() -> None:
     )
     _table("each receiver", RECEIVER, runs)
     _table("the writer", WRITER, wruns)
+
+
+def _compare_collectors(args: argparse.Namespace) -> None:
+    """The receiver's steps under each collector setting, alternating: the
+    table's named tuples stay tracked, so a full collection's cost grows
+    with the table (try ``--routes 200000``)."""
+    from mesh.cli import _GC_THRESHOLDS
+
+    settings = {"default": (700, 10, 10), "agent": _GC_THRESHOLDS}
+    names = args.gc.split(",")
+    runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
+    full: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+    began = [0.0]
+    spent = [0, 0.0]  # full collections, their CPU seconds
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            began[0] = time.process_time()
+        else:
+            spent[0] += 1
+            spent[1] += time.process_time() - began[0]
+
+    gc.callbacks.append(watch)
+    for _ in range(args.reps):
+        for name in names:
+            gc.collect()
+            spent[:] = [0, 0.0]
+            if name == "off":
+                gc.disable()
+            else:
+                gc.set_threshold(*settings[name])
+            try:
+                runs[name].append(once(args.routes, args.batch))
+            finally:
+                gc.enable()
+                gc.set_threshold(*settings["default"])
+            full[name].append((int(spent[0]), spent[1]))
+    gc.callbacks.remove(watch)
+    print(
+        f"{args.routes} routes in batches of {args.batch}, {args.reps} reps "
+        "alternating; µs of CPU per route, median [min..max]"
+    )
+    for name in names:
+        _table(f"each receiver, collector {name}", RECEIVER, runs[name])
+        shown = ", ".join(f"{n} taking {t:.2f} s" for n, t in full[name])
+        print(f"full collections per repetition: {shown}")
 
 
 if __name__ == "__main__":
