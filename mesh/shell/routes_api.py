@@ -244,6 +244,7 @@ def _delete(agent: Agent, key: str, revision: int | None) -> Result:
 
 
 _APPLIED = OutcomeStatus.APPLIED
+_new = tuple.__new__
 
 
 def _result(outcome: Outcome) -> Result:
@@ -370,7 +371,7 @@ def _parse_put(document: object, fields: frozenset[str]) -> _Put | str:
     revision = _parse_revision(document.get("revision"))
     if isinstance(revision, str):
         return revision
-    return _Put(target, dict(meta), revision)
+    return _new(_Put, (target, dict(meta), revision))
 
 
 def _parse_revision(value: object) -> int | str | None:
@@ -428,6 +429,10 @@ def _batch_item(item: object, *, deleted: bool) -> Write | dict[str, Any]:
     else:
         parsed = _parse_put(item, _BATCH_PUT_FIELDS)
         if not isinstance(parsed, str):
-            return Write(key, parsed.target, parsed.meta, parsed.revision)
+            # tuple.__new__ straight: a named tuple's own __new__ is a Python
+            # function, one frame per item of a batch call
+            return _new(
+                Write, (key, parsed.target, parsed.meta, parsed.revision, False)
+            )
         error = parsed
     return {"key": key, "status": 400, "error": error}
