@@ -172,25 +172,6 @@ def routes_endpoints(agent: Agent) -> list[Route]:
                     key=write.key,
                     result=outcome.status.value,
                 )
-                route = outcome.route
-                if (
-                    outcome.status is _APPLIED
-                    and route is not None
-                    and not route.deleted
-                ):
-                    # _result's answer to a stored put, built in one literal
-                    # (the common item, one per route of the call)
-                    version = route.version
-                    results[slot] = {
-                        "key": route.key,
-                        "status": 200,
-                        "target": route.target,
-                        "meta": dict(route.meta),
-                        "version": str(version),
-                        "origin": version.origin,
-                        "revision": version.revision,
-                    }
-                    continue
                 status, answer = _result(outcome)
                 results[slot] = {"key": write.key, "status": status, **answer}
         body: dict[str, Any] = {"results": results}
@@ -243,7 +224,6 @@ def _delete(agent: Agent, key: str, revision: int | None) -> Result:
     return _result(outcome)
 
 
-_APPLIED = OutcomeStatus.APPLIED
 _new = tuple.__new__
 
 
