@@ -208,8 +208,7 @@ def validate_route_fields(
         return f"key must match ^{KEY_RE.pattern}$"
     if not isinstance(target, str) or not 1 <= len(target) <= MAX_TARGET_LEN:
         return f"target must be a string of 1..{MAX_TARGET_LEN} characters"
-    # (isascii first: the common case without a call, on every route)
-    if not target.isascii() and not is_unicode(target):
+    if not is_unicode(target):
         return f"target: {_NOT_UNICODE}"
     if meta is None or meta == {}:
         return None
@@ -223,7 +222,7 @@ def validate_route_fields(
             return "meta keys and values must be strings"
         if len(k) > MAX_META_LEN or len(v) > MAX_META_LEN:
             return f"meta keys and values must be at most {MAX_META_LEN} characters"
-        if not (k.isascii() or is_unicode(k)) or not (v.isascii() or is_unicode(v)):
+        if not is_unicode(k) or not is_unicode(v):
             return f"meta: {_NOT_UNICODE}"
     return None
 

@@ -169,13 +169,9 @@ def route_size(route: Route) -> int:
     """Upper bound of a route's encoded size: its strings' UTF-8 bytes (exact
     for ASCII, the common case; 4 per character otherwise) plus msgpack's
     headers (<= 5 bytes per string, 9 per integer)."""
-    key, target, meta, version, _ = route
-    origin = version.origin
-    if key.isascii() and target.isascii() and origin.isascii():
-        size = 48 + len(key) + len(target) + len(origin)
-    else:
-        size = 48 + _text_size(key) + _text_size(target) + _text_size(origin)
-    for k, v in meta.items():
+    size = 48 + _text_size(route.key) + _text_size(route.target)
+    size += _text_size(route.version.origin)
+    for k, v in route.meta.items():
         size += _text_size(k) + _text_size(v) + 10
     return size
 
