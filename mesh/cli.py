@@ -271,8 +271,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     # two objects per route, ~0.3 s at 200,000 routes. Full collections come
     # once the table has grown by a quarter anyway (CPython's own rule);
     # asking for 100 middle collections between them, not 10, keeps a table
-    # that grows under load from paying that walk every second or two (~15 %
-    # of a replica's CPU per pushed route while it grew; docs/benchmarks.md).
+    # that grows under load from paying that walk every second or two (7 of
+    # 8 full collections fewer, ~0.6 s of collector CPU, per 200,000 routes
+    # a table grows by; docs/benchmarks.md, "Ninth round").
     gc.set_threshold(*_GC_THRESHOLDS)
     try:
         trio.run(run_agent, config)

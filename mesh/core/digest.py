@@ -256,7 +256,8 @@ class Digest:
 
 #: From this many changes a fold runs vectorised: below it numpy's fixed cost
 #: per step (~2 µs, 16 steps a block) outweighs the Python walk (~15 µs per
-#: element). Measured by ``scripts/bench/digest_fold.py``; not a tuning knob.
+#: element). Between the prototype's timings per element (vectorised 38 µs
+#: against 17 at 10 changes, 7.5 against 16 at 100); not a tuning knob.
 VECTOR_FROM: Final = 24
 
 
