@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -189,11 +190,11 @@ def main() -> int:
     out_dir = Path(args.out_dir).resolve()
     benches = [b for b in args.benches.split(",") if b]
     extras = {
-        "cpu_single": args.cpu_single_args.split(),
-        "cpu_batch": args.cpu_batch_args.split(),
-        "latency": args.latency_args.split(),
-        "lag": args.lag_args.split(),
-        "throughput": args.throughput_args.split(),
+        "cpu_single": shlex.split(args.cpu_single_args),
+        "cpu_batch": shlex.split(args.cpu_batch_args),
+        "latency": shlex.split(args.latency_args),
+        "lag": shlex.split(args.lag_args),
+        "throughput": shlex.split(args.throughput_args),
     }
     figures: dict[str, dict[str, list[dict[str, float]]]] = {
         b: {name: [] for name, _ in trees} for b in benches

@@ -12,9 +12,14 @@ script ``scripts/bench/wrk_routes.lua``, which makes every key unique:
 wrk has no fixed-rate mode (that is wrk2, not packaged), so load is stepped up
 by the number of connections per node (``--single-conns``, ``--batch-conns``):
 ``C`` is C closed-loop connections, which always drive the mesh to saturation;
-``C@R`` paces each of C connections (wrk's ``delay()`` after every answer) so
+``C@R`` paces each of C connections (wrk's ``delay()`` before every request) so
 the mesh-wide offered load is at most R writes/s (routes/s for batches), to see
 the lag below saturation. Each step reports the rate the mesh actually accepted.
+The pauses are drawn from an exponential distribution (``--pacing poisson``,
+the default): independent arrivals, as from many writers. ``--pacing fixed``
+(every pause the same, as until the tenth round) keeps all connections in
+lock-step, which with 1,000-route calls offered the mesh bursts of 20,000
+routes followed by idle seconds (docs/benchmarks.md, "Tenth round").
 Install wrk first:
 
     apt-get install -y wrk
@@ -278,6 +283,7 @@ def run_step(
             f"{tag}-n{i}",
             str(args.batch),
             str(delay_ms),
+            args.pacing,
         ]
         procs.append(
             subprocess.Popen(
@@ -369,6 +375,7 @@ def run_step(
         "mode": mode,
         "conns_per_node": spec,
         "delay_ms": delay_ms,
+        "pacing": args.pacing,
         "wrk_duration_s": duration,
         "requests": requests,
         "non2xx": non2xx,
@@ -425,6 +432,13 @@ def main() -> int:
     )
     ap.add_argument("--batch", type=int, default=100, help="routes per batch POST")
     ap.add_argument("--duration", type=int, default=8, help="seconds per step")
+    ap.add_argument(
+        "--pacing",
+        default="poisson",
+        choices=["poisson", "fixed"],
+        help="pauses of a C@R step: exponential with the mean that gives R, "
+        "or all equal (connections in lock-step)",
+    )
     ap.add_argument(
         "--probe-rate",
         type=float,
@@ -486,8 +500,8 @@ def main() -> int:
     print()
     print(
         f"## Throughput, {args.nodes}-node mesh, profile {args.profile}, wrk "
-        f"{args.duration} s per step, one wrk -t1 per node, {args.runs} runs "
-        f"(median over runs [min..max])"
+        f"{args.duration} s per step, one wrk -t1 per node, {args.pacing} "
+        f"pacing, {args.runs} runs (median over runs [min..max])"
     )
     print()
     rows = []
