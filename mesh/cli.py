@@ -266,13 +266,14 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     # allocates, not the ~10^5 objects of its libraries (those scans were
     # tens-of-ms pauses in replication-lag tails).
     gc.freeze()
-    # 100 middle collections between full ones, not 10. Set when the route
-    # table's entries were named tuples that every full collection walked
-    # (7 of 8 full collections fewer per 200,000 routes a table grew by;
-    # docs/benchmarks.md, "Ninth round"). The table now stores values the
-    # collector never tracks, and a full collection costs a few ms at any
-    # table size ("Tenth round"); the setting still spares a busy agent ~9
-    # in 10 of those walks over the objects it does track.
+    # The route table's entries are named tuples, which the collector never
+    # untracks (it does so for plain tuples only): a full collection walks
+    # two objects per route, ~0.3 s at 200,000 routes. Full collections come
+    # once the table has grown by a quarter anyway (CPython's own rule);
+    # asking for 100 middle collections between them, not 10, keeps a table
+    # that grows under load from paying that walk every second or two (7 of
+    # 8 full collections fewer, ~0.6 s of collector CPU, per 200,000 routes
+    # a table grows by; docs/benchmarks.md, "Ninth round").
     gc.set_threshold(*_GC_THRESHOLDS)
     try:
         trio.run(run_agent, config)

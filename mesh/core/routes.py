@@ -45,7 +45,7 @@ import sys
 import types
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgpack
 
@@ -246,58 +246,89 @@ def version_ms(version: Version) -> int:
     return version.hlc >> _HLC_LOGICAL_BITS
 
 
-#: One Packer, kept: ``msgpack.packb`` builds one per call (~0.8 µs against
-#: ~0.25 for a pack); the core is single-threaded per table.
-_pack = msgpack.Packer().pack
-_unpack = msgpack.unpackb
+class _Columns:
+    """The table's entries, stored as values CPython's cyclic collector never
+    tracks: a dict per field, of strings, ints and bytes.
 
-#: An entry as the table stores it: ``[revision, hlc, origin, target, meta]``
-#: packed with msgpack (``target`` ``""`` for a tombstone, which keeps no
-#: target or meta; ``meta`` nil when empty). Bytes are a value CPython's
-#: cyclic collector never tracks. A full collection walks every object it
-#: tracks, and every container of them, with the loop held; stored as
-#: :class:`Route` and :class:`Version` (named tuples, never untracked), every
-#: entry was two: 0.5-0.6 s per full collection at the default max_routes of
-#: 10^6 on this project's machines, and CPython runs one whenever what
-#: survived grew by a quarter. Plain tuples do not fix it (a dict of them is
-#: re-tracked by every insert, so each collection still visits every entry),
-#: and a dict per field costs three more inserts into large dicts per route
-#: (~3 µs, cache misses). Packing costs ~0.4 µs per stored route and an
-#: unpack per read (docs/benchmarks.md, "Tenth round").
-_Stored = bytes
+    A full collection walks every object the collector tracks, and every
+    container of them, with nothing else running. Stored as :class:`Route`
+    and :class:`Version` (named tuples, which it never untracks), every entry
+    was two such objects: ~0.6 s per full collection at the default
+    max_routes of 10^6 on this project's machines, and CPython runs one
+    whenever what survived grew by a quarter. Plain tuples do not fix it: a
+    dict of them is re-tracked by every insert, so each collection still
+    visits every entry. Values the collector ignores leave it nothing to
+    visit (docs/benchmarks.md, "Tenth round").
+
+    * ``target``: key -> target; ``""`` marks a tombstone (a live route's
+      target is never empty; a tombstone keeps no target or meta);
+    * ``stamp``: key -> ``revision << 64 | hlc``, which orders like the pair;
+    * ``origin``: key -> the version's origin;
+    * ``meta``: key -> its meta packed with msgpack, for non-empty ones only.
+    """
+
+    __slots__ = ("meta", "origin", "stamp", "target")
+
+    def __init__(self) -> None:
+        self.target: dict[str, str] = {}
+        self.stamp: dict[str, int] = {}
+        self.origin: dict[str, str] = {}
+        self.meta: dict[str, bytes] = {}
+
+    def copy(self) -> _Columns:
+        """An independent copy (four C-level dict copies)."""
+        out = _Columns()
+        out.target = self.target.copy()
+        out.stamp = self.stamp.copy()
+        out.origin = self.origin.copy()
+        out.meta = self.meta.copy()
+        return out
+
+    def version(self, key: str) -> Version:
+        """The stored version of ``key`` (which must be stored)."""
+        stamp = self.stamp[key]
+        return _new(Version, (stamp >> 64, stamp & _MAX_U64, self.origin[key]))
+
+    def route(self, key: str) -> Route:
+        """The :class:`Route` stored for ``key`` (which must be stored)."""
+        target = self.target[key]
+        packed = self.meta.get(key)
+        meta = {} if packed is None else msgpack.unpackb(packed)
+        return _new(Route, (key, target, meta, self.version(key), not target))
 
 
-def _store_form(route: Route) -> _Stored:
-    """The packed entry for ``route`` (see :data:`_Stored`)."""
-    _, target, meta, (revision, hlc, origin), deleted = route
-    if deleted:
-        return _pack((revision, hlc, origin, "", None))
-    return _pack((revision, hlc, origin, target, meta or None))
+#: keys added to or forgotten from a table since its sorted key list was
+#: merged, at most, before it is merged early (or an eighth of the keys)
+_MERGE_MIN = 4096
+
+#: packs a meta for :class:`_Columns`: one Packer, kept (``msgpack.packb``
+#: builds one per call, ~0.8 µs against ~0.25 for the pack itself)
+_pack_meta = msgpack.Packer().pack
 
 
-def _route_of(key: str, stored: _Stored) -> Route:
-    """The :class:`Route` a packed entry stands for."""
-    revision, hlc, origin, target, meta = _unpack(stored)
-    version = _new(Version, (revision, hlc, origin))
-    return _new(Route, (key, target, meta or {}, version, not target))
+def _stamp_ms(stamp: int) -> int:
+    """:func:`version_ms` of a stored stamp."""
+    return (stamp & _MAX_U64) >> _HLC_LOGICAL_BITS
 
 
 class _Entries(Mapping[str, Route]):
     """A copy of the table's entries, read as routes (a snapshot)."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_columns",)
 
-    def __init__(self, entries: dict[str, _Stored]) -> None:
-        self._entries = entries
+    def __init__(self, columns: _Columns) -> None:
+        self._columns = columns
 
     def __getitem__(self, key: str) -> Route:
-        return _route_of(key, self._entries[key])
+        if key not in self._columns.target:
+            raise KeyError(key)
+        return self._columns.route(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self._columns.target)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._columns.target)
 
 
 class HybridClock:
@@ -348,8 +379,7 @@ class RouteTable:
         self.origin = origin
         self.max_routes = max_routes
         self.clock = HybridClock(hlc_max_skew_ms)
-        # key -> its entry, tombstones included (see _Stored)
-        self._entries: dict[str, _Stored] = {}
+        self._columns = _Columns()  # the entries, tombstones included
         self.index = index_base
         self.tombstones = 0
         self.digest = Digest(max_symbols)
@@ -361,14 +391,14 @@ class RouteTable:
         # been rewritten are skipped when popped (and compacted when many)
         self._graves: list[tuple[int, str]] = []
         # sorted keys for chunked transfer and listings, built on first use,
-        # then kept. A tuple, which the collector stops tracking (a list of
-        # 10^6 keys is walked by every full collection: ~90 ms). Keys added
-        # or forgotten since wait in _unsorted / _removed, merged on the next
-        # use: one linear merge, not an O(n) insert per key. Dicts of keys to
-        # None, which the collector never tracks, unlike sets.
+        # then kept. A tuple, which the collector stops tracking: a list of
+        # 10^6 keys is walked by every full collection (~90 ms). Keys added
+        # or forgotten since wait in _unsorted / _removed and are merged on
+        # the next use, or once they are an eighth of the keys: one linear
+        # merge, not an O(n) insert per key, and the sets stay small
         self._sorted: tuple[str, ...] | None = None
-        self._unsorted: dict[str, None] = {}
-        self._removed: dict[str, None] = {}
+        self._unsorted: set[str] = set()
+        self._removed: set[str] = set()
         #: tombstones garbage-collected (a metric)
         self.collected = 0
         #: wall ms of the last peer entry refused for lack of room (FULL)
@@ -387,25 +417,23 @@ class RouteTable:
 
     def __len__(self) -> int:
         """Live routes (tombstones excluded)."""
-        return len(self._entries) - self.tombstones
+        return len(self._columns.target) - self.tombstones
 
     def __iter__(self) -> Iterator[Route]:
         """Every entry, tombstones included."""
-        return (_route_of(k, e) for k, e in list(self._entries.items()))
+        columns = self._columns
+        return (columns.route(k) for k in list(columns.target))
 
     def get(self, key: str) -> Route | None:
         """The stored entry for ``key``, tombstone included."""
-        stored = self._entries.get(key)
-        return None if stored is None else _route_of(key, stored)
+        columns = self._columns
+        return columns.route(key) if key in columns.target else None
 
     def live(self, prefix: str = "") -> list[Route]:
         """Live routes whose key starts with ``prefix``, sorted by key."""
-        entries = self._entries
-        return [
-            route
-            for k in self._prefix_keys(prefix)
-            if not (route := _route_of(k, entries[k])).deleted
-        ]
+        columns = self._columns
+        target = columns.target
+        return [columns.route(k) for k in self._prefix_keys(prefix) if target[k]]
 
     def sorted_snapshot(
         self, prefix: str = ""
@@ -415,7 +443,7 @@ class RouteTable:
         that walks it in slices while the table changes. C-level copies (a few
         ms at 100,000 routes): no sort of the table, which keeps its sorted
         key list (:meth:`chunk`'s) and bisects to the prefix."""
-        return self._prefix_keys(prefix), _Entries(self._entries.copy())
+        return self._prefix_keys(prefix), _Entries(self._columns.copy())
 
     def _prefix_keys(self, prefix: str) -> list[str]:
         """The keys starting with ``prefix``, sorted, in a list of their own:
@@ -434,7 +462,7 @@ class RouteTable:
     def _sorted_keys(self) -> tuple[str, ...]:
         """Every key (tombstones included), sorted; kept up to date lazily."""
         if self._sorted is None:
-            self._sorted = tuple(sorted(self._entries))
+            self._sorted = tuple(sorted(self._columns.target))
             self._unsorted.clear()
             self._removed.clear()
         elif self._unsorted or self._removed:
@@ -455,6 +483,14 @@ class RouteTable:
         self._sorted = tuple(keys)
         self._unsorted.clear()
 
+    def _sorted_changed(self) -> None:
+        """Merge early once the keys waiting are many (see __init__)."""
+        assert self._sorted is not None
+        if len(self._unsorted) + len(self._removed) > max(
+            _MERGE_MIN, len(self._sorted) >> 3
+        ):
+            self._merge_sorted()
+
     def write(
         self,
         key: str,
@@ -471,21 +507,20 @@ class RouteTable:
             error = "revision must be an integer in 0..2**64-1"
         if error is not None:
             return Outcome(OutcomeStatus.INVALID, self.get(key), error)
-        stored = self._entries.get(key)
-        current = None if stored is None else _unpack(stored)
-        if current is not None and revision is not None and revision < current[0]:
+        stamp = self._columns.stamp.get(key)
+        if stamp is not None and revision is not None and revision < stamp >> 64:
             return Outcome(
                 OutcomeStatus.CONFLICT,
-                self.get(key),
-                f"revision {revision} is older than the stored revision {current[0]}",
+                self._columns.route(key),
+                f"revision {revision} is older than the stored revision {stamp >> 64}",
             )
         if revision is None:
-            revision = current[0] if current is not None else 0
+            revision = stamp >> 64 if stamp is not None else 0
         hlc = self.clock.increment(wall_ms)
-        if current is not None and current[0] == revision:
+        if stamp is not None and stamp >> 64 == revision:
             # A write must supersede what it replaces, even one whose HLC was
             # clamped as too far ahead of our clock.
-            hlc = max(hlc, current[1] + 1)
+            hlc = max(hlc, (stamp & _MAX_U64) + 1)
         # tuple.__new__ straight, as codec_routes does: a named tuple's own
         # __new__ is a Python function (one frame per route and version)
         version = _new(Version, (revision, hlc, self.origin))
@@ -499,7 +534,7 @@ class RouteTable:
                 deleted,
             ),
         )
-        return self._store(route, current)
+        return self._store(route, stamp is not None)
 
     def apply(
         self, route: Route, *, wall_ms: int, horizon_ms: int | None = None
@@ -524,12 +559,12 @@ class RouteTable:
         """
         status = self._apply(route, wall_ms, horizon_ms)
         if status is OutcomeStatus.APPLIED:
-            return Outcome(status, self.get(route.key))
+            return Outcome(status, self._columns.route(route.key))
         if status is OutcomeStatus.FULL:
             return self._full()
         if status is OutcomeStatus.EXPIRED:
             return Outcome(status, None, "older than the horizon")
-        return Outcome(status, self.get(route.key))
+        return Outcome(status, self._columns.route(route.key))
 
     def apply_many(
         self, routes: Iterable[Route], *, wall_ms: int, horizon_ms: int | None
@@ -551,28 +586,30 @@ class RouteTable:
     ) -> OutcomeStatus:
         key = route.key
         version = route.version
-        entries = self._entries
-        stored = entries.get(key)
-        if stored is None:
-            if len(entries) >= self.max_routes:
+        columns = self._columns
+        current = columns.stamp.get(key)
+        if current is None:
+            if len(columns.stamp) >= self.max_routes:
                 self._miss(key, wall_ms)
                 return OutcomeStatus.FULL
             if horizon_ms is not None and version_ms(version) < horizon_ms:
                 missed = self._missed.get(key)
                 if missed is None or missed < horizon_ms:
                     return OutcomeStatus.EXPIRED
-        self.clock.witness(version.hlc, wall_ms)
-        current = None
-        if stored is not None:
-            current = _unpack(stored)
-            # (a Version against the stored [revision, hlc, origin] as a
-            # tuple: tuples compare element by element)
-            stored_version = (current[0], current[1], current[2])
-            if version == stored_version:
-                return OutcomeStatus.DUPLICATE
-            if version < stored_version:
+        revision, hlc, origin = version
+        self.clock.witness(hlc, wall_ms)
+        if current is not None:
+            # (revision, hlc, origin) order: the stamp orders like the pair
+            stamp = revision << 64 | hlc
+            if stamp == current:
+                stored = columns.origin[key]
+                if origin == stored:
+                    return OutcomeStatus.DUPLICATE
+                if origin < stored:
+                    return OutcomeStatus.STALE
+            elif stamp < current:
                 return OutcomeStatus.STALE
-        self._put(route, current)
+        self._put(route, current is not None)
         return OutcomeStatus.APPLIED
 
     def _miss(self, key: str, wall_ms: int) -> None:
@@ -594,33 +631,43 @@ class RouteTable:
             OutcomeStatus.FULL, None, f"table holds max_routes={self.max_routes}"
         )
 
-    def _store(self, route: Route, current: list[Any] | None) -> Outcome:
-        if current is None and len(self._entries) >= self.max_routes:
+    def _store(self, route: Route, replaces: bool) -> Outcome:
+        if not replaces and len(self._columns.stamp) >= self.max_routes:
             return self._full()
-        self._put(route, current)
+        self._put(route, replaces)
         return Outcome(OutcomeStatus.APPLIED, route)
 
-    def _put(self, route: Route, current: list[Any] | None) -> None:
-        """Store ``route`` over ``current`` (the key's entry unpacked, if it
-        has one; there is room: checked by the callers) and index it: sorted
-        keys, graves, digest element, log. A tombstone is stored without
-        target or meta."""
+    def _put(self, route: Route, replaces: bool) -> None:
+        """Store ``route`` (over the key's entry if ``replaces``; there is
+        room: checked by the callers) and index it: sorted keys, graves,
+        digest element, log. A tombstone is stored without target or meta."""
         key, target, meta, version, deleted = route
-        self._entries[key] = _store_form(route)
-        if current is not None:
-            if not current[3]:
+        columns = self._columns
+        if replaces:
+            if not columns.target[key]:
                 self.tombstones -= 1
             self._unindex(key)
+            if columns.meta:
+                columns.meta.pop(key, None)
         else:
             if self._sorted is not None:
-                self._unsorted[key] = None
+                self._unsorted.add(key)
+                self._sorted_changed()
             if self._missed:
                 self._missed.pop(key, None)
+        revision, hlc, origin = version
         if deleted:
             if target or meta:
                 route = _new(Route, (key, "", {}, version, True))
+            columns.target[key] = ""
             self.tombstones += 1
-            heapq.heappush(self._graves, (version_ms(version), key))
+            heapq.heappush(self._graves, (hlc >> _HLC_LOGICAL_BITS, key))
+        else:
+            columns.target[key] = target
+            if meta:
+                columns.meta[key] = _pack_meta(meta)
+        columns.stamp[key] = revision << 64 | hlc
+        columns.origin[key] = origin
         element = _element_of(key, version)
         self._element[key] = element
         self._keys[element] = key
@@ -682,7 +729,7 @@ class RouteTable:
     def by_element(self, element: int) -> Route | None:
         """The entry whose current element is ``element``, if any."""
         key = self._keys.get(element)
-        return None if key is None else _route_of(key, self._entries[key])
+        return None if key is None else self._columns.route(key)
 
     def chunk(self, after: str, limit: int) -> tuple[list[Route], bool]:
         """Up to ``limit`` entries with keys after ``after`` in key order, and
@@ -690,22 +737,18 @@ class RouteTable:
         keys = self._sorted_keys()
         start = bisect.bisect_right(keys, after) if after else 0
         page = keys[start : start + limit]
-        entries = self._entries
-        return [_route_of(k, entries[k]) for k in page], start + limit < len(keys)
+        route = self._columns.route
+        return [route(k) for k in page], start + limit < len(keys)
 
     def collect(self, horizon_ms: int) -> int:
         """Forget tombstones written before ``horizon_ms``; returns how many."""
         graves = self._graves
-        entries = self._entries
+        target, stamp = self._columns.target, self._columns.stamp
         removed = 0
         while graves and graves[0][0] < horizon_ms:
             ms, key = heapq.heappop(graves)
-            stored = entries.get(key)
-            if stored is None:
-                continue  # collected (or dropped) since
-            route = _route_of(key, stored)
-            if not route.deleted or version_ms(route.version) != ms:
-                continue  # rewritten since
+            if target.get(key) != "" or _stamp_ms(stamp[key]) != ms:
+                continue  # rewritten (or already collected) since
             self._forget(key)
             removed += 1
         missed = self._missed
@@ -715,7 +758,9 @@ class RouteTable:
                 break
             del missed[key]
         if len(graves) > 2 * self.tombstones + 1024:
-            self._graves = [(version_ms(r.version), r.key) for r in self if r.deleted]
+            self._graves = [
+                (_stamp_ms(stamp[k]), k) for k, t in target.items() if not t
+            ]
             heapq.heapify(self._graves)
         self.collected += removed
         return removed
@@ -724,10 +769,9 @@ class RouteTable:
         """A peer refused our entry as older than its horizon (it may hold the
         delete, long collected): forget it too if it is exactly that entry and
         below our own horizon as well. Never touches anything newer."""
-        route = self.get(key)
         if (
-            route is None
-            or route.version != version
+            key not in self._columns.stamp
+            or version != self._columns.version(key)
             or version_ms(version) >= horizon_ms
         ):
             return False
@@ -736,13 +780,17 @@ class RouteTable:
 
     def _forget(self, key: str) -> None:
         """Remove an entry outright (collected, or dropped on a peer's word)."""
-        if not _unpack(self._entries.pop(key))[3]:
+        columns = self._columns
+        if not columns.target.pop(key):
             self.tombstones -= 1
+        del columns.stamp[key], columns.origin[key]
+        columns.meta.pop(key, None)
         self._unindex(key)
         if key in self._unsorted:
-            del self._unsorted[key]
+            self._unsorted.discard(key)
         elif self._sorted is not None:
-            self._removed[key] = None
+            self._removed.add(key)
+            self._sorted_changed()
         self.index += 1
         if self._changes is not None:
             self._changes.append((self.index, key, None))

@@ -7,6 +7,7 @@ import gc
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+from mesh.core import routes as routes_module
 from mesh.core.digest import element_of
 from mesh.core.routes import (
     HybridClock,
@@ -194,14 +195,26 @@ def test_table_bound() -> None:
             st.integers(0, 30),
         ),
         max_size=80,
-    )
+    ),
+    merge_min=st.sampled_from([1, 3, routes_module._MERGE_MIN]),
 )
 def test_chunk_pages_stay_in_key_order_through_writes_and_collection(
-    ops: list[tuple[str, int]],
+    ops: list[tuple[str, int]], merge_min: int
 ) -> None:
     # Pages of a bootstrap are served while writes and tombstone collection
     # go on: keys added after the first page must show up, in order, and
-    # forgotten keys (re-added ones too) must not, or once.
+    # forgotten keys must not. The keys added and forgotten since the last
+    # page are merged early past _MERGE_MIN (4,096): smaller values here
+    # exercise that path too, forgets and re-adds included.
+    saved = routes_module._MERGE_MIN
+    routes_module._MERGE_MIN = merge_min
+    try:
+        _pages_in_order(ops)
+    finally:
+        routes_module._MERGE_MIN = saved
+
+
+def _pages_in_order(ops: list[tuple[str, int]]) -> None:
     t = RouteTable(origin="a", max_routes=1000, hlc_max_skew_ms=60_000)
     wall = 1000
     for op, n in ops:
