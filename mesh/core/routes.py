@@ -47,8 +47,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
-import msgpack
-
 from .digest import Digest, Symbol, element_of_text
 
 __all__ = [
@@ -246,91 +244,6 @@ def version_ms(version: Version) -> int:
     return version.hlc >> _HLC_LOGICAL_BITS
 
 
-class _Columns:
-    """The table's entries, stored as values CPython's cyclic collector never
-    tracks: a dict per field, of strings, ints and bytes.
-
-    A full collection walks every object the collector tracks, and every
-    container of them, with nothing else running. Stored as :class:`Route`
-    and :class:`Version` (named tuples, which it never untracks), every entry
-    was two such objects: ~0.6 s per full collection at the default
-    max_routes of 10^6 on this project's machines, and CPython runs one
-    whenever what survived grew by a quarter. Plain tuples do not fix it: a
-    dict of them is re-tracked by every insert, so each collection still
-    visits every entry. Values the collector ignores leave it nothing to
-    visit (docs/benchmarks.md, "Tenth round").
-
-    * ``target``: key -> target; ``""`` marks a tombstone (a live route's
-      target is never empty; a tombstone keeps no target or meta);
-    * ``stamp``: key -> ``revision << 64 | hlc``, which orders like the pair;
-    * ``origin``: key -> the version's origin;
-    * ``meta``: key -> its meta packed with msgpack, for non-empty ones only.
-    """
-
-    __slots__ = ("meta", "origin", "stamp", "target")
-
-    def __init__(self) -> None:
-        self.target: dict[str, str] = {}
-        self.stamp: dict[str, int] = {}
-        self.origin: dict[str, str] = {}
-        self.meta: dict[str, bytes] = {}
-
-    def copy(self) -> _Columns:
-        """An independent copy (four C-level dict copies)."""
-        out = _Columns()
-        out.target = self.target.copy()
-        out.stamp = self.stamp.copy()
-        out.origin = self.origin.copy()
-        out.meta = self.meta.copy()
-        return out
-
-    def version(self, key: str) -> Version:
-        """The stored version of ``key`` (which must be stored)."""
-        stamp = self.stamp[key]
-        return _new(Version, (stamp >> 64, stamp & _MAX_U64, self.origin[key]))
-
-    def route(self, key: str) -> Route:
-        """The :class:`Route` stored for ``key`` (which must be stored)."""
-        target = self.target[key]
-        packed = self.meta.get(key)
-        meta = {} if packed is None else msgpack.unpackb(packed)
-        return _new(Route, (key, target, meta, self.version(key), not target))
-
-
-#: keys added to or forgotten from a table since its sorted key list was
-#: merged, at most, before it is merged early (or an eighth of the keys)
-_MERGE_MIN = 4096
-
-#: packs a meta for :class:`_Columns`: one Packer, kept (``msgpack.packb``
-#: builds one per call, ~0.8 µs against ~0.25 for the pack itself)
-_pack_meta = msgpack.Packer().pack
-
-
-def _stamp_ms(stamp: int) -> int:
-    """:func:`version_ms` of a stored stamp."""
-    return (stamp & _MAX_U64) >> _HLC_LOGICAL_BITS
-
-
-class _Entries(Mapping[str, Route]):
-    """A copy of the table's entries, read as routes (a snapshot)."""
-
-    __slots__ = ("_columns",)
-
-    def __init__(self, columns: _Columns) -> None:
-        self._columns = columns
-
-    def __getitem__(self, key: str) -> Route:
-        if key not in self._columns.target:
-            raise KeyError(key)
-        return self._columns.route(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._columns.target)
-
-    def __len__(self) -> int:
-        return len(self._columns.target)
-
-
 class HybridClock:
     """Hybrid logical clock: ``(wall_ms << 16) | counter`` (Kulkarni et al.)."""
 
@@ -379,7 +292,7 @@ class RouteTable:
         self.origin = origin
         self.max_routes = max_routes
         self.clock = HybridClock(hlc_max_skew_ms)
-        self._columns = _Columns()  # the entries, tombstones included
+        self._routes: dict[str, Route] = {}
         self.index = index_base
         self.tombstones = 0
         self.digest = Digest(max_symbols)
@@ -390,15 +303,11 @@ class RouteTable:
         # (ms, key) of tombstones, oldest first; entries whose key has since
         # been rewritten are skipped when popped (and compacted when many)
         self._graves: list[tuple[int, str]] = []
-        # sorted keys for chunked transfer and listings, built on first use,
-        # then kept. A tuple, which the collector stops tracking: a list of
-        # 10^6 keys is walked by every full collection (~90 ms). Keys added
-        # or forgotten since wait in _unsorted / _removed and are merged on
-        # the next use, or once they are an eighth of the keys: one linear
-        # merge, not an O(n) insert per key, and the sets stay small
-        self._sorted: tuple[str, ...] | None = None
+        # sorted keys for chunked transfer, built on first use, then kept;
+        # keys new since the last page wait in _unsorted and are merged on
+        # the next page (one linear merge, not an O(n) insort per new key)
+        self._sorted: list[str] | None = None
         self._unsorted: set[str] = set()
-        self._removed: set[str] = set()
         #: tombstones garbage-collected (a metric)
         self.collected = 0
         #: wall ms of the last peer entry refused for lack of room (FULL)
@@ -417,79 +326,55 @@ class RouteTable:
 
     def __len__(self) -> int:
         """Live routes (tombstones excluded)."""
-        return len(self._columns.target) - self.tombstones
+        return len(self._routes) - self.tombstones
 
     def __iter__(self) -> Iterator[Route]:
         """Every entry, tombstones included."""
-        columns = self._columns
-        return (columns.route(k) for k in list(columns.target))
+        return iter(self._routes.values())
 
     def get(self, key: str) -> Route | None:
         """The stored entry for ``key``, tombstone included."""
-        columns = self._columns
-        return columns.route(key) if key in columns.target else None
+        return self._routes.get(key)
 
     def live(self, prefix: str = "") -> list[Route]:
         """Live routes whose key starts with ``prefix``, sorted by key."""
-        columns = self._columns
-        target = columns.target
-        return [columns.route(k) for k in self._prefix_keys(prefix) if target[k]]
+        routes = self._routes
+        return [r for k in self._prefix_keys(prefix) if not (r := routes[k]).deleted]
 
-    def sorted_snapshot(
-        self, prefix: str = ""
-    ) -> tuple[list[str], Mapping[str, Route]]:
+    def sorted_snapshot(self, prefix: str = "") -> tuple[list[str], dict[str, Route]]:
         """The keys starting with ``prefix`` in order (tombstones included)
-        and a copy of the entries: the table at this instant, for a caller
-        that walks it in slices while the table changes. C-level copies (a few
-        ms at 100,000 routes): no sort of the table, which keeps its sorted
-        key list (:meth:`chunk`'s) and bisects to the prefix."""
-        return self._prefix_keys(prefix), _Entries(self._columns.copy())
+        and a copy of the entries: the table at this instant (entries are
+        immutable), for a caller that walks it in slices while the table
+        changes. Two C-level copies (a few ms at 100,000 routes): no sort of
+        the table, which keeps its sorted key list (:meth:`chunk`'s) and
+        bisects to the prefix."""
+        return self._prefix_keys(prefix), self._routes.copy()
 
     def _prefix_keys(self, prefix: str) -> list[str]:
         """The keys starting with ``prefix``, sorted, in a list of their own:
         a bisect into the sorted key list, no pass over the table."""
         keys = self._sorted_keys()
         if not prefix:
-            return list(keys)
+            return keys[:]
         start = bisect.bisect_left(keys, prefix)
         if ord(prefix[-1]) < sys.maxunicode:
             # Every key with the prefix sorts before the prefix with its last
             # character bumped, and every later key from ``start`` does not.
             bumped = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            return list(keys[start : bisect.bisect_left(keys, bumped, start)])
+            return keys[start : bisect.bisect_left(keys, bumped, start)]
         return [k for k in keys[start:] if k.startswith(prefix)]
 
-    def _sorted_keys(self) -> tuple[str, ...]:
+    def _sorted_keys(self) -> list[str]:
         """Every key (tombstones included), sorted; kept up to date lazily."""
         if self._sorted is None:
-            self._sorted = tuple(sorted(self._columns.target))
+            self._sorted = sorted(self._routes)
             self._unsorted.clear()
-            self._removed.clear()
-        elif self._unsorted or self._removed:
-            self._merge_sorted()
+        elif self._unsorted:
+            # two sorted runs: timsort merges them in linear time
+            self._sorted += sorted(self._unsorted)
+            self._sorted.sort()
+            self._unsorted.clear()
         return self._sorted
-
-    def _merge_sorted(self) -> None:
-        """Fold the keys added and forgotten since into the sorted keys."""
-        assert self._sorted is not None
-        removed = self._removed
-        if removed:
-            keys = [k for k in self._sorted if k not in removed]
-            removed.clear()
-        else:
-            keys = list(self._sorted)
-        keys += sorted(self._unsorted)
-        keys.sort()  # two sorted runs: timsort merges them in linear time
-        self._sorted = tuple(keys)
-        self._unsorted.clear()
-
-    def _sorted_changed(self) -> None:
-        """Merge early once the keys waiting are many (see __init__)."""
-        assert self._sorted is not None
-        if len(self._unsorted) + len(self._removed) > max(
-            _MERGE_MIN, len(self._sorted) >> 3
-        ):
-            self._merge_sorted()
 
     def write(
         self,
@@ -506,21 +391,26 @@ class RouteTable:
         if error is None and revision is not None and not 0 <= revision <= _MAX_U64:
             error = "revision must be an integer in 0..2**64-1"
         if error is not None:
-            return Outcome(OutcomeStatus.INVALID, self.get(key), error)
-        stamp = self._columns.stamp.get(key)
-        if stamp is not None and revision is not None and revision < stamp >> 64:
+            return Outcome(OutcomeStatus.INVALID, self._routes.get(key), error)
+        current = self._routes.get(key)
+        if (
+            current is not None
+            and revision is not None
+            and revision < current.version.revision
+        ):
             return Outcome(
                 OutcomeStatus.CONFLICT,
-                self._columns.route(key),
-                f"revision {revision} is older than the stored revision {stamp >> 64}",
+                current,
+                f"revision {revision} is older than the stored revision "
+                f"{current.version.revision}",
             )
         if revision is None:
-            revision = stamp >> 64 if stamp is not None else 0
+            revision = current.version.revision if current is not None else 0
         hlc = self.clock.increment(wall_ms)
-        if stamp is not None and stamp >> 64 == revision:
+        if current is not None and current.version.revision == revision:
             # A write must supersede what it replaces, even one whose HLC was
             # clamped as too far ahead of our clock.
-            hlc = max(hlc, (stamp & _MAX_U64) + 1)
+            hlc = max(hlc, current.version.hlc + 1)
         # tuple.__new__ straight, as codec_routes does: a named tuple's own
         # __new__ is a Python function (one frame per route and version)
         version = _new(Version, (revision, hlc, self.origin))
@@ -534,7 +424,7 @@ class RouteTable:
                 deleted,
             ),
         )
-        return self._store(route, stamp is not None)
+        return self._store(route, current)
 
     def apply(
         self, route: Route, *, wall_ms: int, horizon_ms: int | None = None
@@ -559,12 +449,12 @@ class RouteTable:
         """
         status = self._apply(route, wall_ms, horizon_ms)
         if status is OutcomeStatus.APPLIED:
-            return Outcome(status, self._columns.route(route.key))
+            return Outcome(status, route)
         if status is OutcomeStatus.FULL:
             return self._full()
         if status is OutcomeStatus.EXPIRED:
             return Outcome(status, None, "older than the horizon")
-        return Outcome(status, self._columns.route(route.key))
+        return Outcome(status, self._routes[route.key])
 
     def apply_many(
         self, routes: Iterable[Route], *, wall_ms: int, horizon_ms: int | None
@@ -586,30 +476,22 @@ class RouteTable:
     ) -> OutcomeStatus:
         key = route.key
         version = route.version
-        columns = self._columns
-        current = columns.stamp.get(key)
+        current = self._routes.get(key)
         if current is None:
-            if len(columns.stamp) >= self.max_routes:
+            if len(self._routes) >= self.max_routes:
                 self._miss(key, wall_ms)
                 return OutcomeStatus.FULL
             if horizon_ms is not None and version_ms(version) < horizon_ms:
                 missed = self._missed.get(key)
                 if missed is None or missed < horizon_ms:
                     return OutcomeStatus.EXPIRED
-        revision, hlc, origin = version
-        self.clock.witness(hlc, wall_ms)
+        self.clock.witness(version.hlc, wall_ms)
         if current is not None:
-            # (revision, hlc, origin) order: the stamp orders like the pair
-            stamp = revision << 64 | hlc
-            if stamp == current:
-                stored = columns.origin[key]
-                if origin == stored:
-                    return OutcomeStatus.DUPLICATE
-                if origin < stored:
-                    return OutcomeStatus.STALE
-            elif stamp < current:
+            if version == current.version:
+                return OutcomeStatus.DUPLICATE
+            if version < current.version:
                 return OutcomeStatus.STALE
-        self._put(route, current is not None)
+        self._put(route, current)
         return OutcomeStatus.APPLIED
 
     def _miss(self, key: str, wall_ms: int) -> None:
@@ -631,44 +513,30 @@ class RouteTable:
             OutcomeStatus.FULL, None, f"table holds max_routes={self.max_routes}"
         )
 
-    def _store(self, route: Route, replaces: bool) -> Outcome:
-        if not replaces and len(self._columns.stamp) >= self.max_routes:
+    def _store(self, route: Route, current: Route | None) -> Outcome:
+        if current is None and len(self._routes) >= self.max_routes:
             return self._full()
-        self._put(route, replaces)
+        self._put(route, current)
         return Outcome(OutcomeStatus.APPLIED, route)
 
-    def _put(self, route: Route, replaces: bool) -> None:
-        """Store ``route`` (over the key's entry if ``replaces``; there is
-        room: checked by the callers) and index it: sorted keys, graves,
-        digest element, log. A tombstone is stored without target or meta."""
-        key, target, meta, version, deleted = route
-        columns = self._columns
-        if replaces:
-            if not columns.target[key]:
-                self.tombstones -= 1
+    def _put(self, route: Route, current: Route | None) -> None:
+        """Store ``route`` over ``current`` (there is room: checked by the
+        callers) and index it: sorted keys, graves, digest element, log."""
+        key = route.key
+        self._routes[key] = route
+        if current is not None:
             self._unindex(key)
-            if columns.meta:
-                columns.meta.pop(key, None)
+            if current.deleted:
+                self.tombstones -= 1
         else:
             if self._sorted is not None:
                 self._unsorted.add(key)
-                self._sorted_changed()
             if self._missed:
                 self._missed.pop(key, None)
-        revision, hlc, origin = version
-        if deleted:
-            if target or meta:
-                route = _new(Route, (key, "", {}, version, True))
-            columns.target[key] = ""
+        if route.deleted:
             self.tombstones += 1
-            heapq.heappush(self._graves, (hlc >> _HLC_LOGICAL_BITS, key))
-        else:
-            columns.target[key] = target
-            if meta:
-                columns.meta[key] = _pack_meta(meta)
-        columns.stamp[key] = revision << 64 | hlc
-        columns.origin[key] = origin
-        element = _element_of(key, version)
+            heapq.heappush(self._graves, (version_ms(route.version), key))
+        element = _element_of(key, route.version)
         self._element[key] = element
         self._keys[element] = key
         pending = self._pending  # _toggle(element, 1), inlined: every route
@@ -729,7 +597,7 @@ class RouteTable:
     def by_element(self, element: int) -> Route | None:
         """The entry whose current element is ``element``, if any."""
         key = self._keys.get(element)
-        return None if key is None else self._columns.route(key)
+        return None if key is None else self._routes[key]
 
     def chunk(self, after: str, limit: int) -> tuple[list[Route], bool]:
         """Up to ``limit`` entries with keys after ``after`` in key order, and
@@ -737,17 +605,18 @@ class RouteTable:
         keys = self._sorted_keys()
         start = bisect.bisect_right(keys, after) if after else 0
         page = keys[start : start + limit]
-        route = self._columns.route
-        return [route(k) for k in page], start + limit < len(keys)
+        routes = self._routes
+        return [routes[k] for k in page], start + limit < len(keys)
 
     def collect(self, horizon_ms: int) -> int:
         """Forget tombstones written before ``horizon_ms``; returns how many."""
         graves = self._graves
-        target, stamp = self._columns.target, self._columns.stamp
+        routes = self._routes
         removed = 0
         while graves and graves[0][0] < horizon_ms:
             ms, key = heapq.heappop(graves)
-            if target.get(key) != "" or _stamp_ms(stamp[key]) != ms:
+            route = routes.get(key)
+            if route is None or not route.deleted or version_ms(route.version) != ms:
                 continue  # rewritten (or already collected) since
             self._forget(key)
             removed += 1
@@ -759,7 +628,7 @@ class RouteTable:
             del missed[key]
         if len(graves) > 2 * self.tombstones + 1024:
             self._graves = [
-                (_stamp_ms(stamp[k]), k) for k, t in target.items() if not t
+                (version_ms(r.version), r.key) for r in routes.values() if r.deleted
             ]
             heapq.heapify(self._graves)
         self.collected += removed
@@ -769,9 +638,10 @@ class RouteTable:
         """A peer refused our entry as older than its horizon (it may hold the
         delete, long collected): forget it too if it is exactly that entry and
         below our own horizon as well. Never touches anything newer."""
+        route = self._routes.get(key)
         if (
-            key not in self._columns.stamp
-            or version != self._columns.version(key)
+            route is None
+            or route.version != version
             or version_ms(version) >= horizon_ms
         ):
             return False
@@ -780,17 +650,15 @@ class RouteTable:
 
     def _forget(self, key: str) -> None:
         """Remove an entry outright (collected, or dropped on a peer's word)."""
-        columns = self._columns
-        if not columns.target.pop(key):
+        if self._routes.pop(key).deleted:
             self.tombstones -= 1
-        del columns.stamp[key], columns.origin[key]
-        columns.meta.pop(key, None)
         self._unindex(key)
         if key in self._unsorted:
             self._unsorted.discard(key)
         elif self._sorted is not None:
-            self._removed.add(key)
-            self._sorted_changed()
+            i = bisect.bisect_left(self._sorted, key)
+            if i < len(self._sorted) and self._sorted[i] == key:
+                del self._sorted[i]
         self.index += 1
         if self._changes is not None:
             self._changes.append((self.index, key, None))
