@@ -275,3 +275,55 @@ def test_live_with_the_last_code_point_in_the_prefix() -> None:
     assert t.live(chr(0x10FFFF)) == []
     assert t.live("a" + chr(0x10FFFF)) == []
     assert [r.key for r in t.live("a")] == ["a"]
+
+
+_metas = st.sampled_from([{}, {"a": "1"}, {"a": "2", "b": "x"}])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["k1", "k2", "k3"]),
+            st.sampled_from(["http://x", "http://y"]),
+            _metas,
+            st.integers(0, 3),  # revision
+            st.integers(1, 6),  # hlc
+            st.sampled_from(["a", "b"]),
+            st.booleans(),  # deleted
+        ),
+        max_size=30,
+    )
+)
+def test_every_read_returns_the_route_that_was_stored(
+    ops: list[tuple[str, str, dict[str, str], int, int, str, bool]],
+) -> None:
+    """Every way out of the table gives back exactly the route applied last
+    per key (a guard for any change to how entries are stored)."""
+    t = table()
+    model: dict[str, Route] = {}
+    for key, target, meta, revision, hlc, origin, deleted in ops:
+        route = Route(
+            key,
+            "" if deleted else target,
+            {} if deleted else dict(meta),
+            Version(revision, hlc, origin),
+            deleted,
+        )
+        outcome = t.apply(route, wall_ms=0)
+        current = model.get(key)
+        if current is None or route.version > current.version:
+            model[key] = route
+            assert outcome.status is OutcomeStatus.APPLIED
+        assert outcome.route == model[key]
+    assert {r.key: r for r in t} == model
+    for key, route in model.items():
+        assert t.get(key) == route
+        assert t.by_element(element_of(key, str(route.version))) == route
+    assert t.live() == sorted(
+        (r for r in model.values() if not r.deleted), key=lambda r: r.key
+    )
+    keys, entries = t.sorted_snapshot()
+    assert keys == sorted(model)
+    assert dict(entries) == model
+    assert t.chunk("", 10) == ([model[k] for k in sorted(model)], False)
