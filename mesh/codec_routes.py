@@ -15,7 +15,9 @@ sections below and in docs/protocol.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Final
 
 import msgpack
@@ -23,6 +25,7 @@ import msgpack
 from .codec import (
     _CAP_ARRAY,
     _MSGPACK_ERRORS,
+    _NAME_RE,
     _PACKER,
     _U64_MAX,
     PROTOCOL_VERSION,
@@ -63,6 +66,16 @@ __all__ = [
 MAX_ROUTES_BODY: Final = 16 * 1024 * 1024
 _ROUTE_CAP_STR: Final = 4 * 1024 + 16
 _key_ok = KEY_RE.fullmatch
+# Every key of a batch at once: the keys joined by newlines (which no key
+# holds) match this when each one matches KEY_RE.
+_keys_ok = re.compile(rf"(?:{KEY_RE.pattern}\n)*{KEY_RE.pattern}").fullmatch
+_name_ok = _NAME_RE.fullmatch
+_new_version = partial(tuple.__new__, Version)
+_new_route = partial(tuple.__new__, Route)
+_STR = {str}
+_INT = {int}
+_DICT = {dict}
+_BOOL = {bool}
 
 
 def route_row(r: Route) -> list[Any]:
@@ -112,7 +125,53 @@ def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
             reason="limit",
         )
     origins: set[str] = set()  # a batch's rows mostly share one origin
-    return sender, _routes(rows, origins)
+    return sender, _columns(rows, origins) or _routes(rows, origins)
+
+
+def _columns(rows: list[Any], origins: set[str]) -> list[Route] | None:
+    """The whole batch checked column by column, each check one pass in C
+    (``map``, ``set``, ``min``/``max``, one regex over the joined keys), and
+    built with ``map``: for a batch of common rows (7 fields, ASCII, live
+    routes). None when any row is not one: :func:`_routes` then checks row
+    by row and says what is wrong. Every replica decodes every route written
+    in the mesh, and a check per row costs about as much as the rest of the
+    receive. Accepts only batches whose every row :func:`_route` accepts, and
+    builds the same routes (a property test holds it to that)."""
+    if not rows or set(map(type, rows)) != {list} or set(map(len, rows)) != {7}:
+        return None
+    keys, targets, metas, revisions, hlcs, names, deleted = zip(*rows, strict=True)
+    if (
+        set(map(type, keys)) != _STR
+        or set(map(type, targets)) != _STR
+        or set(map(type, metas)) != _DICT
+        or set(map(type, revisions)) != _INT
+        or set(map(type, hlcs)) != _INT
+        or set(map(type, names)) != _STR
+        or set(map(type, deleted)) != _BOOL
+        or any(deleted)  # (tombstones: row by row)
+        or min(revisions) < 0
+        or max(revisions) > _U64_MAX
+        or min(hlcs) < 0
+        or max(hlcs) > _U64_MAX
+        or min(map(len, targets)) < 1
+        or max(map(len, targets)) > MAX_TARGET_LEN
+        or not "".join(targets).isascii()
+    ):
+        return None
+    joined = "\n".join(keys)
+    # (a key holding a newline would pass as two: counted out)
+    if joined.count("\n") != len(keys) - 1 or _keys_ok(joined) is None:
+        return None
+    if any(metas) and not all(map(_ascii_meta, filter(None, metas))):
+        return None
+    for name in set(names) - origins:
+        if _name_ok(name) is None:
+            return None
+        origins.add(name)
+    versions = map(_new_version, zip(revisions, hlcs, names, strict=True))
+    return list(
+        map(_new_route, zip(keys, targets, metas, versions, deleted, strict=True))
+    )
 
 
 def _routes(rows: list[Any], origins: set[str]) -> list[Route]:

@@ -355,10 +355,12 @@ def test_keyring_operation_decoder(data: bytes) -> None:
 
 # Near-valid route rows: a valid row with one field (or none) swapped for a
 # value just inside or outside the contract (as far as msgpack can carry it),
-# so the inline check of decode_routes meets both sides of every limit.
+# so the inline and column checks of decode_routes meet both sides of every
+# limit (keys with a newline: the column check matches all keys joined by
+# newlines at once).
 _VALID_ROW = ("k1", "t", {"a": "b"}, 0, 5, "n1", False)
 _FIELD_CHOICES: tuple[tuple[Any, ...], ...] = (
-    ("a.b:c@d-e", "", "-bad", "k" * 253, "k" * 254, "é", 7),
+    ("a.b:c@d-e", "", "-bad", "k" * 253, "k" * 254, "é", 7, "a\nb", "a\n"),
     ("", "x", "t" * 1024, "t" * 1025, "é" * 1024, "é" * 1025, 5, None),
     (
         {},
@@ -396,12 +398,28 @@ def test_route_rows_inline_check_agrees_with_the_field_by_field_one(
 ) -> None:
     """decode_routes' inline check may only take a row that ``_route`` takes,
     and must build the same route; a row either refuses is refused whole."""
-    from mesh.codec_routes import _route
-
     # two valid rows first: their origins are then known to the batch, which
     # is when the inline check applies
     seen = [["s1", "t", {}, 0, 0, "n1", False], ["s2", "t", {}, 0, 0, "n2", False]]
-    wire = seen + rows
+    _decoders_agree(seen + rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 6), st.data())
+def test_route_batch_column_check_agrees_with_the_field_by_field_one(
+    before: int, field: int, data: st.DataObject
+) -> None:
+    """decode_routes checks a batch of common rows column by column: one
+    near-valid row among valid ones must be refused exactly when ``_route``
+    refuses it (a wrong accept of one row would pass the whole batch)."""
+    odd = list(_VALID_ROW)
+    odd[field] = data.draw(st.sampled_from(_FIELD_CHOICES[field]))
+    _decoders_agree([list(_VALID_ROW)] * before + [odd, list(_VALID_ROW)])
+
+
+def _decoders_agree(wire: list[list[Any]]) -> None:
+    from mesh.codec_routes import _route
+
     data = msgpack.packb([PROTOCOL_VERSION, "n0", wire])
     origins: set[str] = set()
     try:
