@@ -25,7 +25,6 @@ import msgpack
 from .codec import (
     _CAP_ARRAY,
     _MSGPACK_ERRORS,
-    _NAME_RE,
     _PACKER,
     _U64_MAX,
     PROTOCOL_VERSION,
@@ -69,7 +68,6 @@ _key_ok = KEY_RE.fullmatch
 # Every key of a batch at once: the keys joined by newlines (which no key
 # holds) match this when each one matches KEY_RE.
 _keys_ok = re.compile(rf"(?:{KEY_RE.pattern}\n)*{KEY_RE.pattern}").fullmatch
-_name_ok = _NAME_RE.fullmatch
 _new_version = partial(tuple.__new__, Version)
 _new_route = partial(tuple.__new__, Route)
 _STR = {str}
@@ -162,12 +160,13 @@ def _columns(rows: list[Any], origins: set[str]) -> list[Route] | None:
     # (a key holding a newline would pass as two: counted out)
     if joined.count("\n") != len(keys) - 1 or _keys_ok(joined) is None:
         return None
-    if any(metas) and not all(map(_ascii_meta, filter(None, metas))):
+    if not all(map(_ascii_meta, filter(None, metas))):
         return None
     for name in set(names) - origins:
-        if _name_ok(name) is None:
-            return None
-        origins.add(name)
+        try:
+            origins.add(_name(name, "route.origin"))
+        except DecodeError:
+            return None  # (row by row, which says where)
     versions = map(_new_version, zip(revisions, hlcs, names, strict=True))
     return list(
         map(_new_route, zip(keys, targets, metas, versions, deleted, strict=True))
