@@ -44,7 +44,7 @@ import re
 import sys
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from .digest import Digest, Symbol, element_of_text
@@ -150,6 +150,9 @@ class OutcomeStatus(enum.Enum):
     FULL = "full"  # table at max_routes (HTTP 507)
     EXPIRED = "expired"  # older than the GC horizon for a key we lack: refused
     UNAVAILABLE = "unavailable"  # a client write before we caught up (HTTP 503)
+
+
+_APPLIED = OutcomeStatus.APPLIED.value
 
 
 class Outcome(NamedTuple):
@@ -457,11 +460,13 @@ class RouteTable:
         return Outcome(status, self._routes[route.key])
 
     def apply_many(
-        self, routes: Iterable[Route], *, wall_ms: int, horizon_ms: int | None
+        self, routes: Sequence[Route], *, wall_ms: int, horizon_ms: int | None
     ) -> dict[str, int]:
         """:meth:`apply` for each of a pushed batch: counts by status value.
         No :class:`Outcome` per route: a batch's sender wants only counts,
         and every replica runs this for every route written in the mesh."""
+        if len(routes) > 1 and self._apply_new(routes, wall_ms, horizon_ms):
+            return {_APPLIED: len(routes)}
         counts: dict[str, int] = {}
         apply = self._apply
         for route in routes:
@@ -470,6 +475,43 @@ class RouteTable:
             status = apply(route, wall_ms, horizon_ms)._value_
             counts[status] = counts.get(status, 0) + 1
         return counts
+
+    def _apply_new(
+        self, routes: Sequence[Route], wall_ms: int, horizon_ms: int | None
+    ) -> bool:
+        """Store a pushed batch in one pass if every route is for a distinct
+        key we lack, with room and above the horizon (a batch of new routes,
+        the common push): what :meth:`_apply` would do route by route, with
+        the table's indexes updated a batch at a time. False, having changed
+        nothing, for any other batch.
+
+        Why: every replica stores every route written in the mesh, and per
+        route the six calls of :meth:`_apply` and :meth:`_put` cost more than
+        the stores themselves (1.5 of ~4.5 µs per route)."""
+        table = self._routes
+        n = len(routes)
+        if len(table) + n > self.max_routes:
+            return False
+        keys = [r[0] for r in routes]
+        if not table.keys().isdisjoint(keys):
+            return False
+        versions = [r[3] for r in routes]
+        hlcs = [v[1] for v in versions]
+        if horizon_ms is not None and min(hlcs) >> _HLC_LOGICAL_BITS < horizon_ms:
+            return False  # some may be EXPIRED: route by route
+        fresh = dict(zip(keys, routes, strict=True))
+        if len(fresh) < n:
+            return False  # a key twice: each in turn
+        clock = self.clock
+        top = max(hlcs)
+        if top >> _HLC_LOGICAL_BITS <= wall_ms + clock.max_skew_ms:
+            clock.last = max(clock.last, top)  # every witness, at once
+        else:
+            for hlc in hlcs:
+                clock.witness(hlc, wall_ms)
+        table.update(fresh)
+        self._index_new(keys, versions, routes)
+        return True
 
     def _apply(
         self, route: Route, wall_ms: int, horizon_ms: int | None
@@ -548,6 +590,53 @@ class RouteTable:
         self.index += 1
         if self._changes is not None:
             self._changes.append((self.index, key, route))
+
+    def _index_new(
+        self, keys: list[str], versions: list[Version], routes: Sequence[Route]
+    ) -> None:
+        """:meth:`_put`'s indexing for entries just stored under distinct keys
+        the table lacked, in order: dict updates a batch at a time."""
+        if self._sorted is not None:
+            self._unsorted.update(keys)
+        if self._missed:
+            for key in keys:
+                self._missed.pop(key, None)
+        graves = [(r[3][1] >> _HLC_LOGICAL_BITS, r[0]) for r in routes if r[4]]
+        if graves:
+            self.tombstones += len(graves)
+            for grave in graves:
+                heapq.heappush(self._graves, grave)
+        # _element_of, inlined: the digest element of every entry
+        elements = [
+            element_of_text(
+                f"{key}\x00{_NO_REVISION}.{hlc:020d}.{origin}"
+                if revision == 0
+                else f"{key}\x00{revision:020d}.{hlc:020d}.{origin}"
+            )
+            for key, (revision, hlc, origin) in zip(keys, versions, strict=True)
+        ]
+        self._element.update(zip(keys, elements, strict=True))
+        by_element = self._keys
+        before = len(by_element)
+        by_element.update(zip(elements, keys, strict=True))
+        pending = self._pending
+        if len(by_element) - before == len(keys) and pending.keys().isdisjoint(
+            elements
+        ):
+            pending.update(dict.fromkeys(elements, 1))
+        else:  # an element seen before, or twice (a 64-bit collision): in turn
+            for element in elements:
+                net = pending.get(element, 0) + 1
+                if net:
+                    pending[element] = net
+                else:
+                    del pending[element]
+        first = self.index + 1
+        self.index += len(keys)
+        if self._changes is not None:
+            self._changes.extend(
+                zip(range(first, self.index + 1), keys, routes, strict=True)
+            )
 
     def _unindex(self, key: str) -> None:
         old = self._element.pop(key)

@@ -8,6 +8,7 @@ import random
 from hypothesis import given, strategies as st
 
 from mesh.codec_routes import decode_routes, encode_routes
+from mesh.core.digest import element_of
 from mesh.core.routes import Route, RouteTable, Version
 
 KEYS = st.sampled_from(["a", "b", "c", "d"])
@@ -62,3 +63,106 @@ def test_route_batches_survive_the_codec(ops: list[Route]) -> None:
     sender, decoded = decode_routes(encode_routes("n1", ops), max_routes=100)
     assert sender == "n1"
     assert decoded == ops
+
+
+def _route(key: str, ms: int, counter: int, origin: str, deleted: bool) -> Route:
+    return Route(
+        key,
+        "" if deleted else "http://x",
+        {} if deleted else {"p": key},
+        Version(0 if counter % 3 else counter, ms << 16 | counter, origin),
+        deleted,
+    )
+
+
+def _entries(keys: range) -> st.SearchStrategy[Route]:
+    return st.builds(
+        _route,
+        st.sampled_from([f"k{i}" for i in keys]),
+        st.integers(0, 40),  # ms of the HLC
+        st.integers(0, 5),  # its counter (and a revision now and then)
+        ORIGINS,
+        st.booleans(),
+    )
+
+
+def _observed(t: RouteTable, base: int) -> object:
+    """Everything a caller can see of a table (the digest folded first)."""
+    t.fold(t.pending_folds())
+    entries = sorted(t, key=lambda r: r.key)
+    return (
+        entries,
+        len(t),
+        t.tombstones,
+        t.index,
+        t.changes_after(base),
+        t.clock.last,
+        t.clock.clamped,
+        t.missing(),
+        t.symbols(0, 64),
+        [t.by_element(element_of(r.key, str(r.version))) for r in entries],
+        t.chunk("", 100),
+    )
+
+
+@given(
+    history=st.lists(_entries(range(10)), max_size=12),
+    # distinct keys, partly new to the history: the one-pass case is common
+    batch=st.lists(
+        _entries(range(8, 24)), min_size=2, max_size=8, unique_by=lambda r: r.key
+    ),
+    twice=st.none() | st.integers(0, 7),  # or one key twice
+    again=st.none() | st.integers(0, 11),  # or an entry of the history again
+    max_routes=st.integers(4, 24),
+    wall_ms=st.integers(0, 60),
+    horizon_ms=st.none() | st.integers(0, 12),
+    sorted_first=st.booleans(),
+    collect_first=st.none() | st.integers(0, 60),
+    collect_ms=st.integers(0, 60),
+)
+def test_a_pushed_batch_applies_as_its_routes_one_by_one(
+    history: list[Route],
+    batch: list[Route],
+    twice: int | None,
+    again: int | None,
+    max_routes: int,
+    wall_ms: int,
+    horizon_ms: int | None,
+    sorted_first: bool,
+    collect_first: int | None,
+    collect_ms: int,
+) -> None:
+    """``apply_many`` stores a batch of new keys in one pass: the tables it
+    leaves (and their change logs, clocks, digests, tombstone collection)
+    are the ones routes applied in turn leave. A small ``max_routes``, a
+    short clock skew and a horizon make FULL, clamped and EXPIRED routes
+    common; a collection before the batch leaves the digest owing removals
+    that a re-pushed entry cancels."""
+    if again is not None and history:
+        old = history[again % len(history)]
+        batch = [r for r in batch if r.key != old.key] + [old]
+    if twice is not None:
+        batch = [*batch, batch[twice % len(batch)]._replace(target="http://y")]
+    tables = []
+    for one_by_one in (False, True):
+        t = RouteTable(
+            origin="x", max_routes=max_routes, hlc_max_skew_ms=5, change_log_max=64
+        )
+        for route in history:
+            t.apply(route, wall_ms=wall_ms)
+        if sorted_first:
+            t.chunk("", 1)  # the sorted key list exists: new keys join it
+        if collect_first is not None:
+            t.fold(t.pending_folds())
+            t.collect(collect_first)
+        base = t.index
+        if one_by_one:
+            counts: dict[str, int] = {}
+            for route in batch:
+                status = t.apply(route, wall_ms=wall_ms, horizon_ms=horizon_ms).status
+                counts[status.value] = counts.get(status.value, 0) + 1
+        else:
+            counts = t.apply_many(batch, wall_ms=wall_ms, horizon_ms=horizon_ms)
+        collected = t.collect(collect_ms)
+        tables.append((counts, collected, _observed(t, base)))
+    assert tables[0] == tables[1]

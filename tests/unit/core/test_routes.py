@@ -83,6 +83,23 @@ def test_pushed_batch_counts_outcomes_like_one_apply_each() -> None:
     assert t.summary() == u.summary()
 
 
+def test_a_batch_of_new_keys_takes_those_refused_for_lack_of_room() -> None:
+    """A key refused as FULL counts as missing until stored; a batch stored
+    in one pass (its own code path) must stop counting it too."""
+    t = RouteTable(origin="a", max_routes=3, hlc_max_skew_ms=10**9)
+    t.apply(Route("a", "x", {}, Version(0, 1 << 16, "z")), wall_ms=50)
+    for key in ("b", "c"):
+        t.apply(Route(key, "", {}, Version(0, 1 << 16, "z"), deleted=True), wall_ms=50)
+    refused = Route("r", "x", {}, Version(0, 2 << 16, "z"))
+    assert t.apply(refused, wall_ms=50).status is OutcomeStatus.FULL
+    assert t.missing() == 1
+    assert t.collect(5) == 2  # both tombstones: room for two
+    batch = [refused, Route("d", "x", {}, Version(0, 3 << 16, "z"))]
+    assert t.apply_many(batch, wall_ms=50, horizon_ms=None) == {"applied": 2}
+    assert t.get("r") == refused
+    assert t.missing() == 0
+
+
 def test_write_then_read_and_revision_ordering() -> None:
     t = table()
     put = t.write("k", "http://one", {"x": "1"}, revision=5, wall_ms=1000)
