@@ -452,22 +452,7 @@ class NodeCore:
         if refusal is not None:
             refused = Outcome(OutcomeStatus.UNAVAILABLE, None, refusal)
             return [refused] * len(writes), self._drain()
-        wall_ms = int(wall * 1000)
-        table = self.routes
-        outcomes: list[Outcome] = []
-        changes: list[tuple[int, Route]] = []
-        for w in writes:
-            outcome = table.write(
-                w.key,
-                w.target,
-                w.meta,
-                revision=w.revision,
-                wall_ms=wall_ms,
-                deleted=w.deleted,
-            )
-            outcomes.append(outcome)
-            if outcome.changed and outcome.route is not None:
-                changes.append((table.index, outcome.route))
+        outcomes, changes = self.routes.write_many(writes, wall_ms=int(wall * 1000))
         if changes:
             self.pushes.enqueue_many(changes, self.membership.live_peers())
             self._take_pushes(now)

@@ -429,6 +429,71 @@ class RouteTable:
         )
         return self._store(route, current)
 
+    def write_many(
+        self, writes: Sequence[Write], *, wall_ms: int
+    ) -> tuple[list[Outcome], list[tuple[int, Route]]]:
+        """Clients' writes in order, each as if alone (:meth:`write`): their
+        outcomes, and ``(index, route)`` of each change (what peers get)."""
+        if len(writes) > 1:
+            done = self._write_new(writes, wall_ms)
+            if done is not None:
+                return done
+        outcomes: list[Outcome] = []
+        changes: list[tuple[int, Route]] = []
+        for key, target, meta, revision, deleted in writes:
+            outcome = self.write(
+                key, target, meta, revision=revision, wall_ms=wall_ms, deleted=deleted
+            )
+            outcomes.append(outcome)
+            if outcome.changed and outcome.route is not None:
+                changes.append((self.index, outcome.route))
+        return outcomes, changes
+
+    def _write_new(
+        self, writes: Sequence[Write], wall_ms: int
+    ) -> tuple[list[Outcome], list[tuple[int, Route]]] | None:
+        """:meth:`write_many` in one pass for valid writes to distinct keys
+        the table lacks, with room (a batch call creating routes): versioned
+        and stored as :meth:`write` would, one after the other (consecutive
+        HLCs), with the indexes updated a batch at a time. None, having
+        changed nothing, for any other batch. Why: :meth:`apply_many`'s."""
+        table = self._routes
+        n = len(writes)
+        if len(table) + n > self.max_routes:
+            return None
+        keys = [w[0] for w in writes]
+        if not table.keys().isdisjoint(keys) or len(set(keys)) < n:
+            return None
+        clock = self.clock
+        first = max(clock.last + 1, wall_ms << _HLC_LOGICAL_BITS)
+        origin = self.origin
+        routes: list[Route] = []
+        for hlc, (key, target, meta, revision, deleted) in enumerate(writes, first):
+            if validate_route_fields(key, "x" if deleted else target, meta) is not None:
+                return None  # INVALID: in turn, for its message
+            if revision is None:
+                revision = 0
+            elif not 0 <= revision <= _MAX_U64:
+                return None
+            routes.append(
+                _new(
+                    Route,
+                    (
+                        key,
+                        "" if deleted else target,
+                        {} if deleted else dict(meta),
+                        _new(Version, (revision, hlc, origin)),
+                        deleted,
+                    ),
+                )
+            )
+        clock.last = first + n - 1  # what n increments leave
+        table.update(zip(keys, routes, strict=True))
+        base = self.index
+        self._index_new(keys, [r[3] for r in routes], routes)
+        outcomes = [_new(Outcome, (OutcomeStatus.APPLIED, r, "")) for r in routes]
+        return outcomes, list(zip(range(base + 1, base + n + 1), routes, strict=True))
+
     def apply(
         self, route: Route, *, wall_ms: int, horizon_ms: int | None = None
     ) -> Outcome:

@@ -4,12 +4,13 @@ commutative and associative (a last-writer-wins register per key)."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import given, strategies as st
 
 from mesh.codec_routes import decode_routes, encode_routes
 from mesh.core.digest import element_of
-from mesh.core.routes import Route, RouteTable, Version
+from mesh.core.routes import Outcome, Route, RouteTable, Version, Write
 
 KEYS = st.sampled_from(["a", "b", "c", "d"])
 ORIGINS = st.sampled_from(["n1", "n2", "n3"])
@@ -166,3 +167,83 @@ def test_a_pushed_batch_applies_as_its_routes_one_by_one(
         collected = t.collect(collect_ms)
         tables.append((counts, collected, _observed(t, base)))
     assert tables[0] == tables[1]
+
+
+_writes = st.builds(
+    Write,
+    st.sampled_from([f"k{i}" for i in range(10, 26)]),
+    st.just("http://w"),
+    st.sampled_from([{}, {"p": "q"}]),
+    st.none() | st.sampled_from([0, 3]),
+    st.booleans(),
+)
+# one field of one item made invalid: each is refused (400) with its message
+_SPOILS: list[dict[str, Any]] = [
+    {"key": "bad key"},
+    {"target": "", "deleted": False},
+    {"meta": {"p": 1}},
+    {"revision": 2**64},
+    {"revision": -1},
+]
+
+
+@given(
+    history=st.lists(_entries(range(10)), max_size=12),
+    writes=st.lists(_writes, min_size=2, max_size=8, unique_by=lambda w: w.key),
+    twice=st.none() | st.integers(0, 7),  # or one key twice
+    again=st.none() | st.integers(0, 11),  # or a key of the history
+    spoil=st.none() | st.tuples(st.integers(0, 7), st.sampled_from(_SPOILS)),
+    max_routes=st.integers(4, 40),
+    clock_ms=st.integers(0, 60),
+    wall_ms=st.integers(0, 60),
+)
+def test_a_batch_call_writes_as_its_items_one_by_one(
+    history: list[Route],
+    writes: list[Write],
+    twice: int | None,
+    again: int | None,
+    spoil: tuple[int, dict[str, Any]] | None,
+    max_routes: int,
+    clock_ms: int,
+    wall_ms: int,
+) -> None:
+    """``write_many`` versions and stores a batch of new keys in one pass: the
+    outcomes, the changes for peers and the tables are what each write alone
+    gives, in order (consecutive HLCs, whatever the clock had seen)."""
+    if again is not None and history:
+        writes[again % len(writes)] = writes[again % len(writes)]._replace(
+            key=history[again % len(history)].key
+        )
+    if spoil is not None:
+        at, fields = spoil
+        writes[at % len(writes)] = writes[at % len(writes)]._replace(**fields)
+    if twice is not None:
+        writes = [*writes, writes[twice % len(writes)]._replace(target="http://v")]
+    results = []
+    for one_by_one in (False, True):
+        t = RouteTable(
+            origin="x", max_routes=max_routes, hlc_max_skew_ms=5, change_log_max=64
+        )
+        for route in history:
+            t.apply(route, wall_ms=clock_ms)
+        base = t.index
+        outcomes: list[Outcome]
+        changes: list[tuple[int, Route]]
+        if one_by_one:
+            outcomes, changes = [], []
+            for w in writes:
+                outcome = t.write(
+                    w.key,
+                    w.target,
+                    w.meta,
+                    revision=w.revision,
+                    wall_ms=wall_ms,
+                    deleted=w.deleted,
+                )
+                outcomes.append(outcome)
+                if outcome.changed and outcome.route is not None:
+                    changes.append((t.index, outcome.route))
+        else:
+            outcomes, changes = t.write_many(writes, wall_ms=wall_ms)
+        results.append((outcomes, changes, _observed(t, base)))
+    assert results[0] == results[1]

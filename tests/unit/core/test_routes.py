@@ -100,6 +100,31 @@ def test_a_batch_of_new_keys_takes_those_refused_for_lack_of_room() -> None:
     assert t.missing() == 0
 
 
+def test_a_batch_call_refuses_each_bad_item_and_fills_the_table_exactly() -> None:
+    """The edges of the batch path (:meth:`RouteTable.write_many`): the
+    revision's upper bound, and a table with room for all but the last."""
+    t = table()
+    writes = [Write("a", "http://x", {}, 2**64 - 1), Write("b", "http://x", {}, 2**64)]
+    outcomes, changes = t.write_many(writes, wall_ms=1)
+    assert [o.status for o in outcomes] == [
+        OutcomeStatus.APPLIED,
+        OutcomeStatus.INVALID,
+    ]
+    assert outcomes[1].reason == "revision must be an integer in 0..2**64-1"
+    assert changes == [(1, outcomes[0].route)]
+    for room in (3, 2):
+        t = RouteTable(origin="a", max_routes=room, hlc_max_skew_ms=10**9)
+        outcomes, changes = t.write_many(
+            [Write(k, "http://x") for k in "xyz"], wall_ms=1
+        )
+        statuses = [o.status for o in outcomes]
+        assert statuses[:2] == [OutcomeStatus.APPLIED] * 2
+        assert statuses[2] is (
+            OutcomeStatus.APPLIED if room == 3 else OutcomeStatus.FULL
+        )
+        assert len(t) == room == len(changes)
+
+
 def test_write_then_read_and_revision_ordering() -> None:
     t = table()
     put = t.write("k", "http://one", {"x": "1"}, revision=5, wall_ms=1000)
