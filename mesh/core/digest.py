@@ -144,7 +144,9 @@ class Digest:
             elements, signs = zip(*changes, strict=True)
             self.fold(elements, signs)
 
-    def fold(self, elements: Sequence[int], signs: Sequence[int]) -> None:
+    def fold(
+        self, elements: Sequence[int], signs: Sequence[int] | npt.NDArray[np.int64]
+    ) -> None:
         """Add (sign +1) or remove (-1) each element: :meth:`toggle` with the
         pairs already apart, as the route table keeps them.
 

@@ -40,12 +40,15 @@ from __future__ import annotations
 import bisect
 import enum
 import heapq
+import itertools
 import re
 import sys
 import types
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
+
+import numpy as np
 
 from .digest import Digest, Symbol, element_of_text
 
@@ -727,15 +730,16 @@ class RouteTable:
         returns how many remain. The node calls this a batch per timer tick,
         so a bulk load of 100,000 routes never stalls its loop for seconds."""
         pending = self._pending
-        if limit >= len(pending):  # all of them: no loop in Python
+        # No loop in Python either way: every replica folds every route.
+        if limit >= len(pending):
             elements, nets = list(pending), list(pending.values())
             pending.clear()
-        else:
-            taken = [pending.popitem() for _ in range(limit)]
-            elements, nets = [e for e, _ in taken], [n for _, n in taken]
+        else:  # the oldest first
+            elements = list(itertools.islice(pending, limit))
+            nets = list(map(pending.pop, elements))
         # added since the last fold, or removed (a net of 2 would take two
         # keys with one 64-bit element: folded once, as before)
-        self.digest.fold(elements, [1 if n > 0 else -1 for n in nets])
+        self.digest.fold(elements, np.sign(np.array(nets, dtype=np.int64)))
         return len(pending)
 
     def symbols(self, start: int, stop: int) -> list[Symbol]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from mesh.core.digest import element_of
+from mesh.core.digest import Digest, element_of
 from mesh.core.routes import (
     HybridClock,
     OutcomeStatus,
@@ -369,3 +369,29 @@ def test_every_read_returns_the_route_that_was_stored(
     assert keys == sorted(model)
     assert dict(entries) == model
     assert t.chunk("", 10) == ([model[k] for k in sorted(model)], False)
+
+
+def test_folding_in_slices_gives_the_digest_of_one_fold() -> None:
+    """``fold(limit)`` folds exactly ``limit`` pending changes (the node's
+    bound on one tick's work) and slices add up to the one whole fold,
+    removals of overwritten entries included."""
+    sliced, whole = table(), table()
+    for t in (sliced, whole):
+        for i in range(40):
+            t.write(f"k{i % 25}", f"http://{i}", {}, revision=None, wall_ms=1 + i)
+            if i == 24:
+                t.fold(t.pending_folds())  # so the rewrites below remove
+    pending = sliced.pending_folds()
+    assert pending == whole.pending_folds() == 30  # 15 entries out, 15 in
+    for _ in range(pending):  # bounded: a slice that folds nothing fails
+        if not sliced.pending_folds():
+            break
+        left = sliced.pending_folds()
+        assert sliced.fold(7) == max(0, left - 7) == sliced.pending_folds()
+    assert sliced.pending_folds() == 0
+    whole.fold(whole.pending_folds())
+    assert sliced.symbols(0, 64) == whole.symbols(0, 64)
+    # and both are the digest of the entries held now, nothing else
+    held = Digest(whole.digest.max_symbols)
+    held.toggle([(element_of(r.key, str(r.version)), 1) for r in whole])
+    assert whole.symbols(0, 64) == held.symbols(0, 64)
