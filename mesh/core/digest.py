@@ -71,8 +71,25 @@ def element_of(key: str, version: str) -> int:
 def element_of_text(text: str) -> int:
     """The element of an entry given as ``key NUL version``: for a caller
     that builds that text in one format (the route table, per entry stored)."""
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
+    h = _new_element_hash()
+    h.update(text.encode())
+    return int.from_bytes(h.digest(), "little") or 1
+
+
+# Copies of a hash object set up once: the same BLAKE2b as the constructor
+# with these parameters, without parsing its keywords on every call (0.62 ->
+# 0.42 us an element, 0.56 -> 0.33 a block of the walk, measured side by
+# side), and every replica hashes every route it stores three times or so.
+_new_element_hash = hashlib.blake2b(digest_size=8).copy
+_block_hashes: list[hashlib.blake2b] = []
+
+
+def _new_block_hash(block: int) -> hashlib.blake2b:
+    """A fresh BLAKE2b for block ``block`` of a walk (see :func:`indices`)."""
+    while len(_block_hashes) <= block:  # at most limit / 16: a step is >= 1
+        salt = len(_block_hashes).to_bytes(16, "little")
+        _block_hashes.append(hashlib.blake2b(digest_size=64, salt=salt))
+    return _block_hashes[block].copy()
 
 
 def _checksum(element: int) -> int:
@@ -182,7 +199,7 @@ class Digest:
         :func:`indices`, inlined."""
         limit = self.max_symbols
         unpack = _UNIFORMS.unpack
-        blake2b = hashlib.blake2b
+        new_block_hash = _new_block_hash
         sqrt = math.sqrt
         owners: list[int] = []
         where: list[int] = []
@@ -191,7 +208,8 @@ class Digest:
             i = 0
             block = 0
             while i < limit:
-                raw = blake2b(seed, digest_size=64, salt=block.to_bytes(16, "little"))
+                raw = new_block_hash(block)
+                raw.update(seed)
                 for x in unpack(raw.digest()):
                     # the very expression of indices(): the same floats
                     i += int((i + 1.5) * (1.0 / sqrt((x + 1) * _INV_2_32) - 1.0)) + 1
@@ -210,7 +228,6 @@ class Digest:
         per element and block stays in Python; the float steps are the same
         IEEE operations in the same order, so the indices are identical."""
         limit = float(self.max_symbols)
-        blake2b = hashlib.blake2b
         seeds = [element.to_bytes(8, "little") for element in elements]
         rows = np.arange(len(elements), dtype=np.intp)
         at = np.zeros(len(elements), dtype=np.float64)
@@ -218,13 +235,13 @@ class Digest:
         where: list[npt.NDArray[np.intp]] = []
         block = 0
         while len(rows):
-            salt = block.to_bytes(16, "little")
-            raw = b"".join(
-                [
-                    blake2b(seeds[r], digest_size=64, salt=salt).digest()
-                    for r in rows.tolist()
-                ]
-            )
+            fresh = _new_block_hash(block).copy
+            digests = []
+            for r in rows.tolist():
+                h = fresh()
+                h.update(seeds[r])
+                digests.append(h.digest())
+            raw = b"".join(digests)
             uniforms = np.frombuffer(raw, dtype="<u4").reshape(len(rows), 16)
             factors = 1.0 / np.sqrt((uniforms + 1.0) * _INV_2_32) - 1.0
             steps = np.empty((len(rows), 16), dtype=np.float64)
