@@ -89,8 +89,11 @@ class Response:
     after: Callable[[], None] | None = attrs.field(default=None, eq=False)
 
 
-#: what json.dumps(..., separators=(",", ":")) would build on every call
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+#: what json.dumps(..., separators=(",", ":")) would build on every call,
+#: without the check for cycles: every document is built fresh here from
+#: dicts and lists (a cycle would still end in RecursionError), and the
+#: check costs ~10 % of encoding a batch call's 1,000 results
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 def json_response(

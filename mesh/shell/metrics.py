@@ -457,12 +457,12 @@ class Metrics:
                 )
             timer.observe(duration)
 
-    def route_write(self, result: str) -> None:
-        """Count one client write by outcome (label child cached)."""
+    def route_write(self, result: str, count: int = 1) -> None:
+        """Count client writes by outcome (label child cached)."""
         child = self._write_children.get(result)
         if child is None:
             child = self._write_children[result] = self.route_writes.labels(result)
-        child.inc()
+        child.inc(count)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -469,6 +469,7 @@ async def test_batch_of_1000_items_is_accepted(
     assert response.status_code == 200
     assert len(response.json()["results"]) == BATCH_MAX_ITEMS
     assert len(agent.core.routes) == BATCH_MAX_ITEMS - 2
+    assert writes(agent, "applied") == BATCH_MAX_ITEMS  # counted per status
 
 
 async def test_batch_over_4_mib_is_413(client: httpx.AsyncClient) -> None:
