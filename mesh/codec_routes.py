@@ -15,7 +15,6 @@ sections below and in docs/protocol.md.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Final
@@ -43,6 +42,8 @@ from .core.routes import (
     MAX_TARGET_LEN,
     Route,
     Version,
+    ascii_metas_ok,
+    keys_ok,
     validate_route_fields,
 )
 from .errors import DecodeError
@@ -65,9 +66,6 @@ __all__ = [
 MAX_ROUTES_BODY: Final = 16 * 1024 * 1024
 _ROUTE_CAP_STR: Final = 4 * 1024 + 16
 _key_ok = KEY_RE.fullmatch
-# Every key of a batch at once: the keys joined by newlines (which no key
-# holds) match this when each one matches KEY_RE.
-_keys_ok = re.compile(rf"(?:{KEY_RE.pattern}\n)*{KEY_RE.pattern}").fullmatch
 _new_version = partial(tuple.__new__, Version)
 _new_route = partial(tuple.__new__, Route)
 _STR = {str}
@@ -156,11 +154,7 @@ def _columns(rows: list[Any], origins: set[str]) -> list[Route] | None:
         or not "".join(targets).isascii()
     ):
         return None
-    joined = "\n".join(keys)
-    # (a key holding a newline would pass as two: counted out)
-    if joined.count("\n") != len(keys) - 1 or _keys_ok(joined) is None:
-        return None
-    if not all(map(_ascii_meta, filter(None, metas))):
+    if not keys_ok(keys) or not ascii_metas_ok(metas):
         return None
     for name in set(names) - origins:
         try:

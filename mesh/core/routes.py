@@ -46,7 +46,7 @@ import sys
 import types
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -63,7 +63,9 @@ __all__ = [
     "RouteTable",
     "Version",
     "Write",
+    "ascii_metas_ok",
     "is_unicode",
+    "keys_ok",
     "version_ms",
     "validate_route_fields",
 ]
@@ -231,6 +233,42 @@ def validate_route_fields(
         if not is_unicode(k) or not is_unicode(v):
             return f"meta: {_NOT_UNICODE}"
     return None
+
+
+# Every key of a batch at once: the keys joined by newlines (which no key
+# holds) match this when each one matches KEY_RE.
+_keys_ok = re.compile(rf"(?:{KEY_RE.pattern}\n)*{KEY_RE.pattern}").fullmatch
+_STR_TYPE = {str}
+
+
+def keys_ok(keys: Sequence[str]) -> bool:
+    """Every one of ``keys`` (strings) is a valid key: one regex over them
+    joined, for a batch's column check (a key holding a newline would pass
+    as two, so newlines are counted)."""
+    joined = "\n".join(keys)
+    return joined.count("\n") == len(keys) - 1 and _keys_ok(joined) is not None
+
+
+def ascii_metas_ok(metas: Sequence[dict[Any, Any]]) -> bool:
+    """Every one of ``metas`` (dicts) is within the meta limits, in ASCII: a
+    column check, each step one pass in C. False may also mean "not ASCII":
+    the caller then checks map by map (:func:`validate_route_fields`)."""
+    if not metas:
+        return True
+    if max(map(len, metas)) > MAX_META_ENTRIES:
+        return False
+    names = list(itertools.chain.from_iterable(metas))
+    if not names:
+        return True
+    values = list(itertools.chain.from_iterable(map(dict.values, metas)))
+    return (
+        set(map(type, names)) == _STR_TYPE
+        and set(map(type, values)) == _STR_TYPE
+        and max(map(len, names)) <= MAX_META_LEN
+        and max(map(len, values)) <= MAX_META_LEN
+        and "".join(names).isascii()
+        and "".join(values).isascii()
+    )
 
 
 def _element_of(key: str, version: Version) -> int:

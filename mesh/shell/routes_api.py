@@ -27,17 +27,21 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import trio
 
 from ..core.routes import (
+    MAX_TARGET_LEN,
     Outcome,
     OutcomeStatus,
     Route as Entry,  # (asgi's Route is an endpoint)
     Write,
+    ascii_metas_ok,
+    keys_ok,
     validate_route_fields,
 )
 from ..core.sync import SyncTicket
@@ -159,17 +163,22 @@ def routes_endpoints(agent: Agent) -> list[Route]:
         # (in order, each as if alone), so they reach peers as one batch.
         results: list[dict[str, Any]] = []
         writes: list[Write] = []
-        slots: list[int] = []  # where each write's result goes
-        for items, deleted in ((puts, False), (deletes, True)):
-            for item in items:
-                parsed = _batch_item(item, deleted=deleted)
-                if isinstance(parsed, Write):
-                    slots.append(len(results))
-                    writes.append(parsed)
-                    parsed = {}
-                else:  # refused here, before the core (which counts its own)
-                    agent.metrics.route_write(OutcomeStatus.INVALID.value)
-                results.append(parsed)
+        slots: Sequence[int] = []  # where each write's result goes
+        at_once = None if deletes else _puts_at_once(puts)
+        if at_once is not None:  # (each result is set below)
+            writes, slots, results = at_once, range(len(at_once)), [{}] * len(at_once)
+        else:
+            slots = []
+            for items, deleted in ((puts, False), (deletes, True)):
+                for item in items:
+                    parsed = _batch_item(item, deleted=deleted)
+                    if isinstance(parsed, Write):
+                        slots.append(len(results))
+                        writes.append(parsed)
+                        parsed = {}
+                    else:  # refused here, before the core (which counts its own)
+                        agent.metrics.route_write(OutcomeStatus.INVALID.value)
+                    results.append(parsed)
         if writes:
             outcomes = agent.write_routes(writes)
             for slot, write, outcome in zip(slots, writes, outcomes, strict=True):
@@ -415,6 +424,56 @@ def _parse_batch(document: object) -> tuple[list[object], list[object]]:
             400, f"a batch holds at most {BATCH_MAX_ITEMS} items, got {total}"
         )
     return puts, deletes
+
+
+_DICT_TYPE = {dict}
+_STR_TYPE = {str}
+_META_TYPES = {dict, type(None)}
+_REVISION_TYPES = {int, type(None)}
+
+
+def _puts_at_once(items: list[object]) -> list[Write] | None:
+    """Every put of a batch call as a write, checked column by column (each
+    check one pass in C) when all are the common kind: objects of known
+    fields with a key, an ASCII target, meta absent, null or ASCII, and a
+    revision absent, null or a non-negative integer. None for any other
+    batch: :func:`_batch_item` then checks item by item and says what is
+    wrong. Accepts only what :func:`_batch_item` accepts and builds the same
+    writes (a property test holds it to that); a batch call checks up to
+    1,000 items, and item by item that cost ~3 us each."""
+    if not items or set(map(type, items)) != _DICT_TYPE:
+        return None
+    puts: list[dict[str, Any]] = items  # type: ignore[assignment]
+    if not all(map(_BATCH_PUT_FIELDS.issuperset, puts)):
+        return None
+    get = dict.get
+    keys: list[Any] = list(map(get, puts, repeat("key")))
+    targets: list[Any] = list(map(get, puts, repeat("target")))
+    metas: list[Any] = list(map(get, puts, repeat("meta")))
+    revisions: list[Any] = list(map(get, puts, repeat("revision")))
+    if (
+        set(map(type, keys)) != _STR_TYPE
+        or set(map(type, targets)) != _STR_TYPE
+        or not set(map(type, metas)) <= _META_TYPES
+        or not set(map(type, revisions)) <= _REVISION_TYPES
+        or min(map(len, targets)) < 1
+        or max(map(len, targets)) > MAX_TARGET_LEN
+        or not "".join(targets).isascii()
+        or not keys_ok(keys)
+    ):
+        return None
+    given = [r for r in revisions if r is not None]
+    if given and min(given) < 0:
+        return None
+    metas = [{} if m is None else dict(m) for m in metas]
+    if not ascii_metas_ok(metas):
+        return None
+    deleted = [False] * len(keys)
+    columns = zip(keys, targets, metas, revisions, deleted, strict=True)
+    return list(map(_new_write, columns))
+
+
+_new_write = partial(tuple.__new__, Write)
 
 
 def _batch_item(item: object, *, deleted: bool) -> Write | dict[str, Any]:

@@ -14,13 +14,20 @@ import pytest
 import structlog
 import trio
 import trio.testing
+from hypothesis import given, strategies as st
 
 from mesh.core.effects import Push
 from mesh.core.routes import Route, Write
 from mesh.messages import Alive
 from mesh.shell.agent import Agent
 from mesh.shell.api import make_api_app
-from mesh.shell.routes_api import BATCH_BODY_LIMIT, BATCH_MAX_ITEMS, routes_endpoints
+from mesh.shell.routes_api import (
+    BATCH_BODY_LIMIT,
+    BATCH_MAX_ITEMS,
+    _batch_item,
+    _puts_at_once,
+    routes_endpoints,
+)
 from mesh.shell.watch_api import LIST_SLICE_ROUTES, encode_route_list
 
 from .conftest import MakeAgent
@@ -828,3 +835,95 @@ async def test_a_short_list_is_encoded_without_a_checkpoint(agent: Agent) -> Non
     with pytest.raises(StopIteration) as finished:
         empty.send(None)
     assert finished.value.value == b'{"routes":[],"count":0,"index":0}'
+
+
+# --- the batch call's column check ---
+
+_VALID_PUT: dict[str, Any] = {
+    "key": "svc.a-1",
+    "target": "http://a:80",
+    "meta": {"zone": "z1"},
+    "revision": 3,
+}
+_MISSING = object()
+# One field of a valid put swapped for a value just inside or outside a limit.
+_NEAR = {
+    "key": ["k", "bad key", "a\nb", "", "x" * 253, "x" * 254, 1, None, _MISSING],
+    "target": [
+        "t",
+        "",
+        "x" * 1024,
+        "x" * 1025,
+        "é",
+        "\ud800",
+        None,
+        1,
+        _MISSING,
+    ],
+    "meta": [
+        None,
+        {},
+        {"a": 1},
+        {"a": "é"},
+        {"a": "\ud800"},
+        {"k" * 256: "v" * 256},
+        {"k" * 257: "v"},
+        {"k": "v" * 257},
+        {f"k{i}": "v" for i in range(32)},
+        {f"k{i}": "v" for i in range(33)},
+        [],
+        "m",
+        _MISSING,
+    ],
+    "revision": [None, 0, -1, 2**64 - 1, 2**64, True, 1.5, "3", _MISSING],
+    "extra": [1, _MISSING],
+}
+
+
+@st.composite
+def _near_valid_puts(draw: st.DrawFn) -> list[object]:
+    """Valid puts with, at most, one of them near-valid (one field swapped
+    for a value just inside or outside a limit), or not an object at all."""
+    items: list[object] = [
+        dict(_VALID_PUT, key=f"k{i}") for i in range(draw(st.integers(1, 6)))
+    ]
+    at = draw(st.integers(0, len(items)))  # len(items): none spoiled
+    if at < len(items):
+        field = draw(st.sampled_from([*sorted(_NEAR), "whole"]))
+        if field == "whole":
+            items[at] = draw(st.sampled_from(["not an object", ["k"], None]))
+        else:
+            item = items[at]
+            assert isinstance(item, dict)
+            value = draw(st.sampled_from(_NEAR[field]))
+            if value is _MISSING:
+                item.pop(field, None)
+            else:
+                item[field] = value
+    return items
+
+
+@given(_near_valid_puts())
+def test_batch_column_check_agrees_with_the_item_by_item_one(
+    items: list[object],
+) -> None:
+    """``_puts_at_once`` accepts a batch only when every item passes
+    ``_batch_item``, and then builds the very same writes."""
+    one_by_one = [_batch_item(item, deleted=False) for item in items]
+    at_once = _puts_at_once(items)
+    if at_once is not None:
+        assert at_once == one_by_one
+        assert all(type(w) is Write for w in at_once)
+
+
+def test_batch_column_check_takes_a_batch_of_common_puts() -> None:
+    puts: list[object] = [
+        {"key": "a", "target": "http://a"},
+        {"key": "b", "target": "http://b", "meta": None, "revision": None},
+        {"key": "c", "target": "http://c", "meta": {"m": "1"}, "revision": 2**64 - 1},
+    ]
+    assert _puts_at_once(puts) == [
+        Write("a", "http://a", {}, None),
+        Write("b", "http://b", {}, None),
+        Write("c", "http://c", {"m": "1"}, 2**64 - 1),
+    ]
