@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .core.routes import KEY_RE, is_unicode
+from .core.route_checks import KEY_RE, is_unicode
 from .errors import MeshError
 
 __all__ = [

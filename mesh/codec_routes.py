@@ -35,17 +35,16 @@ from .codec import (
     _u64,
     _unpack_bounded,
 )
-from .core.routes import (
+from .core.route_checks import (
     KEY_RE,
     MAX_META_ENTRIES,
     MAX_META_LEN,
     MAX_TARGET_LEN,
-    Route,
-    Version,
     ascii_metas_ok,
     keys_ok,
     validate_route_fields,
 )
+from .core.routes import Route, Version
 from .errors import DecodeError
 
 __all__ = [

@@ -34,15 +34,17 @@ from typing import Any, NamedTuple
 
 import trio
 
-from ..core.routes import (
+from ..core.route_checks import (
     MAX_TARGET_LEN,
+    ascii_metas_ok,
+    keys_ok,
+    validate_route_fields,
+)
+from ..core.routes import (
     Outcome,
     OutcomeStatus,
     Route as Entry,  # (asgi's Route is an endpoint)
     Write,
-    ascii_metas_ok,
-    keys_ok,
-    validate_route_fields,
 )
 from ..core.sync import SyncTicket
 from .agent import Agent

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from mesh.client import MAX_TIMEOUT, Client, ClientError, base_url
-from mesh.core.routes import KEY_RE
+from mesh.core.route_checks import KEY_RE
 
 ROUTE = {"key": "k", "target": "t", "revision": 0, "origin": "a", "version": 1}
 

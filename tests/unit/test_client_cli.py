@@ -22,7 +22,7 @@ import pytest
 from mesh.cli import build_parser, main
 from mesh.cli_client import _client
 from mesh.client import Client, ClientError
-from mesh.core.routes import KEY_RE
+from mesh.core.route_checks import KEY_RE
 from mesh.testing.agents import AgentProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

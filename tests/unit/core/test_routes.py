@@ -6,6 +6,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from mesh.core.digest import Digest, element_of
+from mesh.core.route_checks import validate_route_fields
 from mesh.core.routes import (
     HybridClock,
     OutcomeStatus,
@@ -13,7 +14,6 @@ from mesh.core.routes import (
     RouteTable,
     Version,
     Write,
-    validate_route_fields,
 )
 
 
