@@ -87,6 +87,16 @@ def _entries(keys: range) -> st.SearchStrategy[Route]:
     )
 
 
+def _table_after(history: list[Route], max_routes: int, wall_ms: int) -> RouteTable:
+    """A small table (a short clock skew, a change log) that took ``history``."""
+    t = RouteTable(
+        origin="x", max_routes=max_routes, hlc_max_skew_ms=5, change_log_max=64
+    )
+    for route in history:
+        t.apply(route, wall_ms=wall_ms)
+    return t
+
+
 def _observed(t: RouteTable, base: int) -> object:
     """Everything a caller can see of a table (the digest folded first)."""
     t.fold(t.pending_folds())
@@ -146,11 +156,7 @@ def test_a_pushed_batch_applies_as_its_routes_one_by_one(
         batch = [*batch, batch[twice % len(batch)]._replace(target="http://y")]
     tables = []
     for one_by_one in (False, True):
-        t = RouteTable(
-            origin="x", max_routes=max_routes, hlc_max_skew_ms=5, change_log_max=64
-        )
-        for route in history:
-            t.apply(route, wall_ms=wall_ms)
+        t = _table_after(history, max_routes, wall_ms)
         if sorted_first:
             t.chunk("", 1)  # the sorted key list exists: new keys join it
         if collect_first is not None:
@@ -221,11 +227,7 @@ def test_a_batch_call_writes_as_its_items_one_by_one(
         writes = [*writes, writes[twice % len(writes)]._replace(target="http://v")]
     results = []
     for one_by_one in (False, True):
-        t = RouteTable(
-            origin="x", max_routes=max_routes, hlc_max_skew_ms=5, change_log_max=64
-        )
-        for route in history:
-            t.apply(route, wall_ms=clock_ms)
+        t = _table_after(history, max_routes, clock_ms)
         base = t.index
         outcomes: list[Outcome]
         changes: list[tuple[int, Route]]

@@ -6,18 +6,22 @@ import subprocess
 import sys
 
 
-def test_core_imports_no_io() -> None:
+def _loaded(imports: str, modules: tuple[str, ...]) -> str:
+    """Which of ``modules`` a fresh interpreter holds after ``import imports``."""
     code = (
-        "import sys, mesh.core.node, mesh.core.membership, mesh.codec,"
-        " mesh.codec_routes;"
-        "bad = [m for m in ('trio', 'httpx', 'socket', 'hypercorn', 'asyncio')"
-        " if m in sys.modules];"
-        "print(','.join(bad))"
+        f"import sys, {imports};"
+        f"print(','.join(m for m in {modules!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == ""
+    return out.stdout.strip()
+
+
+def test_core_imports_no_io() -> None:
+    imports = "mesh.core.node, mesh.core.membership, mesh.codec, mesh.codec_routes"
+    io = ("trio", "httpx", "socket", "hypercorn", "asyncio")
+    assert _loaded(imports, io) == ""
 
 
 def test_core_reads_no_clock() -> None:
@@ -36,13 +40,5 @@ def test_the_client_loads_neither_the_route_table_nor_numpy() -> None:
     """Client commands (``mesh put``, ``mesh members``, ...) import
     ``mesh.client``: they check a key but must not pay for numpy (~0.1 s) or
     the route table to do it."""
-    code = (
-        "import sys, mesh.cli, mesh.cli_client, mesh.client;"
-        "bad = [m for m in ('numpy', 'mesh.core.routes', 'mesh.core.digest')"
-        " if m in sys.modules];"
-        "print(','.join(bad))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == ""
+    table = ("numpy", "mesh.core.routes", "mesh.core.digest")
+    assert _loaded("mesh.cli, mesh.cli_client, mesh.client", table) == ""
