@@ -41,6 +41,7 @@ from .core.route_checks import (
     MAX_META_LEN,
     MAX_TARGET_LEN,
     ascii_metas_ok,
+    ascii_targets_ok,
     keys_ok,
     validate_route_fields,
 )
@@ -148,9 +149,7 @@ def _columns(rows: list[Any], origins: set[str]) -> list[Route] | None:
         or max(revisions) > _U64_MAX
         or min(hlcs) < 0
         or max(hlcs) > _U64_MAX
-        or min(map(len, targets)) < 1
-        or max(map(len, targets)) > MAX_TARGET_LEN
-        or not "".join(targets).isascii()
+        or not ascii_targets_ok(targets)
     ):
         return None
     if not keys_ok(keys) or not ascii_metas_ok(metas):

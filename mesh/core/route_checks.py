@@ -2,7 +2,8 @@
 and meta to them: one place for the API, the codec, the route table and the
 client (which must not load the table, and with it numpy, to check a key).
 
-Column checks (:func:`keys_ok`, :func:`ascii_metas_ok`) check a whole
+Column checks (:func:`keys_ok`, :func:`ascii_targets_ok`,
+:func:`ascii_metas_ok`) check a whole
 batch's field at once, each step one pass in C: every replica decodes every
 route written in the mesh, and a check per route costs about as much as
 storing it.
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_META_LEN",
     "MAX_TARGET_LEN",
     "ascii_metas_ok",
+    "ascii_targets_ok",
     "is_unicode",
     "keys_ok",
     "validate_route_fields",
@@ -90,6 +92,17 @@ def keys_ok(keys: Sequence[str]) -> bool:
     as two, so newlines are counted)."""
     joined = "\n".join(keys)
     return joined.count("\n") == len(keys) - 1 and _keys_ok(joined) is not None
+
+
+def ascii_targets_ok(targets: Sequence[str]) -> bool:
+    """Every one of ``targets`` (strings) is of 1..MAX_TARGET_LEN characters,
+    in ASCII: a column check (False may also mean "not ASCII", as for
+    :func:`ascii_metas_ok`)."""
+    return (
+        min(map(len, targets)) >= 1
+        and max(map(len, targets)) <= MAX_TARGET_LEN
+        and "".join(targets).isascii()
+    )
 
 
 def ascii_metas_ok(metas: Sequence[dict[Any, Any]]) -> bool:

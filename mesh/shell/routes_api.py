@@ -35,8 +35,8 @@ from typing import Any, NamedTuple
 import trio
 
 from ..core.route_checks import (
-    MAX_TARGET_LEN,
     ascii_metas_ok,
+    ascii_targets_ok,
     keys_ok,
     validate_route_fields,
 )
@@ -458,16 +458,14 @@ def _puts_at_once(items: list[object]) -> list[Write] | None:
         or set(map(type, targets)) != _STR_TYPE
         or not set(map(type, metas)) <= _META_TYPES
         or not set(map(type, revisions)) <= _REVISION_TYPES
-        or min(map(len, targets)) < 1
-        or max(map(len, targets)) > MAX_TARGET_LEN
-        or not "".join(targets).isascii()
+        or not ascii_targets_ok(targets)
         or not keys_ok(keys)
     ):
         return None
     given = [r for r in revisions if r is not None]
     if given and min(given) < 0:
         return None
-    metas = [{} if m is None else dict(m) for m in metas]
+    metas = [{} if m is None else m for m in metas]  # (the core copies)
     if not ascii_metas_ok(metas):
         return None
     deleted = [False] * len(keys)
