@@ -249,8 +249,9 @@ class Digest:
                 at += np.floor((at + 1.5) * factors[:, k]) + 1.0
                 steps[:, k] = at
             below = steps < limit
-            hit_rows, _ = np.nonzero(below)
-            owners.append(rows[hit_rows])
+            # a row's steps rise, so its hits are a prefix: one repeat of the
+            # row numbers (np.nonzero on the 2-D mask cost ~3 times as much)
+            owners.append(np.repeat(rows, np.count_nonzero(below, axis=1)))
             where.append(steps[below].astype(np.intp))
             going = at < limit
             rows, at = rows[going], at[going]

@@ -34,6 +34,7 @@ import enum
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 import attrs
 
@@ -165,6 +166,11 @@ class _Peer:
         return min(float(burst), self.tokens + (now - self.tokens_at) / interval)
 
 
+_INDEX = itemgetter(0)
+_ROUTE = itemgetter(1)
+_SIZE = itemgetter(2)
+
+
 def route_size(route: Route) -> int:
     """Upper bound of a route's encoded size: its strings' UTF-8 bytes (exact
     for ASCII, the common case; 4 per character otherwise) plus msgpack's
@@ -243,6 +249,8 @@ class PushScheduler:
             return
         stats = self.stats
         sized = [(index, route, route_size(route)) for index, route in changes]
+        keys = [route.key for _, route in changes]
+        distinct = len(set(keys)) == len(keys)
         for name, addr in peers:
             peer = self._peers.get(name)
             if peer is None or peer.addr != addr:
@@ -251,6 +259,17 @@ class PushScheduler:
                 self._serial += 1
                 peer = self._peers[name] = _Peer(name, addr, self._serial)
             pending = peer.pending
+            if (
+                distinct
+                and len(pending) + len(keys) <= self._queue_max
+                and pending.keys().isdisjoint(keys)
+            ):
+                # nothing to coalesce, no overflow: what the loop below does,
+                # as one dict update (per route and peer of every batch call)
+                pending.update(zip(keys, sized, strict=True))
+                if peer.batch is None:
+                    self._ready.add(name)
+                continue
             for entry in sized:
                 key = entry[1].key
                 if key in pending:
@@ -288,22 +307,32 @@ class PushScheduler:
             if tokens < 1.0 - 1e-9 and not expedite:
                 later.add(name)
                 continue
-            items: list[tuple[int, Route, int]] = []
-            size = 0
             pending = peer.pending
-            for key in list(pending)[: self._batch_max]:
-                cost = pending[key][2]
-                if items and size + cost > self._batch_max_bytes:
-                    break
-                items.append(pending.pop(key))
-                size += cost
+            items: list[tuple[int, Route, int]]
+            if (
+                len(pending) <= self._batch_max
+                and sum(map(_SIZE, pending.values())) <= self._batch_max_bytes
+            ):
+                # all of it fits: what the loop below takes, without a pop
+                # per route (every route of a batch call, for every peer)
+                items = list(pending.values())
+                pending.clear()
+            else:
+                items = []
+                size = 0
+                for key in list(pending)[: self._batch_max]:
+                    cost = pending[key][2]
+                    if items and size + cost > self._batch_max_bytes:
+                        break
+                    items.append(pending.pop(key))
+                    size += cost
             self._batch_id += 1
             batch = Batch(
                 self._batch_id,
                 name,
                 peer.addr,
-                tuple(item[1] for item in items),
-                min(item[0] for item in items),
+                tuple(map(_ROUTE, items)),
+                min(map(_INDEX, items)),
                 now + self._deadline,
             )
             peer.batch = batch

@@ -11,7 +11,13 @@ from mesh.config import Config
 from mesh.core.effects import Effect, Push
 from mesh.core.node import NodeCore
 from mesh.core.routes import OutcomeStatus, Route, Version, Write
-from mesh.core.sync import Failure, PushScheduler, RetryPolicy, is_transient
+from mesh.core.sync import (
+    Failure,
+    PushScheduler,
+    RetryPolicy,
+    is_transient,
+    route_size,
+)
 from mesh.messages import Alive
 
 PEERS = [("b", ("10.0.0.2", 1)), ("c", ("10.0.0.3", 1))]
@@ -264,3 +270,136 @@ def test_a_batch_write_goes_out_as_one_delta_batch_per_peer() -> None:
         assert len(push.batch.routes) == 50
         (k3,) = [r for r in push.batch.routes if r.key == "k3"]
         assert k3.deleted
+
+
+class _QueueModel:
+    """The push queue's rules, written out one change at a time: coalesce by
+    key (the newest moves to the back), drop everything past ``queue_max``,
+    and a batch is the first ``batch_max`` pending that fit ``max_bytes``
+    (always at least one)."""
+
+    def __init__(self, queue_max: int, batch_max: int, max_bytes: int) -> None:
+        self.queue_max, self.batch_max, self.max_bytes = queue_max, batch_max, max_bytes
+        self.pending: dict[str, dict[str, tuple[int, Route]]] = {}
+        self.coalesced = self.overflowed = 0
+        self.repair: set[str] = set()
+
+    def enqueue(self, changes: list[tuple[int, Route]], peers: list[str]) -> None:
+        for peer in peers:
+            pending = self.pending.setdefault(peer, {})
+            for index, r in changes:
+                if r.key in pending:
+                    del pending[r.key]
+                    self.coalesced += 1
+                pending[r.key] = (index, r)
+                if len(pending) > self.queue_max:
+                    self.overflowed += len(pending)
+                    pending.clear()
+                    self.repair.add(peer)
+
+    def take(self, peer: str) -> tuple[list[Route], int] | None:
+        pending = self.pending.get(peer)
+        if not pending:
+            return None
+        taken: list[tuple[int, Route]] = []
+        size = 0
+        for key in list(pending)[: self.batch_max]:
+            cost = route_size(pending[key][1])
+            if taken and size + cost > self.max_bytes:
+                break
+            taken.append(pending.pop(key))
+            size += cost
+        return [r for _, r in taken], min(i for i, _ in taken)
+
+
+_SIZES = st.sampled_from([1, 40, 400])
+
+
+@given(
+    queue_max=st.integers(1, 8),
+    batch_max=st.integers(1, 6),
+    max_bytes=st.integers(60, 1500),
+    steps=st.lists(
+        st.one_of(
+            st.lists(
+                st.tuples(st.sampled_from("abcdefghij"), _SIZES), min_size=1, max_size=9
+            ),
+            st.sampled_from(["b", "c"]),  # a peer's batch delivered: the next taken
+        ),
+        max_size=12,
+    ),
+)
+def test_the_queue_follows_its_rules_one_change_at_a_time(
+    queue_max: int,
+    batch_max: int,
+    max_bytes: int,
+    steps: list[list[tuple[str, int]] | str],
+) -> None:
+    """Batch calls' bulk enqueue and whole-queue batches (the fast paths)
+    against the rules applied change by change: same batches, same drops."""
+    s = PushScheduler(
+        queue_max=queue_max,
+        batch_max=batch_max,
+        deadline=3.0,
+        batch_max_bytes=max_bytes,
+    )
+    model = _QueueModel(queue_max, batch_max, max_bytes)
+    in_flight: dict[str, int] = {}
+    index = 0
+
+    def take() -> None:
+        for batch in s.take_ready(0.0):
+            expected = model.take(batch.peer)
+            assert expected is not None
+            assert (list(batch.routes), batch.min_index) == expected
+            in_flight[batch.peer] = batch.id
+        assert set(in_flight) >= {p for p, q in model.pending.items() if q}
+
+    for step in steps:
+        if isinstance(step, str):
+            if step in in_flight:
+                s.done(step, in_flight.pop(step), ok=True)
+        else:
+            changes = []
+            for key, length in step:
+                index += 1
+                changes.append(
+                    (index, Route(key, "t" * length, {}, Version(0, index, "a")))
+                )
+            s.enqueue_many(changes, PEERS)
+            model.enqueue(changes, [name for name, _ in PEERS])
+        take()
+        assert s.stats["coalesced"] == model.coalesced
+        assert s.stats["dropped_overflow"] == model.overflowed
+        assert s.needs_repair == model.repair
+        assert s.depth() == sum(map(len, model.pending.values()))
+
+
+@pytest.mark.parametrize("waiting", [3, 4, 5])
+def test_a_batch_takes_at_most_batch_max_of_a_queue_that_fits(waiting: int) -> None:
+    """The edges of taking a whole queue at once: one over ``batch_max``
+    (or one byte over) leaves the rest for the next batch."""
+    s = PushScheduler(queue_max=100, batch_max=4, deadline=3.0)
+    s.enqueue(route("first", 0), 0, PEERS[:1])
+    (first,) = s.take_ready(0.0)
+    s.enqueue_many([(i, route(f"k{i}", i)) for i in range(1, waiting + 1)], PEERS[:1])
+    s.done("b", first.id, ok=True)
+    (batch,) = s.take_ready(0.0)
+    assert [r.key for r in batch.routes] == [
+        f"k{i}" for i in range(1, min(4, waiting) + 1)
+    ]
+    assert s.depth() == waiting - len(batch.routes)
+
+
+@pytest.mark.parametrize("spare", [-1, 0])
+def test_a_batch_of_a_whole_queue_stops_at_its_byte_bound(spare: int) -> None:
+    routes = [route(f"k{i}", i) for i in range(1, 4)]
+    s = PushScheduler(
+        queue_max=100,
+        batch_max=10,
+        deadline=3.0,
+        batch_max_bytes=sum(map(route_size, routes)) + spare,
+    )
+    s.enqueue_many(list(enumerate(routes, 1)), PEERS[:1])
+    (batch,) = s.take_ready(0.0)
+    assert len(batch.routes) == (3 if spare == 0 else 2)
