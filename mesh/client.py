@@ -269,7 +269,7 @@ class Client:
         if sync_timeout is None:
             return {}, self._timeout
         _check_seconds("sync_timeout", sync_timeout)
-        params = {"sync": "all", "timeout": str(sync_timeout)}
+        params = {"sync": "all", "timeout": _decimal(sync_timeout)}
         return params, self._timeout + sync_timeout
 
     def _call(
@@ -359,6 +359,12 @@ def _check_seconds(what: str, seconds: float) -> None:
             f"{what} must be a number of seconds in (0, {MAX_TIMEOUT:g}], "
             f"got {seconds!r}"
         )
+
+
+def _decimal(seconds: float) -> str:
+    """Seconds as the agent reads them: a plain decimal (``str`` would write
+    ``1e-05``, which it refuses), as short as it goes (999, 0.25)."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".")
 
 
 def _decode(text: str) -> Any:

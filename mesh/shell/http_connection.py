@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -46,6 +47,10 @@ _HTTP_VERSIONS = {b"1.0": "1.0", b"1.1": "1.1"}
 _REASONS = {431: "request head too large", 505: "HTTP version not supported"}
 #: the server's drop reason (a metric label) for each refused request head
 _DROP_REASONS = {431: "head_too_large", 505: "bad_version"}
+
+#: the status line's reason phrase (``HTTP/1.1 404 Not Found``): optional in
+#: HTTP/1.1, but what people reading ``curl -i`` or a proxy's log expect
+_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 class _ClientGoneError(OSError):
@@ -196,7 +201,13 @@ class Connection:
             (b"connection", b"close"),
         ]
         try:
-            data = self.h11.send(h11.Response(status_code=status, headers=headers))
+            data = self.h11.send(
+                h11.Response(
+                    status_code=status,
+                    headers=headers,
+                    reason=_PHRASES.get(status, b""),
+                )
+            )
             data = (data or b"") + (self.h11.send(h11.Data(data=body)) or b"")
             data += self.h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
@@ -552,7 +563,11 @@ class Connection:
         try:
             if not self._head_sent:
                 self._head_sent = True
-                head = h11.Response(status_code=self._status, headers=self._headers)
+                head = h11.Response(
+                    status_code=self._status,
+                    headers=self._headers,
+                    reason=_PHRASES.get(self._status, b""),
+                )
                 out = conn.send(head) or b""
             if body and not self._no_body:
                 out += conn.send(h11.Data(data=body)) or b""

@@ -73,6 +73,7 @@ _BATCH_PUT_FIELDS = _PUT_FIELDS | {"key"}
 _BATCH_DELETE_FIELDS = frozenset(("key", "revision"))
 _BATCH_FIELDS = frozenset(("put", "delete"))
 _REVISION_RE = re.compile(r"[0-9]{1,20}")
+_SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9}")
 #: a ``sync=all`` wait longer than this also watches for its client going
 #: away (seconds): a bound on how long a gone client holds its connection, not
 #: a tunable
@@ -358,14 +359,15 @@ def _sync_timeout(request: Request, maximum: float) -> float | None:
     text = request.query_one("timeout")
     if sync is None and text is None:
         return None
+    if sync is None:
+        raise HttpError(400, "timeout goes with sync=all")
     if sync != "all":
         raise HttpError(400, f"sync must be 'all' (with timeout), got {sync!r}")
     if text is None:
         raise HttpError(400, "sync=all needs timeout=SECONDS")
-    try:
-        timeout = float(text)
-    except ValueError:
-        timeout = math.nan
+    # ASCII decimals only, as the other numbers of the query: float() would
+    # also take spaces, signs, exponents and digits of any script
+    timeout = float(text) if _SECONDS_RE.fullmatch(text) else math.nan
     if not (math.isfinite(timeout) and 0 < timeout <= maximum):
         raise HttpError(
             400, f"timeout must be a number of seconds in (0, {maximum}], got {text!r}"

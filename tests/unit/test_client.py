@@ -177,6 +177,27 @@ def test_bad_sync_timeout_is_refused_before_sending(seconds: float) -> None:
     assert recorder.requests == []
 
 
+@pytest.mark.parametrize(
+    ("seconds", "sent"),
+    [
+        (2.0, "2"),
+        (0.25, "0.25"),
+        (1e-05, "0.00001"),
+        (999.0, "999"),
+        (86400.0, "86400"),
+    ],
+)
+def test_sync_timeout_is_sent_as_a_plain_decimal(seconds: float, sent: str) -> None:
+    """The agent takes ASCII decimals only: no exponent, as str(1e-05) has."""
+    recorder = Recorder()
+    with recorder.client() as client:
+        client.put_route("k", "t", sync_timeout=seconds)
+        client.delete_route("k", sync_timeout=seconds)
+    for request in recorder.requests:
+        assert request.url.params["timeout"] == sent
+        assert request.url.params["sync"] == "all"
+
+
 @pytest.mark.parametrize("wait", [-1.0, math.nan, math.inf])
 def test_bad_wait_is_refused_before_sending(wait: float) -> None:
     recorder = Recorder()

@@ -504,6 +504,9 @@ async def test_batch_body_between_64_kib_and_4_mib_is_fine(
     [
         "sync=all&timeout=1",
         "sync=all&timeout=0.25",
+        "sync=all&timeout=.5",
+        "sync=all&timeout=2.",
+        "sync=all&timeout=30",  # sync_timeout_max itself
     ],
 )
 async def test_sync_all_without_peers_answers_at_once(
@@ -545,6 +548,15 @@ async def test_without_sync_there_are_no_ack_fields(
         "sync=all&timeout=inf",
         "sync=all&timeout=soon",
         "sync=all&timeout=30.5",  # over sync_timeout_max
+        # numbers as the query's others are: ASCII decimals, nothing around
+        "sync=all&timeout=%D9%A5",  # ARABIC-INDIC DIGIT FIVE
+        "sync=all&timeout=%205",
+        "sync=all&timeout=5%20",
+        "sync=all&timeout=+5",
+        "sync=all&timeout=5e0",
+        "sync=all&timeout=5_0",
+        "sync=all&timeout=.",
+        "sync=all&timeout=",
     ],
 )
 async def test_bad_sync_parameters_are_400_before_any_write(
@@ -567,6 +579,7 @@ async def test_bad_sync_parameters_are_400_before_any_write(
     ("method", "path", "message"),
     [
         ("DELETE", "/v1/routes/k?rev=1", "unknown query parameters: rev"),
+        ("PUT", "/v1/routes/k?timeout=1", "timeout goes with sync=all"),
         ("DELETE", "/v1/routes/k?revision=1&revision=2", "given twice: revision"),
         ("PUT", "/v1/routes/k?foo=bar", "unknown query parameters: foo"),
         ("PUT", "/v1/routes/k?sync=all&timeout=1&timeout=2", "given twice: timeout"),
