@@ -121,6 +121,8 @@ class NodeCore:
         # this process was stalled (see _stalled)
         self._planned: float | None = None
         self._last_now = now
+        # our leave was not gossiped: peers hold our name elsewhere (leave)
+        self._leave_unannounced = False
         self.started = False
         self.routes = RouteTable(
             origin=config.name,
@@ -207,6 +209,8 @@ class NodeCore:
         tells us whom to tell; leaving before it would look like a crash."""
         m = self.membership
         if not m.leaving:
+            return False
+        if self._leave_unannounced:
             return False
         if self.exchanges.join_pending:
             return True
@@ -352,6 +356,15 @@ class NodeCore:
         if m.leaving:
             return []
         m.leaving = True
+        if m.local_conflict is not None:
+            # Peers hold our name at another address and refuse our alive:
+            # to them we are no member, and a leave naming us would be read
+            # as that other process's, which then shows ``left`` until it
+            # refutes (audit of session 12). Go without a word; if the other
+            # address was our own previous life, it is found dead as usual.
+            self._leave_unannounced = True
+            m.stats["leaves_unannounced"] += 1
+            return self._drain()
         m.on_dead(Dead(m.local.incarnation, self.name, self.name), now)
         # Send it at once rather than waiting for the next gossip tick.
         self._gossip(now)

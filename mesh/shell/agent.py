@@ -203,7 +203,15 @@ class Agent:
 
     def leave(self) -> None:
         """Announce our leave; :attr:`leave_done` is set when it has spread."""
-        self.log.info("leaving the mesh")
+        held = self.core.membership.local_conflict
+        if held is None:
+            self.log.info("leaving the mesh")
+        else:  # (the core then leaves without a word: see NodeCore.leave)
+            self.log.warning(
+                "leaving without announcing it: peers hold our name at another "
+                "address, and our leave would read as that process's",
+                held_at=format_address(held),
+            )
         self._dispatch(self.core.leave(trio.current_time()))
 
     def put_route(

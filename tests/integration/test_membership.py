@@ -135,6 +135,22 @@ def test_a_second_process_under_a_taken_name_is_refused_and_logged(
         health = impostor.get("/v1/health?ready")
         assert health.status_code == 503
         assert health.json()["reasons"][0].startswith("name conflict: node2 is held")
+        # Stopped, it leaves without a word: a leave naming node2 would be
+        # read as the real node2's (audit of session 12: listed left, at the
+        # impostor's address, until node2 refuted).
+        assert impostor.terminate() == 0
+        assert (
+            "leaving without announcing it" in (tmp_path / "impostor.log").read_text()
+        )
+        seen = set()
+        watch_until = time.monotonic() + 2.0  # several gossip rounds
+        while time.monotonic() < watch_until:
+            for agent in (n1, first):
+                view = {
+                    m["name"]: m for m in agent.get("/v1/members").json()["members"]
+                }
+                seen.add((view["node2"]["addr"], view["node2"]["status"]))
+        assert seen == {(first.mesh_addr, "alive")}
     finally:
         impostor.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from mesh.config import Config
-from mesh.core.effects import EventKind
+from mesh.core.effects import EventKind, Send
 from mesh.core.membership import Conflict
 from mesh.core.node import NodeCore
 from mesh.messages import (
@@ -285,3 +285,32 @@ def test_a_newcomer_whose_name_is_held_suspect_elsewhere_knows_it_is_no_member()
     # Held at our own address by a peer: the conflict is over.
     core.receive(X1, [Alive(101, "me", me)], 3.0)
     assert m.local_conflict is None
+
+
+def test_a_process_whose_name_is_held_elsewhere_leaves_without_a_word() -> None:
+    # audit of session 12: the second "c" was refused, then stopped with
+    # SIGTERM; its leave named "c", so peers listed the live c as left
+    # (at the second process's address) until c refuted.
+    wire = Wire(LAN, ["a", "b", "c"])
+    wire.connect_all()
+    wire.advance_to(5.0)
+    old, c1 = wire.addr["c"], wire.cores["c"]
+    new: Address = ("10.0.0.9", 7946)
+    c2 = _join_as_c(wire, "c2", new, c1.incarnation + 1)
+    wire.advance_to(10.0)
+    assert c2.membership.local_conflict == old
+    wire._run("c2", c2.leave(10.0))
+    assert not c2.leave_pending()  # nothing to wait for: the shell exits now
+    assert c2.membership.stats["leaves_unannounced"] == 1
+    del wire.cores["c2"], wire.by_addr[new]  # the process is gone
+    for t in range(11, 61):
+        wire.advance_to(float(t))
+        for name in ("a", "b"):
+            assert _addr(wire.cores[name], "c") == old, (t, name)
+            assert wire.status(name, "c") is MemberStatus.ALIVE, (t, name)
+    assert not [e for _, _, e in wire.events if e.kind is EventKind.LEFT]
+    assert c1.membership.stats["refutations"] == 0  # nothing to refute
+    # A member that holds its own name leaves as before: announced at once.
+    sent = [e for e in c1.leave(61.0) if isinstance(e, Send)]
+    assert {e.addr for e in sent} == {wire.addr["a"], wire.addr["b"]}
+    assert all(Dead(c1.incarnation, "c", "c") in e.messages for e in sent)
