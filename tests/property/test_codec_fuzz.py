@@ -355,9 +355,9 @@ def test_keyring_operation_decoder(data: bytes) -> None:
 
 # Near-valid route rows: a valid row with one field (or none) swapped for a
 # value just inside or outside the contract (as far as msgpack can carry it),
-# so the inline and column checks of decode_routes meet both sides of every
-# limit (keys with a newline: the column check matches all keys joined by
-# newlines at once).
+# so decode_routes' typed road (msgspec's row type, then column checks) meets
+# both sides of every limit (keys with a newline: the column check matches all
+# keys joined by newlines at once).
 _VALID_ROW = ("k1", "t", {"a": "b"}, 0, 5, "n1", False)
 _FIELD_CHOICES: tuple[tuple[Any, ...], ...] = (
     ("a.b:c@d-e", "", "-bad", "k" * 253, "k" * 254, "é", 7, "a\nb", "a\n"),
@@ -393,25 +393,25 @@ def _near_valid_row(draw: st.DrawFn) -> list[Any]:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_near_valid_row(), max_size=6))
-def test_route_rows_inline_check_agrees_with_the_field_by_field_one(
+def test_route_rows_typed_decode_agrees_with_the_field_by_field_one(
     rows: list[list[Any]],
 ) -> None:
-    """decode_routes' inline check may only take a row that ``_route`` takes,
-    and must build the same route; a row either refuses is refused whole."""
-    # two valid rows first: their origins are then known to the batch, which
-    # is when the inline check applies
+    """decode_routes' typed road may only take rows that ``_route`` takes,
+    and must build the same routes; a row either refuses is refused whole."""
+    # two valid rows of two origins first: a batch need not have one origin
     seen = [["s1", "t", {}, 0, 0, "n1", False], ["s2", "t", {}, 0, 0, "n2", False]]
     _decoders_agree(seen + rows)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 4), st.integers(0, 6), st.data())
-def test_route_batch_column_check_agrees_with_the_field_by_field_one(
+def test_route_batch_typed_decode_agrees_with_the_field_by_field_one(
     before: int, field: int, data: st.DataObject
 ) -> None:
-    """decode_routes checks a batch of common rows column by column: one
-    near-valid row among valid ones must be refused exactly when ``_route``
-    refuses it (a wrong accept of one row would pass the whole batch)."""
+    """decode_routes checks a batch of common rows by type and column by
+    column: one near-valid row among valid ones must be refused exactly when
+    ``_route`` refuses it (a wrong accept of one row would pass the whole
+    batch)."""
     odd = list(_VALID_ROW)
     odd[field] = data.draw(st.sampled_from(_FIELD_CHOICES[field]))
     _decoders_agree([list(_VALID_ROW)] * before + [odd, list(_VALID_ROW)])

@@ -385,3 +385,80 @@ def test_route_rows_with_a_hostile_origin_are_refused(origin: object) -> None:
         msgpack.packb([PROTOCOL_VERSION, "n1", [good, good]]), max_routes=10
     )
     assert [r.version.origin for r in routes] == ["n1", "n1"]
+
+
+_LIVE = ["k1", "http://x", {"a": "b"}, 0, 1, "n1", False]
+
+
+def _live(target: str) -> list[object]:
+    return [_LIVE[0], target, *_LIVE[2:]]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("future-version", msgpack.packb([2, "n1", [_LIVE]]), "bad_version"),
+        ("bool-version", msgpack.packb([True, "n1", [_LIVE]]), "bad_version"),
+        (
+            "bad-sender",
+            msgpack.packb([PROTOCOL_VERSION, "bad name", [_LIVE]]),
+            "schema",
+        ),
+        (
+            "over-max-routes",
+            msgpack.packb([PROTOCOL_VERSION, "n1", [_LIVE] * 4]),
+            "limit",
+        ),
+        # beside a tombstone (whose target is not checked), a live route's is
+        (
+            "empty-live-target",
+            msgpack.packb(
+                [
+                    PROTOCOL_VERSION,
+                    "n1",
+                    [["k0", "", {}, 0, 1, "n1", True], _live("")],
+                ]
+            ),
+            "schema",
+        ),
+        (
+            "long-live-target",
+            msgpack.packb(
+                [
+                    PROTOCOL_VERSION,
+                    "n1",
+                    [
+                        ["k0", "", {}, 0, 1, "n1", True],
+                        _live("t" * 1025),
+                    ],
+                ]
+            ),
+            "schema",
+        ),
+    ],
+)
+def test_bad_route_batches_are_refused_whole(
+    name: str, data: bytes, reason: str
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_routes(data, max_routes=3)
+    assert info.value.reason == reason, name
+
+
+def test_a_tombstones_target_is_kept_unchecked_beside_live_routes() -> None:
+    rows = [
+        ["k0", "", {}, 0, 1, "n1", True],
+        ["k2", "t" * 2000, {}, 0, 2, "n1", True],
+        _LIVE,
+        _live("t" * 1024),
+    ]
+    sender, routes = decode_routes(
+        msgpack.packb([PROTOCOL_VERSION, "n2", rows]), max_routes=4
+    )
+    assert sender == "n2"
+    assert [(r.key, len(r.target), r.deleted) for r in routes] == [
+        ("k0", 0, True),
+        ("k2", 2000, True),
+        ("k1", 8, False),
+        ("k1", 1024, False),
+    ]
