@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import attrs
+import msgspec
 import trio
 
 __all__ = [
@@ -94,6 +95,7 @@ class Response:
 #: dicts and lists (a cycle would still end in RecursionError), and the
 #: check costs ~10 % of encoding a batch call's 1,000 results
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_encode_json = msgspec.json.Encoder().encode
 
 
 def json_response(
@@ -103,8 +105,17 @@ def json_response(
     headers: Iterable[tuple[str, str]] = (),
     after: Callable[[], None] | None = None,
 ) -> Response:
-    """A compact JSON response."""
-    body = _COMPACT_JSON.encode(document).encode()
+    """A compact JSON response, in UTF-8 (RFC 8259).
+
+    msgspec builds it in C: a batch call answers 1,000 results, and the
+    standard encoder took ~2.8 us per result to msgspec's ~0.3. A document
+    msgspec refuses (a lone surrogate echoed from a request's field name,
+    a key that is not a string) goes through the standard encoder, which
+    escapes what it cannot carry."""
+    try:
+        body = _encode_json(document)
+    except (TypeError, ValueError):  # (UnicodeEncodeError is a ValueError)
+        body = _COMPACT_JSON.encode(document).encode()
     return Response(status, body, headers=tuple(headers), after=after)
 
 

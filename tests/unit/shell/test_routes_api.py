@@ -175,6 +175,28 @@ async def test_lone_surrogates_are_400(
     assert len(agent.core.routes) == 0
 
 
+async def test_an_error_echoing_a_lone_surrogate_is_still_json(
+    client: httpx.AsyncClient,
+) -> None:
+    # The error names the unknown field, which UTF-8 cannot carry: the
+    # answer falls back to an encoder that escapes it, rather than a 500.
+    response = await client.put(
+        "/v1/routes/k", content=b'{"target": "t", "\\ud800x": 1}'
+    )
+    assert response.status_code == 400
+    assert response.content.endswith(b'"unknown fields: \\ud800x"}')
+    assert response.json() == {"error": "unknown fields: \ud800x"}
+
+
+async def test_answers_are_utf_8(client: httpx.AsyncClient) -> None:
+    response = await client.put(
+        "/v1/routes/k", json={"target": "http://é.example", "meta": {"ключ": "値"}}
+    )
+    assert response.status_code == 200
+    assert '"target":"http://é.example"'.encode() in response.content
+    assert response.json()["meta"] == {"ключ": "値"}
+
+
 async def test_optional_fields_may_be_null(client: httpx.AsyncClient) -> None:
     response = await client.put(
         "/v1/routes/k", json={"target": "http://x", "meta": None, "revision": None}
