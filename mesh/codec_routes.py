@@ -53,7 +53,9 @@ from .core.routes import Route, Version
 from .errors import DecodeError
 
 __all__ = [
+    "META_TYPE",
     "MAX_ROUTES_BODY",
+    "U64_TYPE",
     "encode_routes",
     "decode_routes",
     "encode_routes_ack",
@@ -135,12 +137,14 @@ def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
 # its checks in C: types (strings from msgpack strings, integers that are
 # not bools, maps of strings), the meta limits in characters, and u64s
 # (msgpack has no integer above 2**64 - 1, so ">= 0" is the whole range).
-_U64 = Annotated[int, msgspec.Meta(ge=0)]
+#: a u64 as msgspec checks it (also the API's revision, from JSON)
+U64_TYPE = Annotated[int, msgspec.Meta(ge=0)]
 _META_TEXT = Annotated[str, msgspec.Meta(max_length=MAX_META_LEN)]
-_Meta = Annotated[
+#: the contract's meta as msgspec checks it (also the API's, from JSON)
+META_TYPE = Annotated[
     dict[_META_TEXT, _META_TEXT], msgspec.Meta(max_length=MAX_META_ENTRIES)
 ]
-_Row = tuple[str, str, _Meta, _U64, _U64, str, bool]
+_Row = tuple[str, str, META_TYPE, U64_TYPE, U64_TYPE, str, bool]
 _TYPED = msgspec.msgpack.Decoder(tuple[int, str, list[_Row]])
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "Route",
     "Router",
     "json_response",
+    "parse_json",
     "normalize_method",
     "read_body",
     "until_disconnected",
@@ -168,13 +169,17 @@ class Request:
 
     async def json(self, limit: int) -> Any:
         """The body parsed as JSON, or :class:`HttpError` 400/413."""
-        data = await self.body(limit)
-        try:
-            return json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise HttpError(400, f"malformed JSON: {exc}") from None
-        except RecursionError:
-            raise HttpError(400, "malformed JSON: nested too deep") from None
+        return parse_json(await self.body(limit))
+
+
+def parse_json(data: bytes) -> Any:
+    """A request body parsed as JSON, or :class:`HttpError` 400."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HttpError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(400, "malformed JSON: nested too deep") from None
 
 
 def refuse_repeated(query: Mapping[str, list[str]], names: Iterable[str]) -> None:

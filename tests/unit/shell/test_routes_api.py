@@ -25,7 +25,7 @@ from mesh.shell.routes_api import (
     BATCH_BODY_LIMIT,
     BATCH_MAX_ITEMS,
     _batch_item,
-    _puts_at_once,
+    _typed_puts,
     routes_endpoints,
 )
 from mesh.shell.watch_api import LIST_SLICE_ROUTES, encode_route_list
@@ -938,27 +938,72 @@ def _near_valid_puts(draw: st.DrawFn) -> list[object]:
     return items
 
 
-@given(_near_valid_puts())
-def test_batch_column_check_agrees_with_the_item_by_item_one(
-    items: list[object],
+@given(_near_valid_puts(), st.sampled_from(["", ', "delete": []', ', "delete": null']))
+def test_batch_typed_decode_agrees_with_the_item_by_item_check(
+    items: list[object], deletes: str
 ) -> None:
-    """``_puts_at_once`` accepts a batch only when every item passes
+    """``_typed_puts`` accepts a batch only when every item passes
     ``_batch_item``, and then builds the very same writes."""
-    one_by_one = [_batch_item(item, deleted=False) for item in items]
-    at_once = _puts_at_once(items)
-    if at_once is not None:
-        assert at_once == one_by_one
-        assert all(type(w) is Write for w in at_once)
+    body = ('{"put": ' + json.dumps(items) + deletes + "}").encode()
+    one_by_one = [_batch_item(item, deleted=False) for item in json.loads(body)["put"]]
+    typed = _typed_puts(body)
+    if typed is not None:
+        assert typed == one_by_one
+        assert all(type(w) is Write for w in typed)
 
 
-def test_batch_column_check_takes_a_batch_of_common_puts() -> None:
+def test_batch_typed_decode_takes_a_batch_of_common_puts() -> None:
     puts: list[object] = [
         {"key": "a", "target": "http://a"},
         {"key": "b", "target": "http://b", "meta": None, "revision": None},
-        {"key": "c", "target": "http://c", "meta": {"m": "1"}, "revision": 2**64 - 1},
+        {
+            "key": "c",
+            "target": "é" * 1024,
+            "meta": {"m": "é" * 256},
+            "revision": 2**64 - 1,
+        },
     ]
-    assert _puts_at_once(puts) == [
+    assert _typed_puts(json.dumps({"put": puts}).encode()) == [
         Write("a", "http://a", {}, None),
         Write("b", "http://b", {}, None),
-        Write("c", "http://c", {"m": "1"}, 2**64 - 1),
+        Write("c", "é" * 1024, {"m": "é" * 256}, 2**64 - 1),
     ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"put": [{"key": "a", "target": "t"}], "delete": [{"key": "b"}]}',
+        b'{"put": []}',
+        b'{"put": [{"key": "a", "target": "t"}], "other": 1}',
+        b'{"put": [{"key": "a", "target": "t"}]} x',
+        b'[{"key": "a", "target": "t"}]',
+        # each limit, just over: item by item, for the item's own 400
+        ('{"put": [{"key": "a", "target": "' + "x" * 1025 + '"}]}').encode(),
+        b'{"put": [{"key": "a", "target": ""}]}',
+        b'{"put": [{"key": "-a", "target": "t"}]}',
+        b'{"put": [{"key": "a", "target": "t", "revision": -1}]}',
+        b'{"put": [{"key": "a", "target": "t", "revision": true}]}',
+        (
+            '{"put": [{"key": "a", "target": "t", "meta": {"m": "' + "v" * 257 + '"}}]}'
+        ).encode(),
+        json.dumps(
+            {
+                "put": [
+                    {
+                        "key": "a",
+                        "target": "t",
+                        "meta": {str(i): "v" for i in range(33)},
+                    }
+                ]
+            }
+        ).encode(),
+        (
+            '{"put": [' + ",".join(['{"key": "a", "target": "t"}'] * 1001) + "]}"
+        ).encode(),
+    ],
+)
+def test_batch_typed_decode_leaves_other_bodies_to_the_item_by_item_check(
+    body: bytes,
+) -> None:
+    assert _typed_puts(body) is None
