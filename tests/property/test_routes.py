@@ -186,10 +186,20 @@ _writes = st.builds(
 # one field of one item made invalid: each is refused (400) with its message
 _SPOILS: list[dict[str, Any]] = [
     {"key": "bad key"},
+    {"key": "a\nb"},
     {"target": "", "deleted": False},
+    {"target": "x" * 1025, "deleted": False},
     {"meta": {"p": 1}},
+    {"meta": {"p": "v" * 257}},
+    {"meta": {str(i): "v" for i in range(33)}},
     {"revision": 2**64},
     {"revision": -1},
+    # valid, but not for the column check: each write then goes in turn
+    {"target": "http://é"},
+    {"target": "x" * 1024},
+    {"meta": {"é": "v"}},
+    {"meta": {str(i): "v" * 256 for i in range(32)}},
+    {"revision": 2**64 - 1},
 ]
 
 
@@ -202,6 +212,7 @@ _SPOILS: list[dict[str, Any]] = [
     max_routes=st.integers(4, 40),
     clock_ms=st.integers(0, 60),
     wall_ms=st.integers(0, 60),
+    puts_only=st.booleans(),  # (a batch call of puts: the column check)
 )
 def test_a_batch_call_writes_as_its_items_one_by_one(
     history: list[Route],
@@ -212,10 +223,13 @@ def test_a_batch_call_writes_as_its_items_one_by_one(
     max_routes: int,
     clock_ms: int,
     wall_ms: int,
+    puts_only: bool,
 ) -> None:
     """``write_many`` versions and stores a batch of new keys in one pass: the
     outcomes, the changes for peers and the tables are what each write alone
     gives, in order (consecutive HLCs, whatever the clock had seen)."""
+    if puts_only:
+        writes = [w._replace(deleted=False) for w in writes]
     if again is not None and history:
         writes[again % len(writes)] = writes[again % len(writes)]._replace(
             key=history[again % len(history)].key
@@ -249,3 +263,37 @@ def test_a_batch_call_writes_as_its_items_one_by_one(
             outcomes, changes = t.write_many(writes, wall_ms=wall_ms)
         results.append((outcomes, changes, _observed(t, base)))
     assert results[0] == results[1]
+
+
+@given(
+    writes=st.lists(
+        _writes.map(lambda w: w._replace(deleted=False)),
+        min_size=2,
+        max_size=8,
+        unique_by=lambda w: w.key,
+    ),
+    spoil=st.tuples(st.integers(0, 7), st.sampled_from(_SPOILS)),
+)
+def test_a_batch_of_new_puts_writes_as_its_items_one_by_one(
+    writes: list[Write], spoil: tuple[int, dict[str, Any]]
+) -> None:
+    """The same for the common batch call, new keys put with room, with one
+    item changed to be invalid or valid beyond the column check (what the
+    test above reaches only now and then)."""
+    at, fields = spoil
+    writes[at % len(writes)] = writes[at % len(writes)]._replace(**fields)
+    tables = []
+    for one_by_one in (False, True):
+        t = _table_after([], 40, 0)
+        if one_by_one:
+            outcomes = [
+                t.write(w.key, w.target, w.meta, revision=w.revision, wall_ms=7)
+                for w in writes
+            ]
+        else:
+            outcomes = t.write_many(writes, wall_ms=7)[0]
+        tables.append((outcomes, _observed(t, 0)))
+    assert tables[0] == tables[1]
+    for outcome, write in zip(tables[0][0], writes, strict=True):
+        if outcome.route is not None:  # the table keeps a meta of its own
+            assert outcome.route.meta is not write.meta

@@ -34,6 +34,16 @@ def test_version_string_sorts_like_the_version() -> None:
         assert Version.parse(str(v)) == v
 
 
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.sampled_from("ab"))
+def test_version_string_is_the_contracts_format(
+    revision: int, hlc: int, origin: str
+) -> None:
+    """Both numbers zero-padded to 20 digits: the text of every answer's
+    ``version`` and of the digest's element (part of the protocol)."""
+    text = str(Version(revision, hlc, origin))
+    assert text == f"{revision:020d}.{hlc:020d}.{origin}"
+
+
 @given(
     st.text(min_size=1, max_size=20),
     st.integers(0, 2**64 - 1),
