@@ -89,8 +89,25 @@ def route_row(r: Route) -> list[Any]:
 
 
 def encode_routes(sender: str, routes: Sequence[Route]) -> bytes:
-    """Pack a batch of route deltas."""
-    return _PACKER.pack([PROTOCOL_VERSION, sender, [route_row(r) for r in routes]])
+    """Pack a batch of route deltas: rows of :func:`route_row`, built column
+    by column (``zip`` in C; msgpack packs a tuple as it packs a list). Half
+    the time of a ``route_row`` call per route: every batch call's routes
+    are packed once for its peers."""
+    if not routes:
+        return _PACKER.pack([PROTOCOL_VERSION, sender, []])
+    keys, targets, metas, versions, deleted = zip(*routes, strict=True)
+    revisions, hlcs, origins = zip(*versions, strict=True)
+    rows = zip(
+        keys,
+        targets,
+        map(_encode_tags, metas),
+        revisions,
+        hlcs,
+        origins,
+        deleted,
+        strict=True,
+    )
+    return _PACKER.pack([PROTOCOL_VERSION, sender, list(rows)])
 
 
 def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgpack
 from hypothesis import given, strategies as st
 
-from mesh.codec_routes import decode_routes, encode_routes
+from mesh.codec import PROTOCOL_VERSION
+from mesh.codec_routes import decode_routes, encode_routes, route_row
 from mesh.core.digest import element_of
 from mesh.core.routes import Outcome, Route, RouteTable, Version, Write
 
@@ -61,9 +63,12 @@ def test_any_order_and_duplication_gives_identical_tables(
 
 @given(ops=st.lists(writes(), max_size=20))
 def test_route_batches_survive_the_codec(ops: list[Route]) -> None:
-    sender, decoded = decode_routes(encode_routes("n1", ops), max_routes=100)
+    data = encode_routes("n1", ops)
+    sender, decoded = decode_routes(data, max_routes=100)
     assert sender == "n1"
     assert decoded == ops
+    # the very bytes of the layout's rows (what anti-entropy sends as well)
+    assert data == msgpack.packb([PROTOCOL_VERSION, "n1", list(map(route_row, ops))])
 
 
 def _route(key: str, ms: int, counter: int, origin: str, deleted: bool) -> Route:
