@@ -20,7 +20,8 @@ incarnation number only the member itself increases. Precedence, as memberlist:
   between two processes. Each refusal is counted (``alive_conflicts``) and the
   first of an episode is queued in ``conflicts`` for the shell to log; the
   latest refused claim is kept, and applied the moment the holder is declared
-  dead or left (a restart on a new address then switches at once). About
+  dead (a restart on a new address then switches at once); when the holder
+  leaves, a claimant still running refutes the leave instead. About
   ourselves, such an alive is still refuted (``name_conflicts``): our
   incarnation must stay above any other claim to our name, or a dead or suspect
   about the other process would apply to us once we take the name over.
@@ -443,12 +444,21 @@ class Membership:
             self.stats["deaths"] += 1
             self._event(EventKind.DEAD, member)
         claim = member.conflict
-        if claim is not None and member is not self.local and self._recent(claim, now):
+        if (
+            claim is not None
+            and not left
+            and member is not self.local
+            and self._recent(claim, now)
+        ):
             # A process at another address claimed the name while this one
             # lived (a restart on a new address before the old one was found
             # dead): it takes over now, instead of when its next alive happens
             # by (its next push-pull, up to push_pull_interval away). Gone
-            # since? It is probed and declared dead like any crash.
+            # since? It is probed and declared dead like any crash. Not on a
+            # graceful leave: a claimant still running hears of the leave and
+            # refutes it, which is an alive at its address within a gossip
+            # round, while a claim left by a process since stopped would list
+            # the member alive at a dead address until probed.
             self.stats["conflicts_taken_over"] += 1
             self.on_alive(claim[0], now)
 

@@ -310,7 +310,36 @@ def test_a_process_whose_name_is_held_elsewhere_leaves_without_a_word() -> None:
             assert wire.status(name, "c") is MemberStatus.ALIVE, (t, name)
     assert not [e for _, _, e in wire.events if e.kind is EventKind.LEFT]
     assert c1.membership.stats["refutations"] == 0  # nothing to refute
-    # A member that holds its own name leaves as before: announced at once.
+    # A member that holds its own name leaves as before: announced at once,
+    # and seen left, not taken over by the stale claim of the second process
+    # (which would list c alive at an address nobody serves until probed).
     sent = [e for e in c1.leave(61.0) if isinstance(e, Send)]
     assert {e.addr for e in sent} == {wire.addr["a"], wire.addr["b"]}
     assert all(Dead(c1.incarnation, "c", "c") in e.messages for e in sent)
+    wire._run("c", sent)
+    for name in ("a", "b"):
+        assert wire.status(name, "c") is MemberStatus.LEFT
+        assert _addr(wire.cores[name], "c") == old
+        assert wire.cores[name].membership.stats["conflicts_taken_over"] == 0
+
+
+def test_a_claimant_still_running_takes_the_name_when_the_holder_leaves() -> None:
+    # The overlap of a restart on a new address: the old process leaves
+    # gracefully while the new one, refused so far, still runs. The new one
+    # hears of the leave, refutes it, and peers take its alive at once.
+    wire = Wire(LAN, ["a", "b", "c"])
+    wire.connect_all()
+    wire.advance_to(5.0)
+    c1 = wire.cores["c"]
+    new: Address = ("10.0.0.9", 7946)
+    c2 = _join_as_c(wire, "c2", new, c1.incarnation + 1)
+    wire.advance_to(10.0)
+    wire._run("c", c1.leave(10.0))
+    del wire.cores["c"], wire.by_addr[wire.addr["c"]]  # the old one exits
+    for t in range(11, 21):
+        wire.advance_to(float(t))
+    for name in ("a", "b"):
+        view = wire.cores[name].member("c")
+        assert view is not None
+        assert (view.addr, view.status) == (new, MemberStatus.ALIVE), name
+    assert c2.membership.local_conflict is None  # a peer holds it at its address
