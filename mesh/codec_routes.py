@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
+from itertools import compress
+from operator import not_
 from typing import Annotated, Any, Final
 
 import msgpack
@@ -45,8 +47,8 @@ from .codec import (
 from .core.route_checks import (
     MAX_META_ENTRIES,
     MAX_META_LEN,
-    MAX_TARGET_LEN,
     keys_ok,
+    targets_ok,
     validate_route_fields,
 )
 from .core.routes import Route, Version
@@ -182,17 +184,13 @@ def _typed(data: bytes, max_routes: int) -> tuple[str, list[Route]] | None:
     if version != PROTOCOL_VERSION or not rows or len(rows) > max_routes:
         return None
     keys, targets, metas, revisions, hlcs, names, deleted = zip(*rows, strict=True)
-    if any(deleted):
-        # a tombstone's target is not checked; every live one's is
-        if not all(
-            0 < len(t) <= MAX_TARGET_LEN
-            for t, gone in zip(targets, deleted, strict=True)
-            if not gone
-        ):
-            return None
-    elif min(map(len, targets)) < 1 or max(map(len, targets)) > MAX_TARGET_LEN:
-        return None
-    if not keys_ok(keys) or _NAME_RE.fullmatch(sender) is None:
+    # a tombstone's target is not checked; every live one's is
+    live = targets if not any(deleted) else compress(targets, map(not_, deleted))
+    if (
+        not targets_ok(list(live))
+        or not keys_ok(keys)
+        or _NAME_RE.fullmatch(sender) is None
+    ):
         return None
     for name in set(names):
         if _NAME_RE.fullmatch(name) is None:

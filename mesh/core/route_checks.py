@@ -2,11 +2,10 @@
 and meta to them: one place for the API, the codec, the route table and the
 client (which must not load the table, and with it numpy, to check a key).
 
-Column checks (:func:`keys_ok`, :func:`ascii_targets_ok`,
-:func:`ascii_metas_ok`) check a whole
-batch's field at once, each step one pass in C: every replica decodes every
-route written in the mesh, and a check per route costs about as much as
-storing it.
+Column checks (:func:`keys_ok`, :func:`targets_ok`, :func:`ascii_targets_ok`,
+:func:`ascii_metas_ok`) check a whole batch's field at once, each step one
+pass in C: every replica decodes every route written in the mesh, and a check
+per route costs about as much as storing it.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ __all__ = [
     "ascii_targets_ok",
     "is_unicode",
     "keys_ok",
+    "targets_ok",
     "validate_route_fields",
 ]
 
@@ -94,15 +94,19 @@ def keys_ok(keys: Sequence[str]) -> bool:
     return joined.count("\n") == len(keys) - 1 and _keys_ok(joined) is not None
 
 
-def ascii_targets_ok(targets: Sequence[str]) -> bool:
-    """Every one of ``targets`` (strings) is of 1..MAX_TARGET_LEN characters,
-    in ASCII: a column check (False may also mean "not ASCII", as for
-    :func:`ascii_metas_ok`)."""
+def targets_ok(targets: Sequence[str]) -> bool:
+    """Every one of ``targets`` (strings) is of 1..MAX_TARGET_LEN characters:
+    a column check (True for none)."""
     return (
-        min(map(len, targets)) >= 1
-        and max(map(len, targets)) <= MAX_TARGET_LEN
-        and "".join(targets).isascii()
+        min(map(len, targets), default=1) >= 1
+        and max(map(len, targets), default=0) <= MAX_TARGET_LEN
     )
+
+
+def ascii_targets_ok(targets: Sequence[str]) -> bool:
+    """:func:`targets_ok`, in ASCII (False may also mean "not ASCII", as for
+    :func:`ascii_metas_ok`)."""
+    return targets_ok(targets) and "".join(targets).isascii()
 
 
 def ascii_metas_ok(metas: Sequence[dict[Any, Any]]) -> bool:

@@ -37,7 +37,7 @@ import msgspec
 import trio
 
 from ..codec_routes import META_TYPE, U64_TYPE
-from ..core.route_checks import MAX_TARGET_LEN, keys_ok, validate_route_fields
+from ..core.route_checks import keys_ok, targets_ok, validate_route_fields
 from ..core.routes import (
     Outcome,
     OutcomeStatus,
@@ -470,11 +470,7 @@ def _typed_puts(data: bytes) -> list[Write] | None:
         return None
     keys = list(map(_KEY, puts))
     targets = list(map(_TARGET, puts))
-    if (
-        min(map(len, targets)) < 1
-        or max(map(len, targets)) > MAX_TARGET_LEN
-        or not keys_ok(keys)
-    ):
+    if not targets_ok(targets) or not keys_ok(keys):
         return None
     metas = [{} if m is None else m for m in map(_META, puts)]
     columns = zip(keys, targets, metas, map(_REVISION, puts), repeat(False))

@@ -421,6 +421,17 @@ def _live(target: str) -> list[object]:
             ),
             "schema",
         ),
+        (  # (the tombstone's target valid too: only the live one's counts)
+            "empty-live-target-valid-tombstone",
+            msgpack.packb(
+                [
+                    PROTOCOL_VERSION,
+                    "n1",
+                    [["k0", "t", {}, 0, 1, "n1", True], _live("")],
+                ]
+            ),
+            "schema",
+        ),
         (
             "long-live-target",
             msgpack.packb(
