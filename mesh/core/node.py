@@ -121,8 +121,8 @@ class NodeCore:
         # this process was stalled (see _stalled)
         self._planned: float | None = None
         self._last_now = now
-        # our leave was not gossiped: peers hold our name elsewhere (leave)
-        self._leave_unannounced = False
+        #: our leave was not gossiped: peers hold our name elsewhere (leave)
+        self.leave_unannounced = False
         self.started = False
         self.routes = RouteTable(
             origin=config.name,
@@ -210,7 +210,7 @@ class NodeCore:
         m = self.membership
         if not m.leaving:
             return False
-        if self._leave_unannounced:
+        if self.leave_unannounced:
             return False
         if self.exchanges.join_pending:
             return True
@@ -362,7 +362,7 @@ class NodeCore:
             # as that other process's, which then shows ``left`` until it
             # refutes (audit of session 12). Go without a word; if the other
             # address was our own previous life, it is found dead as usual.
-            self._leave_unannounced = True
+            self.leave_unannounced = True
             m.stats["leaves_unannounced"] += 1
             return self._drain()
         m.on_dead(Dead(m.local.incarnation, self.name, self.name), now)

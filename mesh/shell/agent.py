@@ -204,15 +204,16 @@ class Agent:
     def leave(self) -> None:
         """Announce our leave; :attr:`leave_done` is set when it has spread."""
         held = self.core.membership.local_conflict
-        if held is None:
-            self.log.info("leaving the mesh")
-        else:  # (the core then leaves without a word: see NodeCore.leave)
+        effects = self.core.leave(trio.current_time())
+        if held is not None and self.core.leave_unannounced:  # see NodeCore.leave
             self.log.warning(
                 "leaving without announcing it: peers hold our name at another "
                 "address, and our leave would read as that process's",
                 held_at=format_address(held),
             )
-        self._dispatch(self.core.leave(trio.current_time()))
+        else:
+            self.log.info("leaving the mesh")
+        self._dispatch(effects)
 
     def put_route(
         self, key: str, target: str, meta: dict[str, str], revision: int | None
