@@ -49,9 +49,6 @@ _K8S_SERVICE_LINK = re.compile(
     r"MESH_[A-Z0-9_]*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
     r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
 )
-#: the agent process's collector thresholds (CPython's default is
-#: (700, 10, 10)); why, at gc.set_threshold in _cmd_agent
-_GC_THRESHOLDS = (700, 10, 100)
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off"))
 
@@ -266,15 +263,11 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     # allocates, not the ~10^5 objects of its libraries (those scans were
     # tens-of-ms pauses in replication-lag tails).
     gc.freeze()
-    # The route table's entries are named tuples, which the collector never
-    # untracks (it does so for plain tuples only): a full collection walks
-    # two objects per route, ~0.3 s at 200,000 routes. Full collections come
-    # once the table has grown by a quarter anyway (CPython's own rule);
-    # asking for 100 middle collections between them, not 10, keeps a table
-    # that grows under load from paying that walk every second or two (7 of
-    # 8 full collections fewer, ~0.6 s of collector CPU, per 200,000 routes
-    # a table grows by; docs/benchmarks.md, "Ninth round").
-    gc.set_threshold(*_GC_THRESHOLDS)
+    # CPython's own thresholds otherwise: the route table's entries are
+    # structs the collector never tracks (core.routes.Route), so a full
+    # collection no longer grows with the table (it walked two objects per
+    # route until session 13, ~0.35 s at 10^6 routes, and this process asked
+    # for fewer full collections; docs/benchmarks.md, "Thirteenth round").
     try:
         trio.run(run_agent, config)
     except OSError as exc:  # a port could not be bound

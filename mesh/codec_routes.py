@@ -22,7 +22,6 @@ only what the second accepts, and to build the same routes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from itertools import compress
 from operator import not_
 from typing import Annotated, Any, Final
@@ -73,8 +72,6 @@ __all__ = [
 
 MAX_ROUTES_BODY: Final = 16 * 1024 * 1024
 _ROUTE_CAP_STR: Final = 4 * 1024 + 16
-_new_version = partial(tuple.__new__, Version)
-_new_route = partial(tuple.__new__, Route)
 
 
 def route_row(r: Route) -> list[Any]:
@@ -91,25 +88,25 @@ def route_row(r: Route) -> list[Any]:
 
 
 def encode_routes(sender: str, routes: Sequence[Route]) -> bytes:
-    """Pack a batch of route deltas: rows of :func:`route_row`, built column
-    by column (``zip`` in C; msgpack packs a tuple as it packs a list). Half
-    the time of a ``route_row`` call per route: every batch call's routes
-    are packed once for its peers."""
+    """Pack a batch of route deltas: rows of :func:`route_row`, built as
+    tuples in one comprehension (msgpack packs a tuple as it packs a list).
+    Half the time of a ``route_row`` call per route: every batch call's
+    routes are packed once for its peers."""
     if not routes:
         return _PACKER.pack([PROTOCOL_VERSION, sender, []])
-    keys, targets, metas, versions, deleted = zip(*routes, strict=True)
-    revisions, hlcs, origins = zip(*versions, strict=True)
-    rows = zip(
-        keys,
-        targets,
-        map(_encode_tags, metas),
-        revisions,
-        hlcs,
-        origins,
-        deleted,
-        strict=True,
-    )
-    return _PACKER.pack([PROTOCOL_VERSION, sender, list(rows)])
+    rows = [
+        (
+            r.key,
+            r.target,
+            _encode_tags(r.meta),
+            (v := r.version).revision,
+            v.hlc,
+            v.origin,
+            r.deleted,
+        )
+        for r in routes
+    ]
+    return _PACKER.pack([PROTOCOL_VERSION, sender, rows])
 
 
 def decode_routes(data: bytes, *, max_routes: int) -> tuple[str, list[Route]]:
@@ -195,10 +192,8 @@ def _typed(data: bytes, max_routes: int) -> tuple[str, list[Route]] | None:
     for name in set(names):
         if _NAME_RE.fullmatch(name) is None:
             return None
-    versions = map(_new_version, zip(revisions, hlcs, names, strict=True))
-    return sender, list(
-        map(_new_route, zip(keys, targets, metas, versions, deleted, strict=True))
-    )
+    versions = map(Version, revisions, hlcs, names)
+    return sender, list(map(Route, keys, targets, metas, versions, deleted))
 
 
 def _route(row: object, origins: set[str] | None = None) -> Route:

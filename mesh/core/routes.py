@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import functools
 import heapq
 import itertools
 import sys
@@ -48,6 +47,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
+import msgspec
 import numpy as np
 
 from .digest import Digest, Symbol, element_of_text
@@ -74,12 +74,15 @@ _HLC_LOGICAL_MASK = (1 << _HLC_LOGICAL_BITS) - 1
 _MAX_U64 = (1 << 64) - 1
 
 
-class Version(NamedTuple):
+class Version(msgspec.Struct, frozen=True, order=True, gc=False):
     """Total order of writes to one key: revision, then HLC, then origin.
 
-    A named tuple, not an attrs class: every replica builds one per route it
-    receives and compares two on every overwrite, and tuple construction and
+    A struct in C, not an attrs class: every replica builds one per route it
+    receives and compares two on every overwrite, and construction and
     ordering run in C (attrs' generated ``<`` took 4 µs, 70x a tuple's).
+    Compared field by field in that order, as a tuple would be. Never
+    tracked by the cyclic collector (``gc=False``; it holds no containers):
+    see :class:`Route`.
     """
 
     revision: int
@@ -91,8 +94,7 @@ class Version(NamedTuple):
         # (str.zfill pads as the format spec 020d does for these non-negative
         # numbers, in about half its time: every stored route's answer shows
         # its version, a batch call's up to 1,000 of them)
-        revision, hlc, origin = self
-        return f"{str(revision).zfill(20)}.{str(hlc).zfill(20)}.{origin}"
+        return f"{str(self.revision).zfill(20)}.{str(self.hlc).zfill(20)}.{self.origin}"
 
     @classmethod
     def parse(cls, text: str) -> Version:
@@ -110,13 +112,20 @@ _new = tuple.__new__
 _NO_META: Mapping[str, str] = types.MappingProxyType({})
 
 
-class Route(NamedTuple):
+class Route(msgspec.Struct, frozen=True, gc=False):
     """One key's current state; ``deleted`` marks a tombstone.
 
-    A named tuple, not an attrs class, for the reason :class:`Version` is:
-    every replica builds one per route pushed to it (a frozen attrs class
-    took 1.34 µs to build, a named tuple 0.49). Immutable like one; its repr
-    leaves out target and meta, which may carry access tokens.
+    A struct in C (msgspec), not an attrs class or a named tuple: every
+    replica builds one per route pushed to it (a frozen attrs class took
+    1.34 µs to build, a named tuple 0.49, this ~0.1), and holds one per key
+    for as long as the key lives. ``gc=False`` keeps them, and the dicts
+    that hold only them and strings, out of the cyclic collector: with named
+    tuples a full collection walked two objects per entry, ~0.6 s with the
+    loop held at 10^6 routes (docs/benchmarks.md, "Thirteenth round"). A
+    route refers to strings, its version and its meta map of strings, never
+    to itself, so it can be in no cycle the collector would have to break.
+    Immutable; its repr leaves out target and meta, which may carry access
+    tokens.
     """
 
     key: str
@@ -143,9 +152,6 @@ class Route(NamedTuple):
         }
 
 
-# a batch's routes built with map: tuple.__new__ straight, as _new above
-_new_version = functools.partial(_new, Version)
-_new_route = functools.partial(_new, Route)
 _DICT_TYPE = {dict}
 _REVISION_TYPES = {int, type(None)}
 
@@ -179,8 +185,9 @@ class Outcome(NamedTuple):
 
 class Write(NamedTuple):
     """One client write (or delete) for :meth:`NodeCore.write_routes`; a
-    named tuple like :class:`Route` (one per item of a batch call), and like
-    it shown without target and meta, which may carry access tokens."""
+    named tuple (one per item of a batch call, gone once it is answered),
+    shown like :class:`Route` without target and meta, which may carry
+    access tokens."""
 
     key: str
     target: str
@@ -198,7 +205,7 @@ class Write(NamedTuple):
 def _element_of(key: str, version: Version) -> int:
     """``element_of(key, str(version))`` with one format and no method call:
     the digest's element of every entry stored, on every replica."""
-    revision, hlc, origin = version
+    revision, hlc, origin = version.revision, version.hlc, version.origin
     # (str.zfill pads as the format spec 020d does, sign included, in about
     # 60 % of its time: every replica formats this for every entry stored)
     if revision == 0:  # most writes carry none: no padding of it to format
@@ -383,18 +390,12 @@ class RouteTable:
             # A write must supersede what it replaces, even one whose HLC was
             # clamped as too far ahead of our clock.
             hlc = max(hlc, current.version.hlc + 1)
-        # tuple.__new__ straight, as codec_routes does: a named tuple's own
-        # __new__ is a Python function (one frame per route and version)
-        version = _new(Version, (revision, hlc, self.origin))
-        route = _new(
-            Route,
-            (
-                key,
-                "" if deleted else target,
-                {} if deleted else dict(meta),
-                version,
-                deleted,
-            ),
+        route = Route(
+            key,
+            "" if deleted else target,
+            {} if deleted else dict(meta),
+            Version(revision, hlc, self.origin),
+            deleted,
         )
         return self._store(route, current)
 
@@ -438,7 +439,7 @@ class RouteTable:
         clock.last = first + n - 1  # what n increments leave
         self._routes.update(zip(keys, routes, strict=True))
         base = self.index
-        self._index_new(keys, [r[3] for r in routes], routes)
+        self._index_new(keys, [r.version for r in routes], routes)
         outcomes = [_new(Outcome, (OutcomeStatus.APPLIED, r, "")) for r in routes]
         return outcomes, list(zip(range(base + 1, base + n + 1), routes, strict=True))
 
@@ -468,11 +469,8 @@ class RouteTable:
                 )
                 origins = [self.origin] * n
                 hlcs = range(first, first + n)
-                versions = map(_new_version, zip(numbers, hlcs, origins, strict=True))
-                columns = zip(
-                    keys, targets, map(dict, metas), versions, gone, strict=True
-                )
-                return list(map(_new_route, columns))
+                versions = map(Version, numbers, hlcs, origins)
+                return list(map(Route, keys, targets, map(dict, metas), versions, gone))
         origin = self.origin
         routes: list[Route] = []
         for hlc, (key, target, meta, revision, deleted) in enumerate(writes, first):
@@ -483,15 +481,12 @@ class RouteTable:
             elif not 0 <= revision <= _MAX_U64:
                 return None
             routes.append(
-                _new(
-                    Route,
-                    (
-                        key,
-                        "" if deleted else target,
-                        {} if deleted else dict(meta),
-                        _new(Version, (revision, hlc, origin)),
-                        deleted,
-                    ),
+                Route(
+                    key,
+                    "" if deleted else target,
+                    {} if deleted else dict(meta),
+                    Version(revision, hlc, origin),
+                    deleted,
                 )
             )
         return routes
@@ -555,11 +550,11 @@ class RouteTable:
         Why: every replica stores every route written in the mesh, and per
         route the six calls of :meth:`_apply` and :meth:`_put` cost more than
         the stores themselves (1.5 of ~4.5 µs per route)."""
-        keys = [r[0] for r in routes]
+        keys = [r.key for r in routes]
         if not self._takes_new(keys):
             return False
-        versions = [r[3] for r in routes]
-        hlcs = [v[1] for v in versions]
+        versions = [r.version for r in routes]
+        hlcs = [v.hlc for v in versions]
         if horizon_ms is not None and min(hlcs) >> _HLC_LOGICAL_BITS < horizon_ms:
             return False  # some may be EXPIRED: route by route
         clock = self.clock

@@ -8,7 +8,9 @@ growing table pays it again and again. Each measurement runs in a fresh
 process that imports ``mesh`` from its tree, fills a receiver's table through
 the receive path (decode pushed batches of ``--batch`` routes, apply them, fold
 them), with the collector as ``mesh agent`` sets it, then times
-``gc.collect()`` three times and counts the objects the collector tracks.
+``gc.collect()`` three times and counts the objects the collector tracks;
+it also reports the fill's CPU per route (full collections while the table
+grew are part of it) and the process's peak RSS.
 Trees alternate, ``--reps`` times; medians [min..max].
 
 Run: python scripts/bench/gc_pause.py --trees before=/tmp/before,after=. \\
@@ -27,8 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
-import gc, json, random, sys, time
-from mesh.cli import _GC_THRESHOLDS
+import gc, json, random, resource, sys, time
+import mesh.cli
 from mesh.codec_routes import decode_routes, encode_routes
 from mesh.config import Config
 from mesh.core.node import NodeCore
@@ -36,12 +38,14 @@ from mesh.core.routes import Route, Version
 
 n, batch = int(sys.argv[1]), int(sys.argv[2])
 gc.freeze()  # as mesh agent does once its libraries are imported
-gc.set_threshold(*_GC_THRESHOLDS)
+# the agent's own thresholds in trees that set them (until session 13)
+gc.set_threshold(*getattr(mesh.cli, "_GC_THRESHOLDS", gc.get_threshold()))
 config = Config.lan(name="a")
 core = NodeCore(config, addr=("10.0.0.1", 1), rng=random.Random(1), now=0.0)
 wall = time.time()
 hlc = int(wall * 1000) << 16
 made = 0
+began = time.process_time()
 while made < n:
     routes = [
         Route(f"w-1-{i}", "10.0.0.1:8080", {"bench": "wrk"}, Version(0, hlc + i, "n2"))
@@ -52,6 +56,7 @@ while made < n:
     core.routes.fold(len(rows))
     made += len(routes)
 del routes, rows
+fill = time.process_time() - began
 pauses = []
 for _ in range(3):
     start = time.perf_counter()
@@ -61,6 +66,8 @@ print(json.dumps({
     "pauses_ms": [1000 * p for p in pauses],
     "tracked": len(gc.get_objects()),
     "routes": len(core.routes),
+    "fill_us": 1e6 * fill / n,
+    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))
 """
 
@@ -80,6 +87,10 @@ def run(tree: Path, n: int, batch: int) -> dict[str, float]:
         # have paid anyway; the next ones are what it pays from then on
         "pause_ms": statistics.median(doc["pauses_ms"][1:]),
         "tracked": doc["tracked"],
+        # CPU per route of the fill (building and encoding the batches
+        # included), full collections while the table grew among it
+        "fill_us": doc["fill_us"],
+        "rss_mb": doc["rss_mb"],
     }
 
 
@@ -105,21 +116,27 @@ def main() -> None:
     print()
     print(f"Full collection with a table of N routes, {args.reps} reps:")
     print()
+    columns = (
+        ("pause_ms", "pause ms", 1),
+        ("tracked", "tracked objects", 0),
+        ("fill_us", "fill µs/route", 2),
+        ("rss_mb", "peak RSS MB", 0),
+    )
     print(
         "| routes | "
-        + " | ".join(f"{name}: pause ms" for name, _ in trees)
-        + " | "
-        + " | ".join(f"{name}: tracked objects" for name, _ in trees)
+        + " | ".join(f"{name}: {title}" for _, title, _ in columns for name, _ in trees)
         + " |"
     )
-    print("|---" * (1 + 2 * len(trees)) + "|")
+    print("|---" * (1 + len(columns) * len(trees)) + "|")
     for n in sizes:
         cells = []
-        for key in ("pause_ms", "tracked"):
+        for key, _, digits in columns:
             for name, _ in trees:
                 vals = [r[key] for r in results[(name, n)]]
-                mid = statistics.median(vals)
-                cells.append(f"{mid:,.0f} [{min(vals):,.0f}..{max(vals):,.0f}]")
+                mid, low, high = statistics.median(vals), min(vals), max(vals)
+                cells.append(
+                    f"{mid:,.{digits}f} [{low:,.{digits}f}..{high:,.{digits}f}]"
+                )
         print(f"| {n:,} | " + " | ".join(cells) + " |")
 
 

@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import msgpack
+import msgspec
 from hypothesis import given, strategies as st
 
 from mesh.codec import PROTOCOL_VERSION
@@ -158,7 +159,10 @@ def test_a_pushed_batch_applies_as_its_routes_one_by_one(
         old = history[again % len(history)]
         batch = [r for r in batch if r.key != old.key] + [old]
     if twice is not None:
-        batch = [*batch, batch[twice % len(batch)]._replace(target="http://y")]
+        batch = [
+            *batch,
+            msgspec.structs.replace(batch[twice % len(batch)], target="http://y"),
+        ]
     tables = []
     for one_by_one in (False, True):
         t = _table_after(history, max_routes, wall_ms)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
+import msgpack
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+from mesh.codec import PROTOCOL_VERSION
+from mesh.codec_routes import decode_routes, encode_routes
 from mesh.core.digest import Digest, element_of
 from mesh.core.route_checks import validate_route_fields
 from mesh.core.routes import (
@@ -76,6 +81,39 @@ def test_a_route_is_immutable_and_its_repr_leaves_out_target_and_meta() -> None:
     w = Write("k", "http://user:tok3n@x", {"auth": "s3cret"}, 7)
     assert "tok3n" not in repr(w)
     assert "s3cret" not in repr(w)
+
+
+def test_stored_routes_give_the_cyclic_collector_nothing_to_walk() -> None:
+    """A full collection walks every object the collector tracks, with the
+    loop held: with tracked entries it took ~0.35 s at 10^6 routes. Routes
+    stored by every path (single writes, batch calls, pushes decoded both
+    ways, applied one by one and a batch at a time) must add no tracked
+    objects, whatever the table's size."""
+    n = 2000
+    t = RouteTable(origin="a", max_routes=10 * n, hlc_max_skew_ms=10**9)
+    typed = encode_routes(
+        "b", [Route(f"p{i}", "x", {"m": "v"}, Version(0, i, "b")) for i in range(n)]
+    )
+    # a row with an eighth field: not the common form, decoded row by row
+    rows = [[f"q{i}", "x", {"m": "v"}, 0, i, "b", False, 0] for i in range(n)]
+    untyped = msgpack.packb([PROTOCOL_VERSION, "b", rows])
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(n):
+        t.write(f"w{i}", "x", {"m": "v"}, revision=None, wall_ms=5)
+    t.write_many([Write(f"b{i}", "x", {"m": "v"}) for i in range(n)], wall_ms=5)
+    t.apply_many(decode_routes(typed, max_routes=n)[1], wall_ms=5, horizon_ms=None)
+    for route in decode_routes(untyped, max_routes=n)[1]:
+        t.apply(route, wall_ms=5)
+    t.apply_many(
+        [Route(f"r{i}", "x", {}, Version(0, 9, "c")) for i in range(n)],
+        wall_ms=5,
+        horizon_ms=None,
+    )
+    t.fold(t.pending_folds())
+    gc.collect()
+    assert len(t) == 5 * n
+    assert len(gc.get_objects()) - before < 100
 
 
 def test_pushed_batch_counts_outcomes_like_one_apply_each() -> None:
