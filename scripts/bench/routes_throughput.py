@@ -20,6 +20,14 @@ the default): independent arrivals, as from many writers. ``--pacing fixed``
 (every pause the same, as until the tenth round) keeps all connections in
 lock-step, which with 1,000-route calls offered the mesh bursts of 20,000
 routes followed by idle seconds (docs/benchmarks.md, "Tenth round").
+``--keyspace K`` makes each node's wrk write at most K keys per step, over and
+over: after the first K writes every write replaces a route, as in a fleet
+whose table holds steady (sandboxes created and deleted). With unique keys
+(the default) the table grows by every write: steps then also pay CPython's
+dict resizes, which stall every replica at once as the table passes
+2^k * 2/3 entries (~40 ms at 350,000, ~100 ms at 700,000 on this machine;
+docs/benchmarks.md, "Thirteenth round"), and the default ``max_routes``
+(10^6) caps how long such a step can run.
 Install wrk first:
 
     apt-get install -y wrk
@@ -284,6 +292,7 @@ def run_step(
             str(args.batch),
             str(delay_ms),
             args.pacing,
+            str(args.keyspace),
         ]
         procs.append(
             subprocess.Popen(
@@ -376,6 +385,7 @@ def run_step(
         "conns_per_node": spec,
         "delay_ms": delay_ms,
         "pacing": args.pacing,
+        "keyspace": args.keyspace,
         "wrk_duration_s": duration,
         "requests": requests,
         "non2xx": non2xx,
@@ -440,6 +450,13 @@ def main() -> int:
         "or all equal (connections in lock-step)",
     )
     ap.add_argument(
+        "--keyspace",
+        type=int,
+        default=0,
+        help="keys each node's wrk writes per step, over and over (0: every "
+        "key new, the table grows by every write)",
+    )
+    ap.add_argument(
         "--probe-rate",
         type=float,
         default=14.0,
@@ -501,7 +518,12 @@ def main() -> int:
     print(
         f"## Throughput, {args.nodes}-node mesh, profile {args.profile}, wrk "
         f"{args.duration} s per step, one wrk -t1 per node, {args.pacing} "
-        f"pacing, {args.runs} runs (median over runs [min..max])"
+        f"pacing, {args.runs} runs (median over runs [min..max]), "
+        + (
+            f"{args.keyspace:,} keys per node rewritten over and over"
+            if args.keyspace
+            else "every key new"
+        )
     )
     print()
     rows = []

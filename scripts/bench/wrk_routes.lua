@@ -1,10 +1,14 @@
 -- wrk script for scripts/bench/routes_throughput.py: write routes with unique keys.
 --
---   wrk -t1 -c8 -d10s -s scripts/bench/wrk_routes.lua http://127.0.0.1:PORT -- MODE PREFIX BATCH [PAUSE_MS [PACING]]
+--   wrk -t1 -c8 -d10s -s scripts/bench/wrk_routes.lua http://127.0.0.1:PORT -- MODE PREFIX BATCH [PAUSE_MS [PACING [KEYSPACE]]]
 --
 -- MODE single: PUT /v1/routes/PREFIX-T-N with a small JSON body (one route each)
 -- MODE batch:  POST /v1/routes with {"put": [BATCH items]} (BATCH routes each)
--- Keys are unique per wrk process (PREFIX), thread (T) and request (N).
+-- Keys are unique per wrk process (PREFIX), thread (T) and request (N); with
+-- KEYSPACE > 0, N wraps so that a thread writes at most KEYSPACE keys, every
+-- write after the first KEYSPACE replaces a route (a steady table, as a fleet's
+-- is: with unique keys the table grows by every write, and at 10,000 routes/s
+-- reaches the default max_routes of 10^6 in under two minutes).
 -- done() prints one line "WRKJSON {...}" with the totals and latency percentiles
 -- (microseconds) for the Python driver to parse.
 
@@ -15,7 +19,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local mode, prefix, batch, pause, pacing = "single", "w", 100, 0, "poisson"
+local mode, prefix, batch, pause, pacing, keyspace = "single", "w", 100, 0, "poisson", 0
 local counter = 0
 local target = '"target":"10.0.0.1:8080","meta":{"bench":"wrk"}'
 
@@ -25,6 +29,7 @@ function init(args)
   batch = tonumber(args[3] or "100")
   pause = tonumber(args[4] or "0")
   pacing = args[5] or "poisson"
+  keyspace = tonumber(args[6] or "0")
   wrk.headers["Content-Type"] = "application/json"
   -- Each wrk process draws its own pauses: seeded from its PREFIX.
   local seed = os.time()
@@ -58,7 +63,12 @@ end
 
 function request()
   counter = counter + 1
-  local base = prefix .. "-" .. tid .. "-" .. counter
+  local n = counter
+  if keyspace > 0 then
+    local per = mode == "single" and 1 or batch
+    n = (counter - 1) % math.max(1, math.floor(keyspace / per)) + 1
+  end
+  local base = prefix .. "-" .. tid .. "-" .. n
   if mode == "single" then
     return wrk.format("PUT", "/v1/routes/" .. base, nil, "{" .. target .. "}")
   end

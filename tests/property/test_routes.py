@@ -130,6 +130,9 @@ def _observed(t: RouteTable, base: int) -> object:
     ),
     twice=st.none() | st.integers(0, 7),  # or one key twice
     again=st.none() | st.integers(0, 11),  # or an entry of the history again
+    # keys of the history written again, newer (a put or a delete): a batch
+    # of rewrites, the one-pass case over held entries
+    newer=st.lists(st.tuples(st.integers(0, 11), st.booleans()), max_size=4),
     max_routes=st.integers(4, 24),
     wall_ms=st.integers(0, 60),
     horizon_ms=st.none() | st.integers(0, 12),
@@ -142,6 +145,7 @@ def test_a_pushed_batch_applies_as_its_routes_one_by_one(
     batch: list[Route],
     twice: int | None,
     again: int | None,
+    newer: list[tuple[int, bool]],
     max_routes: int,
     wall_ms: int,
     horizon_ms: int | None,
@@ -149,12 +153,17 @@ def test_a_pushed_batch_applies_as_its_routes_one_by_one(
     collect_first: int | None,
     collect_ms: int,
 ) -> None:
-    """``apply_many`` stores a batch of new keys in one pass: the tables it
-    leaves (and their change logs, clocks, digests, tombstone collection)
-    are the ones routes applied in turn leave. A small ``max_routes``, a
-    short clock skew and a horizon make FULL, clamped and EXPIRED routes
-    common; a collection before the batch leaves the digest owing removals
-    that a re-pushed entry cancels."""
+    """``apply_many`` stores a batch of new keys and newer rewrites in one
+    pass: the tables it leaves (and their change logs, clocks, digests,
+    tombstone collection) are the ones routes applied in turn leave. A small
+    ``max_routes``, a short clock skew and a horizon make FULL, clamped and
+    EXPIRED routes common; a collection before the batch leaves the digest
+    owing removals that a re-pushed entry cancels."""
+    for at, deleted in newer if history else ():
+        key = history[at % len(history)].key
+        held = max((r for r in history if r.key == key), key=lambda r: r.version)
+        rewrite = _route(key, (held.version.hlc >> 16) + 1, 3, "n9", deleted)
+        batch = [r for r in batch if r.key != key] + [rewrite]
     if again is not None and history:
         old = history[again % len(history)]
         batch = [r for r in batch if r.key != old.key] + [old]
@@ -217,6 +226,7 @@ _SPOILS: list[dict[str, Any]] = [
     writes=st.lists(_writes, min_size=2, max_size=8, unique_by=lambda w: w.key),
     twice=st.none() | st.integers(0, 7),  # or one key twice
     again=st.none() | st.integers(0, 11),  # or a key of the history
+    held=st.lists(st.integers(0, 11), max_size=4),  # or several
     spoil=st.none() | st.tuples(st.integers(0, 7), st.sampled_from(_SPOILS)),
     max_routes=st.integers(4, 40),
     clock_ms=st.integers(0, 60),
@@ -228,17 +238,24 @@ def test_a_batch_call_writes_as_its_items_one_by_one(
     writes: list[Write],
     twice: int | None,
     again: int | None,
+    held: list[int],
     spoil: tuple[int, dict[str, Any]] | None,
     max_routes: int,
     clock_ms: int,
     wall_ms: int,
     puts_only: bool,
 ) -> None:
-    """``write_many`` versions and stores a batch of new keys in one pass: the
-    outcomes, the changes for peers and the tables are what each write alone
-    gives, in order (consecutive HLCs, whatever the clock had seen)."""
+    """``write_many`` versions and stores a batch of new keys and rewrites of
+    held ones in one pass: the outcomes, the changes for peers and the
+    tables are what each write alone gives, in order (consecutive HLCs,
+    whatever the clock had seen; a rewrite takes the held revision, and one
+    older than it is a conflict)."""
     if puts_only:
         writes = [w._replace(deleted=False) for w in writes]
+    for n, at in enumerate(held if history else ()):
+        key = history[at % len(history)].key
+        if all(w.key != key for w in writes):
+            writes[n % len(writes)] = writes[n % len(writes)]._replace(key=key)
     if again is not None and history:
         writes[again % len(writes)] = writes[again % len(writes)]._replace(
             key=history[again % len(history)].key
