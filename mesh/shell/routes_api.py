@@ -125,7 +125,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
     async def delete_one(request: Request) -> Response:
         with _count_invalid(agent):
             # Read (and bound) any body: an unread one would stall keep-alive.
-            await request.body(BODY_LIMIT)
+            _no_conditions_in(await request.body(BODY_LIMIT))
             key = _path_key(request)
             _check_query(request, _DELETE_PARAMS)
             timeout = _sync_timeout(request, sync_max)
@@ -219,6 +219,16 @@ def routes_endpoints(agent: Agent) -> list[Route]:
 
 #: a 503 (not caught up yet) is worth retrying soon: a bootstrap takes seconds
 _RETRY_AFTER = (("retry-after", "1"),)
+
+
+def _no_conditions_in(body: bytes) -> None:
+    """A DELETE's conditions go in its query (``?revision=``). A body that
+    says anything is refused (400) rather than ignored: a revision sent
+    there, as a batch item carries it, would otherwise make a conditional
+    delete unconditional without a word. Nothing, blanks or an empty JSON
+    object (what some clients send by default) say nothing."""
+    if body.strip() and parse_json(body) != {}:
+        raise HttpError(400, "a DELETE takes no body: give its revision as ?revision=N")
 
 
 def _retry_after(status: int) -> tuple[tuple[str, str], ...]:

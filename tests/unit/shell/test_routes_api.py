@@ -399,6 +399,37 @@ async def test_delete_with_a_bad_revision_is_400(
     assert (await client.get("/v1/routes/k")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"revision": 3}', 400),  # a condition in the body: never ignored
+        (b"garbage{", 400),
+        (b"[]", 400),
+        (b"", 200),
+        (b" \r\n", 200),
+        (b"{}", 200),  # what some clients send by default: says nothing
+    ],
+)
+async def test_a_delete_with_a_body_saying_something_is_400(
+    client: httpx.AsyncClient, body: bytes, status: int
+) -> None:
+    """A revision sent in a DELETE's body, the shape of a batch item, must
+    not make the delete unconditional by being ignored (black-box audit,
+    session 13): the route stays, and the answer says where it goes."""
+    await client.put("/v1/routes/k", json={"target": "http://x", "revision": 5})
+    response = await client.request("DELETE", "/v1/routes/k", content=body)
+    assert response.status_code == status
+    left = await client.get("/v1/routes/k")
+    if status == 400:
+        assert (
+            "?revision=" in response.json()["error"]
+            or "malformed" in (response.json()["error"])
+        )
+        assert left.status_code == 200
+    else:
+        assert left.status_code == 404
+
+
 async def test_list_is_live_sorted_and_filtered(client: httpx.AsyncClient) -> None:
     for key in ("b.2", "a.1", "b.1", "c.1"):
         await client.put(f"/v1/routes/{key}", json={"target": f"http://{key}"})
