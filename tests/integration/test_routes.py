@@ -93,6 +93,29 @@ def test_writes_deletes_and_batches_replicate(cluster: AgentCluster) -> None:
         what="the batch on every node",
     )
 
+    # Batches that replace routes every node holds (each stored in one pass,
+    # by the writer and by every receiver): rewrites from one node, then
+    # deletes from another, and the deleted keys stay deleted.
+    rewrite = {"put": [{"key": f"b.{i}", "target": f"http://c/{i}"} for i in range(20)]}
+    response = n1.request("POST", "/v1/routes", json=rewrite)
+    assert [r["status"] for r in response.json()["results"]] == [200] * 20
+    versions = {r["key"]: r["version"] for r in response.json()["results"]}
+    response = n2.request(
+        "POST", "/v1/routes", json={"delete": [{"key": f"b.{i}"} for i in range(10)]}
+    )
+    assert [r["status"] for r in response.json()["results"]] == [200] * 10
+    expected = {f"b.{i}": f"http://c/{i}" for i in range(10, 20)}
+    wait_until(
+        lambda: everywhere(nodes, lambda a: routes_of(a) == expected),
+        REPLICATION_DEADLINE,
+        what="the rewrites and deletes on every node",
+    )
+    for node in nodes:
+        for key in ("b.10", "b.19"):
+            route = route_of(node, key)
+            assert route is not None
+            assert route["version"] == versions[key]
+
 
 def test_strings_no_peer_could_decode_are_refused_and_nobody_crashes(
     cluster: AgentCluster,
