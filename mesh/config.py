@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
-from .messages import Address
+from .messages import Address, format_address
 
 __all__ = ["PROFILES", "Config", "parse_address", "parse_pairs"]
 
@@ -498,6 +498,12 @@ class Config:
                 "would reuse connections we close), got "
                 f"{self.http_keepalive_timeout!r} <= {self.push_keepalive_expiry!r}"
             )
+        if _same_tcp_port(self.bind, self.http):
+            raise ConfigError(
+                f"http {format_address(self.http)} and bind "
+                f"{format_address(self.bind)} are one TCP port: the mesh port "
+                "serves peers over TCP too; give the client API another port"
+            )
         _check_security(self)
         if self.log_format not in ("text", "json"):
             raise ConfigError(
@@ -590,6 +596,18 @@ class Config:
                 f"profile must be one of {', '.join(PROFILES)}, got {profile!r}"
             ) from None
         return factory(**overrides)
+
+
+_ANY_HOST = frozenset(("", "0.0.0.0", "::"))
+
+
+def _same_tcp_port(bind: Address, http: Address) -> bool:
+    """Both listen on one TCP port (the same number, not 0, on the same host
+    or where one of them is every host). Names are not resolved here: the
+    agent then fails to bind the second, naming it."""
+    return bind[1] == http[1] != 0 and (
+        bind[0] == http[0] or bind[0] in _ANY_HOST or http[0] in _ANY_HOST
+    )
 
 
 def _check_security(config: Config) -> None:

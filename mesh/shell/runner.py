@@ -121,6 +121,13 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
         family, mesh_addr = await resolve_bind(*config.bind)
         tcp_sock, udp_sock = bind_mesh_sockets(family, mesh_addr)
     try:
+        # Listening at once: with SO_REUSEADDR the API's socket could bind
+        # the mesh port too (``--bind localhost:P --http 127.0.0.1:P``; the
+        # config refuses the plain spellings) and only its listen() would
+        # fail, deep inside the servers' start-up. This way its bind fails,
+        # and says which address.
+        with _naming("mesh", config.bind):
+            tcp_sock.listen()
         with _naming("http", config.http):
             http_family, http_addr = await resolve_bind(*config.http)
             api_sock = bind_tcp(http_family, http_addr)

@@ -263,3 +263,28 @@ def test_the_examples_of_mesh_agent_help_load(tmp_path: Path) -> None:
     assert from_file.probe_interval == 2.0
     (name, value) = re.findall(r"e\.g\. (MESH_\w+)=(\S+?)\.?$", _AGENT_EPILOG, re.M)[0]
     assert load(env={name: value}).probe_interval == float(value)
+
+
+@pytest.mark.parametrize(
+    ("bind", "http", "refused"),
+    [
+        ("127.0.0.1:7946", "127.0.0.1:7946", True),
+        ("0.0.0.0:7946", "127.0.0.1:7946", True),  # the wildcard holds it too
+        ("127.0.0.1:7946", "[::]:7946", True),
+        ("127.0.0.1:7946", "127.0.0.2:7946", False),  # two hosts, two sockets
+        ("127.0.0.1:7946", "127.0.0.1:8946", False),
+        ("127.0.0.1:0", "127.0.0.1:0", False),  # two ports the kernel picks
+    ],
+)
+def test_the_client_api_cannot_share_the_mesh_tcp_port(
+    bind: str, http: str, refused: bool
+) -> None:
+    """The mesh port serves peers over TCP as well as SWIM over UDP: an API
+    on the same TCP port is an inconsistent config (exit 2), not a bind
+    failure deep in the servers' start-up (audit, session 13: a traceback)."""
+    flags = {"bind": bind, "http": http}
+    if refused:
+        with pytest.raises(ConfigError, match="are one TCP port"):
+            load(flags, {})
+    else:
+        load(flags, {})
