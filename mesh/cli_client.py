@@ -391,6 +391,14 @@ def _cmd_routes_watch(client: Any, args: argparse.Namespace) -> None:
         else:
             continue  # heartbeats keep the connection honest; nothing to show
         sys.stdout.flush()
+    # An agent ends a stream only when it leaves (an agent lost mid-stream
+    # cuts it instead: an error, exit 1). Exit 0, but not in silence: a
+    # human or a script's log should see why the watch stopped.
+    print(
+        "mesh: the agent ended the stream: it is leaving the mesh "
+        "(watch another member)",
+        file=sys.stderr,
+    )
 
 
 @_client_command

@@ -416,6 +416,33 @@ def test_watch_prints_changes(agent: AgentProcess) -> None:
         watch.communicate(timeout=DEADLINE)
 
 
+def test_watch_says_why_it_ended_when_the_agent_leaves() -> None:
+    """A graceful leave ends the stream cleanly: exit 0, with a line on
+    stderr saying so (it used to stop in silence; audit, session 13)."""
+    proc = AgentProcess("cli-watch-leave").start()
+    try:
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "mesh", "routes", "watch", "--json",
+             "--http", proc.http_addr],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        try:
+            assert watch.stdout is not None
+            assert json.loads(watch.stdout.readline())["event"] == "snapshot"
+            with Client(proc.http_addr) as client:
+                client.leave()
+            _, err = watch.communicate(timeout=DEADLINE)
+        finally:
+            watch.kill()
+        assert watch.returncode == 0
+        assert "the agent ended the stream: it is leaving" in err
+    finally:
+        proc.close()
+
+
 def test_blocking_query_via_client(agent: AgentProcess) -> None:
     with Client(agent.http_addr) as client:
         index = client.routes()["index"]
