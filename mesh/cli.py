@@ -49,6 +49,11 @@ _K8S_SERVICE_LINK = re.compile(
     r"MESH_[A-Z0-9_]*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
     r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
 )
+#: one setting spelt two ways: a layer that gives either overrides both from
+#: the layers below it (an operator's exported MESH_API_TOKEN, meant for the
+#: client commands, must not make --api-token-file a conflict); one layer
+#: giving both is still refused
+_ONE_SETTING = (("api_token", "api_token_file"),)
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off"))
 
@@ -297,10 +302,13 @@ def load_config(
     env_values, env_file = _from_env(environ)
     path = flags.get("config", env_file)
     values: dict[str, Any] = {}
-    if path is not None:
-        values.update(_from_file(path))
-    values.update(env_values)
-    values.update(_from_flags(flags))
+    layers = [_from_file(path)] if path is not None else []
+    for layer in [*layers, env_values, _from_flags(flags)]:
+        for spellings in _ONE_SETTING:
+            if any(name in layer for name in spellings):
+                for name in spellings:  # the lower layers' other spelling
+                    values.pop(name, None)
+        values.update(layer)
     profile = values.pop("profile", "lan")
     if "name" not in values:
         values["name"] = default_name()

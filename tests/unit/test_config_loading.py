@@ -288,3 +288,23 @@ def test_the_client_api_cannot_share_the_mesh_tcp_port(
             load(flags, {})
     else:
         load(flags, {})
+
+
+def test_a_token_given_one_way_overrides_the_other_way_from_below(
+    tmp_path: Path,
+) -> None:
+    """api_token and api_token_file are one setting spelt two ways: flags >
+    environment > file holds across the spellings (audit, session 13: an
+    exported MESH_API_TOKEN, as the client commands read it, made
+    --api-token-file a start-up conflict). One layer giving both is still
+    refused."""
+    env = {"MESH_API_TOKEN": "from-env"}
+    config = load({"api_token_file": "/run/token"}, env)
+    assert (config.api_token, config.api_token_file) == (None, "/run/token")
+    file = write(tmp_path, 'api_token_file = "/etc/token"\n')
+    config = load({"config": file}, env)
+    assert (config.api_token, config.api_token_file) == ("from-env", None)
+    config = load({"config": file}, {})
+    assert (config.api_token, config.api_token_file) == (None, "/etc/token")
+    with pytest.raises(ConfigError, match="exclusive"):
+        load({}, {"MESH_API_TOKEN": "a", "MESH_API_TOKEN_FILE": "/x"})
