@@ -447,6 +447,30 @@ def test_a_stall_is_noticed_when_a_datagram_is_read_before_the_late_tick() -> No
     assert not core.route_sync().caught_up
 
 
+@pytest.mark.parametrize(("pause", "resync"), [(0.6, False), (1.3, True)])
+def test_a_stall_long_enough_to_be_declared_dead_resyncs(
+    pause: float, resync: bool
+) -> None:
+    """Peers drop their pushes for a member they declare dead, which on the
+    local profile (a failed probe, 0.1 s, plus the minimum suspicion, 1.0 s)
+    comes before push_deadline (1.5 s): a stall between the two must resync
+    too (audit, session 13: ready at once after 1.43 s, 500 deletes short);
+    a shorter one, which no peer can have called a death, need not."""
+    wire = Wire(Config.local(), ["a", "b"])
+    wire.connect_all()
+    core = wire.cores["a"]
+    assert core.config.push_deadline > 1.3
+    planned = core.next_deadline()
+    assert planned is not None
+    late = planned + pause
+    core.receive(wire.addr["b"], [Ping(1, "a", "b")], late)
+    core.next_deadline()
+    core.tick(late)
+    assert core.membership.stats["stalls"] == 1
+    assert (core.ae.stalled is not None) is resync
+    assert core.route_sync().caught_up is not resync
+
+
 def test_a_joined_member_knocks_on_seeds_none_of_its_members_is_at() -> None:
     # Two members cut off while they (re)start may join each other only and
     # never knock on the other seeds again: after the heal, two meshes for
