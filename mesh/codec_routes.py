@@ -92,8 +92,6 @@ def encode_routes(sender: str, routes: Sequence[Route]) -> bytes:
     tuples in one comprehension (msgpack packs a tuple as it packs a list).
     Half the time of a ``route_row`` call per route: every batch call's
     routes are packed once for its peers."""
-    if not routes:
-        return _PACKER.pack([PROTOCOL_VERSION, sender, []])
     rows = [
         (
             r.key,

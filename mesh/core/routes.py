@@ -728,11 +728,7 @@ class RouteTable:
             olds = list(map(self._element.pop, replaced))
             for old_element in olds:
                 del self._keys[old_element]
-            if self._pending.keys().isdisjoint(olds):  # folded since added
-                self._pending.update(dict.fromkeys(olds, -1))
-            else:
-                for old_element in olds:
-                    self._toggle(old_element, -1)
+            self._toggle_all(olds, -1, distinct=True)
         if self._sorted is not None:
             self._unsorted.update(fresh)
         if self._missed:
@@ -748,14 +744,8 @@ class RouteTable:
         by_element = self._keys
         before = len(by_element)
         by_element.update(zip(elements, keys, strict=True))
-        pending = self._pending
-        if len(by_element) - before == len(keys) and pending.keys().isdisjoint(
-            elements
-        ):
-            pending.update(dict.fromkeys(elements, 1))
-        else:  # an element seen before, or twice (a 64-bit collision): in turn
-            for element in elements:
-                self._toggle(element, 1)
+        # (an element twice in the batch: a 64-bit collision, taken in turn)
+        self._toggle_all(elements, 1, distinct=len(by_element) - before == len(keys))
         first = self.index + 1
         self.index += len(keys)
         if self._changes is not None:
@@ -767,6 +757,17 @@ class RouteTable:
         old = self._element.pop(key)
         del self._keys[old]
         self._toggle(old, -1)
+
+    def _toggle_all(self, elements: list[int], sign: int, *, distinct: bool) -> None:
+        """:meth:`_toggle` each of ``elements``: in one dict update when they
+        are ``distinct`` and none is pending (the batch paths' common case),
+        else in turn, so that a pending one nets out."""
+        pending = self._pending
+        if distinct and pending.keys().isdisjoint(elements):
+            pending.update(dict.fromkeys(elements, sign))
+        else:
+            for element in elements:
+                self._toggle(element, sign)
 
     def _toggle(self, element: int, sign: int) -> None:
         pending = self._pending
