@@ -20,7 +20,14 @@ replacements for the per-element walk and are kept only as evidence:
   mapping, bit for bit (checked at start), folded a slice of 512 at a time
   as the node does, the walk and the updates vectorised;
 * ``numpy-splitmix``: the same gap law with uniforms numpy can compute too
-  (splitmix64 instead of BLAKE2b), so nothing per element stays in Python.
+  (splitmix64 instead of BLAKE2b), so nothing per element stays in Python;
+* ``sums``: ``numpy-splitmix`` written as production's fold is (the walk's
+  rows shrink as they pass the limit, checksums in numpy), with symbols that
+  hold sums modulo 2**64 instead of XORs, so all three updates are
+  ``np.add.at`` (numpy has a fast indexed loop for add, none for XOR). Peeling
+  works alike (a pure symbol holds +element or -element) over the same
+  indices (checked at start), so its peel column is ``numpy-splitmix``'s. A
+  different protocol: every member would change.
 
 Per variant: fold CPU per element (median over ``--reps`` alternating
 repetitions, [min..max]) and the symbols needed to peel a difference of ``d``
@@ -41,7 +48,7 @@ import statistics
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,29 +130,36 @@ def tables(element: int, limit: int) -> list[int]:
 
 
 class _Folded(Digest):
-    """A digest whose fold walks ``mapping`` (the production one inlines it)."""
+    """A digest whose fold walks ``mapping`` (the production one inlines it),
+    its symbols kept in Python lists: the XOR and checksum of a symbol side
+    by side in one int (low 64 bits, then the checksum)."""
 
     def __init__(self, max_symbols: int, mapping: Mapping) -> None:
         super().__init__(max_symbols)
         self.mapping = mapping
+        self._counts = [0] * max_symbols
+        self._xc = [0] * max_symbols
 
-    def toggle(self, changes: Iterable[tuple[int, int]]) -> None:
-        count, xc, limit = self._count, self._xc, self.max_symbols
-        one = Digest(1)
+    def toggle(self, changes: Sequence[tuple[int, int]]) -> None:
+        count, xc, limit = self._counts, self._xc, self.max_symbols
         for element, sign in changes:
-            one.toggle([(element, 1)])
-            both = element | (one.symbols(0, 1)[0].check << 64)
-            one.toggle([(element, -1)])
+            both = element | (digest._checksum(element) << 64)
             for i in self.mapping(element, limit):
                 count[i] += sign
                 xc[i] ^= both
             self.size += sign
 
+    def symbols(self, start: int, stop: int) -> list[Symbol]:
+        mask = (1 << 64) - 1
+        return [
+            Symbol(self._counts[i], self._xc[i] & mask, self._xc[i] >> 64)
+            for i in range(max(0, start), min(stop, self.max_symbols))
+        ]
+
 
 def _fold_tables(changes: list[tuple[int, int]]) -> None:
     """The ``tables`` fold as a replacement would inline it (timing only)."""
-    d = Digest(SYMBOLS)
-    count, xc = d._count, d._xc
+    count, xc = [0] * SYMBOLS, [0] * SYMBOLS
     mix = digest._checksum
     for element, sign in changes:
         both = element | (mix(element) << 64)
@@ -161,8 +175,7 @@ def _fold_walk(gap_lut: bool) -> Callable[[list[tuple[int, int]]], None]:
     """The ``lut``/``alpha`` folds inlined like production (timing only)."""
 
     def fold(changes: list[tuple[int, int]]) -> None:
-        d = Digest(SYMBOLS)
-        count, xc, limit = d._count, d._xc, SYMBOLS
+        count, xc, limit = [0] * SYMBOLS, [0] * SYMBOLS, SYMBOLS
         check, blake2b, g = digest._checksum, hashlib.blake2b, _G16
         a = 0.75
         c = 1.0 / a - 0.5
@@ -282,6 +295,55 @@ def _fold_numpy_splitmix(changes: list[tuple[int, int]]) -> None:
         _np_scatter(np, part, rows, idx)
 
 
+def _fold_sums(changes: list[tuple[int, int]]) -> Any:
+    """The ``sums`` variant: nothing per element in Python but list building;
+    the fold's cost if the digest's mapping and symbols were made for numpy."""
+    import numpy as np
+
+    count = np.zeros(SYMBOLS, dtype=np.int64)
+    total = np.zeros(SYMBOLS, dtype=np.uint64)
+    check = np.zeros(SYMBOLS, dtype=np.uint64)
+    limit = float(SYMBOLS)
+    for at in range(0, len(changes), _SLICE):
+        part = changes[at : at + _SLICE]
+        values = np.array([e for e, _ in part], dtype=np.uint64)
+        signs = np.array([s for _, s in part], dtype=np.int64)
+        rows = np.arange(len(part), dtype=np.intp)
+        pos = np.zeros(len(part), dtype=np.float64)
+        owners, where = [rows], [np.zeros(len(part), dtype=np.intp)]
+        block = 0
+        while len(rows):
+            # uniforms 16 * block + 1 .. 16 * block + 16 of splitmix()
+            z = (
+                values[rows][:, None]
+                + (
+                    np.arange(16 * block + 1, 16 * block + 17, dtype=np.uint64)
+                    * np.uint64(_GAMMA)
+                )[None, :]
+            )
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            u = (z ^ (z >> np.uint64(31))) >> np.uint64(32)
+            factors = 1.0 / np.sqrt((u + 1.0) * _INV_2_32) - 1.0
+            steps = np.empty((len(rows), 16), dtype=np.float64)
+            for k in range(16):
+                pos += np.floor((pos + 1.5) * factors[:, k]) + 1.0
+                steps[:, k] = pos
+            below = steps < limit
+            owners.append(np.repeat(rows, np.count_nonzero(below, axis=1)))
+            where.append(steps[below].astype(np.intp))
+            going = pos < limit
+            rows, pos = rows[going], pos[going]
+            block += 1
+        o, w = np.concatenate(owners), np.concatenate(where)
+        signed = values * signs.astype(np.uint64)  # -e as 2**64 - e
+        checks = digest._checksums(values) * signs.astype(np.uint64)
+        np.add.at(count, w, signs[o])
+        np.add.at(total, w, signed[o])
+        np.add.at(check, w, checks[o])
+    return count, total, check
+
+
 def splitmix(element: int, limit: int) -> list[int]:
     """The ``numpy-splitmix`` mapping in plain Python (for peeling)."""
     out = [0]
@@ -302,13 +364,25 @@ def _numpy_matches_production() -> bool:
     count, xor, chk = _fold_numpy_exact(part)
     d = Digest(SYMBOLS)
     d.toggle(part)
-    mask = (1 << 64) - 1
     return all(
-        int(count[i]) == d._count[i]
-        and int(xor[i]) == d._xc[i] & mask
-        and int(chk[i]) == d._xc[i] >> 64
+        int(count[i]) == int(d._count[i])
+        and int(xor[i]) == int(d._xor[i])
+        and int(chk[i]) == int(d._check[i])
         for i in range(SYMBOLS)
     )
+
+
+def _sums_match_splitmix() -> bool:
+    """``sums`` must hit the symbols :func:`splitmix` names: its counts are
+    those of a plain walk of that mapping."""
+    rng = random.Random(8)
+    part = [(rng.getrandbits(64) | 1, 1) for _ in range(_SLICE)]
+    count = _fold_sums(part)[0]
+    expected = [0] * SYMBOLS
+    for element, _ in part:
+        for i in splitmix(element, SYMBOLS):
+            expected[i] += 1
+    return [int(c) for c in count] == expected
 
 
 FOLDS = {
@@ -332,6 +406,8 @@ else:
     MAPPINGS["numpy"] = digest.indices
     FOLDS["numpy-splitmix"] = _fold_numpy_splitmix
     MAPPINGS["numpy-splitmix"] = splitmix
+    FOLDS["sums"] = _fold_sums
+    MAPPINGS["sums"] = splitmix  # its indices: it peels as numpy-splitmix does
 
 
 def peel_cost(name: str, d: int, trials: int) -> list[float]:
@@ -360,9 +436,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--elements", type=int, default=5000)
+    parser.add_argument(
+        "--sizes",
+        default="3,10,100,1000,2000",
+        help="differences to peel, comma-separated",
+    )
     args = parser.parse_args()
     if "numpy" in FOLDS and not _numpy_matches_production():
         raise SystemExit("the numpy fold does not match production's symbols")
+    if "sums" in FOLDS and not _sums_match_splitmix():
+        raise SystemExit("the sums fold does not walk splitmix()'s indices")
     rng = random.Random(1)
     changes = [(rng.getrandbits(64) | 1, 1) for _ in range(args.elements)]
     times: dict[str, list[float]] = {name: [] for name in FOLDS}
@@ -371,7 +454,7 @@ def main() -> None:
             start = time.process_time()
             fold(changes)
             times[name].append(1e6 * (time.process_time() - start) / len(changes))
-    sizes = [3, 10, 100, 1000, 2000]
+    sizes = [int(d) for d in args.sizes.split(",")]
     print(
         f"fold: µs of CPU per element, median [min..max] of {args.reps}; "
         f"peel: symbols per differing element, median / worst of {args.trials}"
