@@ -555,6 +555,13 @@ def main() -> int:
             wrk99 = agg(r["wrk_p99_ms"] for r in rs)
             other = agg(r["cpu"]["other_cores"] for r in rs)
             agents = agg(r["cpu"]["agents_cores"] for r in rs)
+            busy = agg(r["cpu"]["machine_busy_cores"] for r in rs)
+            # agents' CPU per accepted route, all five together: what the
+            # mesh costs per route whatever the machine's share of it
+            per_route = agg(
+                1e6 * r["cpu"]["agents_cores"] / max(r["accepted_routes_per_s"], 1e-9)
+                for r in rs
+            )
             row = {
                 "push_min_interval": interval,
                 "mode": mode,
@@ -573,6 +580,8 @@ def main() -> int:
                 "wrk_p99_ms": wrk99,
                 "other_cores": other,
                 "agents_cores": agents,
+                "machine_busy_cores": busy,
+                "agents_us_per_route": per_route,
                 "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
                 "lag_missing": sum(r["lag_missing"] + r["sync_missing"] for r in rs),
                 "converged": all(r["converged"] for r in rs),
@@ -607,6 +616,8 @@ def main() -> int:
                     f"{statistics_median([r['drain_s'] for r in rs]):.1f}",
                     "yes" if row["converged"] else "NO",
                     s(agents, d=2),
+                    s(per_route),
+                    s(busy, d=2),
                     s(other, d=2),
                 ]
             )
@@ -633,6 +644,8 @@ def main() -> int:
                 "drain s",
                 "converged",
                 "agents cores",
+                "agents CPU µs per route",
+                "machine busy cores",
                 "other cores",
             ],
             rows,
@@ -654,8 +667,11 @@ def main() -> int:
     secs = sum(r["wrk_duration_s"] for r in results)
     print(
         f"Lag polling added {polls / max(secs, 1e-9):.0f} GET/s on average over "
-        "all nodes during the steps. 'other cores' is CPU used by processes we did "
-        "not start (other engineers' jobs) during each step, on 2 cores."
+        "all nodes during the steps. 'agents CPU µs per route' is the five "
+        "agents' CPU over the routes accepted (each route is stored by all "
+        "five). 'machine busy cores' is everything that ran, of the machine's "
+        f"{os.cpu_count()}; 'other cores' is CPU used by processes we did not "
+        "start (other engineers' jobs) during each step."
     )
     others = other_busy_processes()
     if others:
