@@ -243,18 +243,7 @@ class Digest:
                 digests.append(h.digest())
             raw = b"".join(digests)
             uniforms = np.frombuffer(raw, dtype="<u4").reshape(len(rows), 16)
-            factors = 1.0 / np.sqrt((uniforms + 1.0) * _INV_2_32) - 1.0
-            steps = np.empty((len(rows), 16), dtype=np.float64)
-            for k in range(16):
-                at += np.floor((at + 1.5) * factors[:, k]) + 1.0
-                steps[:, k] = at
-            below = steps < limit
-            # a row's steps rise, so its hits are a prefix: one repeat of the
-            # row numbers (np.nonzero on the 2-D mask cost ~3 times as much)
-            owners.append(np.repeat(rows, np.count_nonzero(below, axis=1)))
-            where.append(steps[below].astype(np.intp))
-            going = at < limit
-            rows, at = rows[going], at[going]
+            rows, at = walk_block(rows, at, uniforms, limit, owners, where)
             block += 1
         return np.concatenate(owners), np.concatenate(where)
 
@@ -272,6 +261,34 @@ class Digest:
                 strict=True,
             )
         ]
+
+
+def walk_block(
+    rows: npt.NDArray[np.intp],
+    at: npt.NDArray[np.float64],
+    uniforms: npt.NDArray[np.uint32] | npt.NDArray[np.uint64],
+    limit: float,
+    owners: list[npt.NDArray[np.intp]],
+    where: list[npt.NDArray[np.intp]],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """One block of 16 steps of the walk for ``rows`` (positions ``at``, one
+    row of 32-bit ``uniforms`` each): appends the (row, index) pairs below
+    ``limit`` to ``owners`` and ``where``, and returns the rows still below
+    it with their positions. The float steps are :func:`indices`' own, so
+    the indices are identical (``scripts/bench/digest_fold.py`` walks other
+    uniforms through it too)."""
+    factors = 1.0 / np.sqrt((uniforms + 1.0) * _INV_2_32) - 1.0
+    steps = np.empty((len(rows), 16), dtype=np.float64)
+    for k in range(16):
+        at += np.floor((at + 1.5) * factors[:, k]) + 1.0
+        steps[:, k] = at
+    below = steps < limit
+    # a row's steps rise, so its hits are a prefix: one repeat of the row
+    # numbers (np.nonzero on the 2-D mask cost ~3 times as much)
+    owners.append(np.repeat(rows, np.count_nonzero(below, axis=1)))
+    where.append(steps[below].astype(np.intp))
+    going = at < limit
+    return rows[going], at[going]
 
 
 #: From this many changes a fold runs vectorised: below it numpy's fixed cost

@@ -324,16 +324,7 @@ def _fold_sums(changes: list[tuple[int, int]]) -> Any:
             z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
             z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
             u = (z ^ (z >> np.uint64(31))) >> np.uint64(32)
-            factors = 1.0 / np.sqrt((u + 1.0) * _INV_2_32) - 1.0
-            steps = np.empty((len(rows), 16), dtype=np.float64)
-            for k in range(16):
-                pos += np.floor((pos + 1.5) * factors[:, k]) + 1.0
-                steps[:, k] = pos
-            below = steps < limit
-            owners.append(np.repeat(rows, np.count_nonzero(below, axis=1)))
-            where.append(steps[below].astype(np.intp))
-            going = pos < limit
-            rows, pos = rows[going], pos[going]
+            rows, pos = digest.walk_block(rows, pos, u, limit, owners, where)
             block += 1
         o, w = np.concatenate(owners), np.concatenate(where)
         signed = values * signs.astype(np.uint64)  # -e as 2**64 - e
