@@ -1,4 +1,6 @@
 """The replicated route table: versions, a hybrid logical clock, tombstones.
+(The values, :class:`Version`, :class:`Route` and the rest, and the clock live
+in :mod:`mesh.core.route_types`; this module re-exports them.)
 
 Theory of operation. A route is ``key -> (target, meta)`` with a :class:`Version`
 that totally orders every write to that key across the mesh:
@@ -38,16 +40,12 @@ wall-clock milliseconds come in with each call.
 from __future__ import annotations
 
 import bisect
-import enum
 import heapq
 import itertools
 import sys
-import types
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
 
-import msgspec
 import numpy as np
 
 from .digest import Digest, Symbol, element_of_text
@@ -56,6 +54,16 @@ from .route_checks import (
     ascii_targets_ok,
     keys_ok,
     validate_route_fields,
+)
+from .route_types import (
+    _HLC_LOGICAL_BITS,
+    HybridClock,
+    Outcome,
+    OutcomeStatus,
+    Route,
+    Version,
+    Write,
+    version_ms,
 )
 
 __all__ = [
@@ -69,137 +77,17 @@ __all__ = [
     "version_ms",
 ]
 
-_HLC_LOGICAL_BITS = 16
-_HLC_LOGICAL_MASK = (1 << _HLC_LOGICAL_BITS) - 1
 _MAX_U64 = (1 << 64) - 1
 
 
-class Version(msgspec.Struct, frozen=True, order=True, gc=False):
-    """Total order of writes to one key: revision, then HLC, then origin.
-
-    A struct in C, not an attrs class: every replica builds one per route it
-    receives and compares two on every overwrite, and construction and
-    ordering run in C (attrs' generated ``<`` took 4 µs, 70x a tuple's).
-    Compared field by field in that order, as a tuple would be. Never
-    tracked by the cyclic collector (``gc=False``; it holds no containers):
-    see :class:`Route`.
-    """
-
-    revision: int
-    hlc: int
-    origin: str
-
-    def __str__(self) -> str:
-        # Fixed-width numbers: the opaque string sorts like the version itself.
-        # (str.zfill pads as the format spec 020d does for these non-negative
-        # numbers, in about half its time: every stored route's answer shows
-        # its version, a batch call's up to 1,000 of them)
-        return f"{str(self.revision).zfill(20)}.{str(self.hlc).zfill(20)}.{self.origin}"
-
-    @classmethod
-    def parse(cls, text: str) -> Version:
-        """Inverse of ``str``; raises ValueError on anything else."""
-        revision, hlc, origin = text.split(".", 2)
-        if len(revision) != 20 or len(hlc) != 20 or not origin:
-            raise ValueError(f"not a version: {text!r}")
-        return cls(int(revision), int(hlc), origin)
-
-
-_ZERO_VERSION = Version(0, 0, "")
 _new = tuple.__new__
-
-
-_NO_META: Mapping[str, str] = types.MappingProxyType({})
-
-
-class Route(msgspec.Struct, frozen=True, gc=False):
-    """One key's current state; ``deleted`` marks a tombstone.
-
-    A struct in C (msgspec), not an attrs class or a named tuple: every
-    replica builds one per route pushed to it (a frozen attrs class took
-    1.34 µs to build, a named tuple 0.49, this ~0.1), and holds one per key
-    for as long as the key lives. ``gc=False`` keeps them, and the dicts
-    that hold only them and strings, out of the cyclic collector: with named
-    tuples a full collection walked two objects per entry, ~0.6 s with the
-    loop held at 10^6 routes (docs/benchmarks.md, "Thirteenth round"). A
-    route refers to strings, its version and its meta map of strings, never
-    to itself, so it can be in no cycle the collector would have to break.
-    Immutable; its repr leaves out target and meta, which may carry access
-    tokens.
-    """
-
-    key: str
-    target: str
-    meta: Mapping[str, str] = _NO_META
-    version: Version = _ZERO_VERSION
-    deleted: bool = False
-
-    def __repr__(self) -> str:
-        return (
-            f"Route(key={self.key!r}, version={self.version!r}, "
-            f"deleted={self.deleted!r})"
-        )
-
-    def to_json(self) -> dict[str, object]:
-        """The contract's route object."""
-        return {
-            "key": self.key,
-            "target": self.target,
-            "meta": dict(self.meta),
-            "version": str(self.version),
-            "origin": self.version.origin,
-            "revision": self.version.revision,
-        }
 
 
 _DICT_TYPE = {dict}
 _REVISION_TYPES = {int, type(None)}
 
 
-class OutcomeStatus(enum.Enum):
-    APPLIED = "applied"  # stored: newer than what we had
-    STALE = "stale"  # older than what we have; nothing changed
-    DUPLICATE = "duplicate"  # the very version we have; nothing changed
-    CONFLICT = "conflict"  # a client's revision older than ours (HTTP 409)
-    INVALID = "invalid"  # fails the contract's limits (HTTP 400)
-    FULL = "full"  # table at max_routes (HTTP 507)
-    EXPIRED = "expired"  # older than the GC horizon for a key we lack: refused
-    UNAVAILABLE = "unavailable"  # a client write before we caught up (HTTP 503)
-
-
-_APPLIED = OutcomeStatus.APPLIED.value
-
-
-class Outcome(NamedTuple):
-    """What applying a write did; the API maps it to a status code (a named
-    tuple: one per item of a batch call)."""
-
-    status: OutcomeStatus
-    route: Route | None = None  # the stored route after the call
-    reason: str = ""
-
-    @property
-    def changed(self) -> bool:
-        return self.status is OutcomeStatus.APPLIED
-
-
-class Write(NamedTuple):
-    """One client write (or delete) for :meth:`NodeCore.write_routes`; a
-    named tuple (one per item of a batch call, gone once it is answered),
-    shown like :class:`Route` without target and meta, which may carry
-    access tokens."""
-
-    key: str
-    target: str
-    meta: Mapping[str, str] = _NO_META
-    revision: int | None = None
-    deleted: bool = False
-
-    def __repr__(self) -> str:
-        return (
-            f"Write(key={self.key!r}, revision={self.revision!r}, "
-            f"deleted={self.deleted!r})"
-        )
+_APPLIED = OutcomeStatus.APPLIED.value  # (the enum's value: see apply_many)
 
 
 def _element_of(key: str, version: Version) -> int:
@@ -238,35 +126,6 @@ def _revisions(
         (0 if old is None else old.version.revision) if revision is None else revision
         for revision, old in zip(revisions, held, strict=True)
     ]
-
-
-def version_ms(version: Version) -> int:
-    """Wall-clock milliseconds of the write (the HLC's physical part)."""
-    return version.hlc >> _HLC_LOGICAL_BITS
-
-
-class HybridClock:
-    """Hybrid logical clock: ``(wall_ms << 16) | counter`` (Kulkarni et al.)."""
-
-    __slots__ = ("clamped", "last", "max_skew_ms")
-
-    def __init__(self, max_skew_ms: int) -> None:
-        self.max_skew_ms = max_skew_ms
-        self.last = 0
-        #: remote timestamps refused as too far ahead (a metric)
-        self.clamped = 0
-
-    def increment(self, wall_ms: int) -> int:
-        """A timestamp for a local write: above everything seen so far."""
-        self.last = max(self.last + 1, wall_ms << _HLC_LOGICAL_BITS)
-        return self.last
-
-    def witness(self, remote: int, wall_ms: int) -> None:
-        """Move past a remote timestamp unless it is too far in the future."""
-        if (remote >> _HLC_LOGICAL_BITS) > wall_ms + self.max_skew_ms:
-            self.clamped += 1
-            return
-        self.last = max(self.last, remote)
 
 
 class RouteTable:
