@@ -182,6 +182,27 @@ def parse_json(data: bytes) -> Any:
         raise HttpError(400, "malformed JSON: nested too deep") from None
 
 
+#: the query's decimal numbers (``timeout``, ``wait``): ASCII digits with an
+#: optional point, no sign, exponent or space (``float()`` would take those,
+#: and digits of any script), of any length: the request head bounds it
+DECIMAL = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+#: the largest of the query's integers (``revision``, ``index``): 2**64 - 1
+MAX_U64 = (1 << 64) - 1
+
+
+def query_u64(text: str, name: str) -> int:
+    """A query integer in 0..2**64-1 (ASCII digits, leading zeros allowed),
+    or HttpError 400 naming the range. Never ``int()`` of a long string:
+    CPython refuses over 4,300 digits with its own error, and past 20
+    significant digits the value is out of range anyway."""
+    if not text.isascii() or not text.isdigit():
+        raise HttpError(400, f"{name} must be an integer in 0..2**64-1, got {text!r}")
+    digits = text.lstrip("0")
+    if len(digits) > 20 or (digits and int(digits) > MAX_U64):
+        raise HttpError(400, f"{name} must be an integer in 0..2**64-1, got {text!r}")
+    return int(digits or "0")
+
+
 def refuse_repeated(query: Mapping[str, list[str]], names: Iterable[str]) -> None:
     """HttpError 400 when one of ``names`` is given twice in a query: which of
     two values counts would be a guess (reads and writes alike)."""

@@ -49,12 +49,14 @@ from .agent import Agent
 from .api import BODY_LIMIT
 from .asgi import (
     CLIENT_GONE,
+    DECIMAL,
     HttpError,
     Request,
     Response,
     Route,
     json_response,
     parse_json,
+    query_u64,
     refuse_repeated,
     wait_unless_disconnected,
 )
@@ -71,8 +73,7 @@ _PUT_FIELDS = frozenset(("target", "meta", "revision"))
 _BATCH_PUT_FIELDS = _PUT_FIELDS | {"key"}
 _BATCH_DELETE_FIELDS = frozenset(("key", "revision"))
 _BATCH_FIELDS = frozenset(("put", "delete"))
-_REVISION_RE = re.compile(r"[0-9]{1,20}")
-_SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9}")
+_SECONDS_RE = re.compile(DECIMAL)
 #: a ``sync=all`` wait longer than this also watches for its client going
 #: away (seconds): a bound on how long a gone client holds its connection, not
 #: a tunable
@@ -130,11 +131,7 @@ def routes_endpoints(agent: Agent) -> list[Route]:
             _check_query(request, _DELETE_PARAMS)
             timeout = _sync_timeout(request, sync_max)
             text = request.query_one("revision")
-            revision: int | None = None
-            if text is not None:
-                if not _REVISION_RE.fullmatch(text):
-                    raise HttpError(400, "revision must be a non-negative integer")
-                revision = int(text)
+            revision = None if text is None else query_u64(text, "revision")
         status, body = _delete(agent, key, revision)
         if timeout is not None and status == 200:
             body.update(await _sync_all(agent, timeout, request))
@@ -225,10 +222,15 @@ def _no_conditions_in(body: bytes) -> None:
     """A DELETE's conditions go in its query (``?revision=``). A body that
     says anything is refused (400) rather than ignored: a revision sent
     there, as a batch item carries it, would otherwise make a conditional
-    delete unconditional without a word. Nothing, blanks or an empty JSON
-    object (what some clients send by default) say nothing."""
-    if body.strip() and parse_json(body) != {}:
+    delete unconditional without a word. Nothing, blanks, ``null``, an empty
+    JSON object (what some clients send by default) or ``{"revision": null}``
+    (JSON ``null`` means absent, as everywhere in the API) say nothing."""
+    if body.strip() and parse_json(body) not in _SAYS_NOTHING:
         raise HttpError(400, "a DELETE takes no body: give its revision as ?revision=N")
+
+
+#: DELETE bodies that carry no condition (see _no_conditions_in)
+_SAYS_NOTHING: tuple[object, ...] = (None, {}, {"revision": None})
 
 
 def _retry_after(status: int) -> tuple[tuple[str, str], ...]:

@@ -389,14 +389,32 @@ async def test_delete_with_a_stale_revision_is_409(client: httpx.AsyncClient) ->
     assert (await client.get("/v1/routes/k")).status_code == 404
 
 
-@pytest.mark.parametrize("revision", ["abc", "-1", "1.5", "", "1" * 21])
+@pytest.mark.parametrize(
+    "revision",
+    ["abc", "-1", "1.5", "", " 1", "1" * 21, str(2**64), "9" * 5000, "\u0665"],
+)
 async def test_delete_with_a_bad_revision_is_400(
     client: httpx.AsyncClient, revision: str
 ) -> None:
+    """Every refusal names the range, whatever is wrong with the number
+    (black-box audit, session 14: past 20 characters it said something else)."""
     await client.put("/v1/routes/k", json={"target": "http://x"})
     response = await client.delete("/v1/routes/k", params={"revision": revision})
     assert response.status_code == 400
+    assert "revision must be an integer in 0..2**64-1" in response.json()["error"]
     assert (await client.get("/v1/routes/k")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("revision", "status"),
+    [("0" * 30 + "5", 200), ("0" * 30 + "4", 409), (str(2**64 - 1), 200)],
+)
+async def test_a_delete_revision_may_have_leading_zeros(
+    client: httpx.AsyncClient, revision: str, status: int
+) -> None:
+    await client.put("/v1/routes/k", json={"target": "http://x", "revision": 5})
+    response = await client.delete("/v1/routes/k", params={"revision": revision})
+    assert response.status_code == status
 
 
 @pytest.mark.parametrize(
@@ -408,6 +426,9 @@ async def test_delete_with_a_bad_revision_is_400(
         (b"", 200),
         (b" \r\n", 200),
         (b"{}", 200),  # what some clients send by default: says nothing
+        (b"null", 200),  # JSON null means absent, here too (audit, session 14)
+        (b'{"revision": null}', 200),
+        (b'{"revision": null, "key": "k"}', 400),
     ],
 )
 async def test_a_delete_with_a_body_saying_something_is_400(
@@ -560,6 +581,10 @@ async def test_batch_body_between_64_kib_and_4_mib_is_fine(
         "sync=all&timeout=.5",
         "sync=all&timeout=2.",
         "sync=all&timeout=30",  # sync_timeout_max itself
+        # any number of digits, as any ASCII decimal (black-box audit, session 14)
+        "sync=all&timeout=1.0000000000",
+        "sync=all&timeout=000000000001",
+        "sync=all&timeout=29.999999999999999999999",
     ],
 )
 async def test_sync_all_without_peers_answers_at_once(

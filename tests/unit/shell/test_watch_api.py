@@ -145,12 +145,19 @@ async def test_blocking_query_on_a_long_list_answers_the_same_bytes(
     ]
 
 
-async def test_blocking_query_times_out_unchanged(node: Open) -> None:
+@pytest.mark.parametrize(
+    ("wait", "zeros"),
+    # a wait and an index as any ASCII decimal and integer (audit, session 14)
+    [("300ms", ""), (".3s", ""), ("0.3000000000000s", "000"), ("0.3", "0" * 30)],
+)
+async def test_blocking_query_times_out_unchanged(
+    node: Open, wait: str, zeros: str
+) -> None:
     running, client = await node()
     b = first_index(running)
     async with client:
         start = trio.current_time()
-        response = await client.get(f"/v1/routes?index={b}&wait=300ms")
+        response = await client.get(f"/v1/routes?index={zeros}{b}&wait={wait}")
         elapsed = trio.current_time() - start
     assert response.status_code == 200
     assert response.json()["index"] == b
@@ -174,11 +181,17 @@ async def test_blocking_query_answers_at_once_when_behind_or_ahead(
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("index=-1", "index must be a non-negative integer"),
-        ("index=x", "index must be a non-negative integer"),
-        ("index=" + "9" * 21, "at most 20 digits"),
+        ("index=-1", "index must be an integer in 0..2**64-1"),
+        ("index=x", "index must be an integer in 0..2**64-1"),
+        ("index=" + "9" * 21, "index must be an integer in 0..2**64-1"),
+        (f"index={2**64}", "index must be an integer in 0..2**64-1"),
+        ("index=%201", "index must be an integer in 0..2**64-1"),
         ("index=0&wait=soon", "wait must be a duration"),
         ("wait=10d", "wait must be a duration"),
+        # no spaces, as for every number of the query (audit, session 14)
+        ("wait=%201s", "wait must be a duration"),
+        ("wait=1s%20", "wait must be a duration"),
+        ("wait=.s", "wait must be a duration"),
     ],
 )
 async def test_bad_watch_parameters_are_400(
