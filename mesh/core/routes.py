@@ -80,6 +80,13 @@ __all__ = [
 _MAX_U64 = (1 << 64) - 1
 
 
+def _u64(value: object) -> bool:
+    """An integer in 0..2**64-1: not a bool, a float or a numeric string,
+    which an embedding caller can pass (audit, session 14: a revision of 1.5
+    was stored, and every peer then refused the batches that carried it)."""
+    return type(value) is int and 0 <= value <= _MAX_U64
+
+
 _new = tuple.__new__
 
 
@@ -248,7 +255,7 @@ class RouteTable:
     ) -> Outcome:
         """A client's write (or delete) accepted here: version it and apply."""
         error = validate_route_fields(key, "x" if deleted else target, meta)
-        if error is None and revision is not None and not 0 <= revision <= _MAX_U64:
+        if error is None and revision is not None and not _u64(revision):
             error = "revision must be an integer in 0..2**64-1"
         if error is not None:
             return Outcome(OutcomeStatus.INVALID, self._routes.get(key), error)
@@ -377,7 +384,7 @@ class RouteTable:
                 return None  # INVALID: in turn, for its message
             if revision is None:
                 revision = 0 if current is None else current.version.revision
-            elif not 0 <= revision <= _MAX_U64:
+            elif not _u64(revision):
                 return None
             routes.append(
                 Route(

@@ -228,6 +228,24 @@ def test_a_batch_of_new_keys_takes_those_refused_for_lack_of_room() -> None:
     assert t.missing() == 0
 
 
+@pytest.mark.parametrize("revision", [1.5, True, "3"])
+def test_a_revision_must_be_an_int(revision: object) -> None:
+    """Not a bool, a float or a string, in a write or a batch (an embedding
+    caller can pass any; audit, session 14: 1.5 was stored, then refused by
+    every peer that was pushed it)."""
+    t = table()
+    single = t.write("a", "http://x", {}, revision=revision, wall_ms=1)  # type: ignore[arg-type]
+    batch = [Write("b", "http://x", {}, revision), Write("c", "http://x", {}, 2)]  # type: ignore[arg-type]
+    outcomes, changes = t.write_many(batch, wall_ms=1)
+    assert single.status is OutcomeStatus.INVALID
+    assert [o.status for o in outcomes] == [
+        OutcomeStatus.INVALID,
+        OutcomeStatus.APPLIED,
+    ]
+    assert outcomes[0].reason == "revision must be an integer in 0..2**64-1"
+    assert [route.key for _, route in changes] == ["c"]
+
+
 def test_a_batch_call_refuses_each_bad_item_and_fills_the_table_exactly() -> None:
     """The edges of the batch path (:meth:`RouteTable.write_many`): the
     revision's upper bound, and a table with room for all but the last."""
