@@ -463,6 +463,14 @@ class NodeCore:
         12: the last 1-2 writes acknowledged during a leave were lost)."""
         if self.membership.leaving:
             return "this member is leaving the mesh: write through another member"
+        if self.membership.local_conflict is not None:
+            # Another process may be writing under our name: two writers
+            # minting versions with one origin could mint the same version
+            # for different routes, which no replica could tell apart.
+            return (
+                f"name conflict: {self.name} is held at another address: "
+                "retry, or write through another member"
+            )
         if self.joined and self.ae.caught_up:
             return None  # (a stall's resync does not refuse: see route_sync)
         return (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 
 from mesh.core.node import RouteSync
+from mesh.core.routes import OutcomeStatus, Write
 from mesh.shell.api import make_api_app
 
 from .conftest import MakeAgent
@@ -66,6 +67,26 @@ async def test_a_name_held_at_another_address_is_not_ready(
     assert reason.startswith(
         f"name conflict: {agent.core.name} is held at 10.0.0.9:7946"
     )
+
+
+async def test_a_name_held_at_another_address_refuses_writes(
+    make_agent: MakeAgent,
+) -> None:
+    """Audit of session 14: such a member was not ready but took writes,
+    and they replicated with its name as their origin, which the other
+    holder of the name mints versions under too."""
+    agent = make_agent()
+    assert agent.put_route("k", "t", {}, None).status is OutcomeStatus.APPLIED
+    agent.core.membership.local_conflict = ("10.0.0.9", 7946)
+    for outcome in (
+        agent.put_route("k2", "t", {}, None),
+        agent.delete_route("k", None),
+        *agent.write_routes([Write("k3", "t")]),
+    ):
+        assert outcome.status is OutcomeStatus.UNAVAILABLE
+        assert outcome.reason.startswith(f"name conflict: {agent.core.name}")
+    agent.core.membership.local_conflict = None
+    assert agent.put_route("k2", "t", {}, None).status is OutcomeStatus.APPLIED
 
 
 async def test_stalls_and_stall_resyncs_are_exported(make_agent: MakeAgent) -> None:
