@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import types
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
+import msgspec
 import structlog
 import trio
 
@@ -48,14 +50,47 @@ __all__ = [
 
 class RouteError(MeshError):
     """A write or delete the table refused: ``status`` is ``invalid``,
-    ``conflict`` (``current`` is the stored route), ``full`` or
-    ``unavailable`` (the node has not joined or caught up yet: retry); the
-    HTTP API answers the same cases 400, 409, 507 and 503."""
+    ``conflict`` (``current`` is the stored route; None for the others),
+    ``full`` or ``unavailable`` (the node has not joined or caught up yet, is
+    in a name conflict, is leaving or has stopped); the HTTP API answers the
+    same cases 400, 409, 507 and 503."""
 
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.reason or outcome.status.value)
         self.status = outcome.status.value
-        self.current = outcome.route
+        conflict = outcome.status is OutcomeStatus.CONFLICT
+        route = outcome.route
+        self.current = _frozen(route) if conflict and route is not None else None
+
+
+def _frozen(route: Route) -> Route:
+    """``route`` as the caller may keep it: its meta a read-only view. The
+    table's own entry is handed out, and its meta is a plain dict; changed
+    in place, it changed the stored route under an unchanged version, so no
+    round could ever repair the replicas (audit, session 14)."""
+    if type(route.meta) is not dict:
+        return route
+    return msgspec.structs.replace(route, meta=types.MappingProxyType(route.meta))
+
+
+def _frozen_event(event: RouteEvent) -> RouteEvent:
+    if event.route is None:
+        return event
+    return RouteEvent(event.index, event.key, _frozen(event.route))
+
+
+def _stopped(reason: str) -> RouteError:
+    return RouteError(Outcome(OutcomeStatus.UNAVAILABLE, None, reason))
+
+
+_STOPPED = "this node has stopped: its open_node block is over"
+
+
+def _check_str(name: str, value: object) -> None:
+    """A TypeError that names the argument, rather than one from deep
+    inside the table's comparisons."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
 
 
 @attrs.frozen
@@ -106,12 +141,14 @@ class Node:
 
     def get_route(self, key: str) -> Route | None:
         """The live route under ``key``, None if absent or deleted."""
+        _check_str("key", key)
         route = self._agent.core.routes.get(key)
-        return None if route is None or route.deleted else route
+        return None if route is None or route.deleted else _frozen(route)
 
     def routes(self, prefix: str = "") -> list[Route]:
         """Live routes whose key starts with ``prefix``, sorted by key."""
-        return self._agent.core.routes.live(prefix)
+        _check_str("prefix", prefix)
+        return list(map(_frozen, self._agent.core.routes.live(prefix)))
 
     @property
     def index(self) -> int:
@@ -142,13 +179,11 @@ class Node:
 
         agent = self._agent
         while not readiness(agent)["ready"]:
+            if agent.stopped:
+                raise _stopped(_STOPPED)
             if agent.shutdown_requested.is_set():
-                raise RouteError(
-                    Outcome(
-                        OutcomeStatus.UNAVAILABLE,
-                        None,
-                        "this node is leaving the mesh: it will not be ready again",
-                    )
+                raise _stopped(
+                    "this node is leaving the mesh: it will not be ready again"
                 )
             await agent.wait_dispatch()
 
@@ -172,7 +207,14 @@ class Node:
             RouteError: invalid, an older ``revision`` than stored, or full.
         """
         self._check_sync_timeout(sync_timeout)
-        outcome = self._agent.put_route(key, target, dict(meta or {}), revision)
+        if self._agent.stopped:
+            raise _stopped(_STOPPED)
+        # A mapping is copied (the caller keeps theirs); anything else goes
+        # to the table as given, which refuses it as the HTTP API does.
+        fields: Any = {} if meta is None else meta
+        if isinstance(fields, Mapping):
+            fields = dict(fields)
+        outcome = self._agent.put_route(key, target, fields, revision)
         return await self._after_write(outcome, sync_timeout)
 
     async def delete_route(
@@ -188,6 +230,8 @@ class Node:
             RouteError: invalid key, or an older ``revision`` than stored.
         """
         self._check_sync_timeout(sync_timeout)
+        if self._agent.stopped:
+            raise _stopped(_STOPPED)
         outcome = self._agent.delete_route(key, revision)
         return await self._after_write(outcome, sync_timeout)
 
@@ -218,17 +262,18 @@ class Node:
         if outcome.status is not OutcomeStatus.APPLIED or outcome.route is None:
             raise RouteError(outcome)
         agent = self._agent
+        route = _frozen(outcome.route)
         if sync_timeout is None:
             self.last_sync = None
             await trio.lowlevel.checkpoint()  # let the pusher start
-            return outcome.route
+            return route
         # No checkpoint since the write: the ticket covers exactly it.
         ticket = agent.core.sync_ticket()
         with trio.move_on_after(sync_timeout):
-            while agent.core.sync_status(ticket)[1]:
+            while agent.core.sync_status(ticket)[1] and not agent.stopped:
                 await agent.wait_push_progress()
         self.last_sync = SyncResult(*agent.core.sync_status(ticket))
-        return outcome.route
+        return route
 
     # --- watching ---
 
@@ -236,7 +281,10 @@ class Node:
         """An async iterator of :class:`WatchBatch`: first a snapshot (every
         live route under ``prefix``), then the changes, as the stream API
         sends them (a slow consumer gets larger batches or a fresh snapshot,
-        never an unbounded backlog). Ends when the node leaves."""
+        never an unbounded backlog). Ends when the node leaves or stops."""
+        _check_str("prefix", prefix)
+        if index is not None and (type(index) is not int or index < 0):
+            raise TypeError(f"index must be a non-negative int or None, got {index!r}")
         return RouteWatch(self._running.watch.watcher(index, prefix), self._agent)
 
 
@@ -269,7 +317,12 @@ class RouteWatch:
             nursery.start_soon(wait_batch)
         if batch is None:
             raise StopAsyncIteration
-        return batch
+        return WatchBatch(
+            batch.index,
+            batch.snapshot,
+            list(map(_frozen, batch.routes)),
+            [_frozen_event(e) for e in batch.events],
+        )
 
 
 def open_node(config: Config) -> contextlib.AbstractAsyncContextManager[Node]:
@@ -317,8 +370,9 @@ async def _open_node(config: Config) -> AsyncIterator[Node]:
         # crossed (trio's strict exception groups: four deep). Alone, it is
         # the caller's, and is given back as raised: ``except RuntimeError``
         # around ``async with open_node(...)`` works (audit 7). Anything else
-        # in the group (a failure of the node itself) keeps the group.
-        if failure is None or _leaves(group) != [failure]:
+        # in the group (a failure of the node itself) keeps the group. The
+        # block's exception may be a group itself (a nursery of the caller's).
+        if failure is None or not _wraps_only(group, failure):
             raise
     else:
         return
@@ -337,8 +391,16 @@ async def _end_on_leave(node: Node, block: trio.CancelScope) -> None:
     block.cancel()
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
+def _wraps_only(
+    group: BaseExceptionGroup[BaseException], failure: BaseException
+) -> bool:
+    """``group`` holds ``failure`` and nothing else, once or more wrapped.
+    Compared leaf by leaf: a group the block raised may come back as a copy
+    (trio's nurseries split and derive groups), its exceptions the same."""
+    return _leaves(group) == _leaves(failure)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]

@@ -165,6 +165,8 @@ class Agent:
         self.leave_done = trio.Event()
         #: set to cut the graceful leave's waits short (a second signal)
         self.hurry = trio.Event()
+        #: the agent's life is over (see :meth:`stop`)
+        self.stopped = False
 
     def attach(
         self,
@@ -296,6 +298,22 @@ class Agent:
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
+
+    def stop(self) -> None:
+        """The agent's life is over (its :func:`open_agent` block ended, by a
+        leave or by a failure): wake every waiter, which then finds it
+        stopped. An embedding application's own tasks (``wait_ready``,
+        watches, ``sync_timeout`` waits) would otherwise wait for good on a
+        node whose block raised (audit, session 14)."""
+        self.stopped = True
+        self.shutdown_requested.set()
+        if self._dispatched is not None:
+            self._dispatched.set()
+            self._dispatched = None
+        self._push_progress.set()
+        self._push_progress = trio.Event()
+        self._routes_changed.set()
+        self._routes_changed = trio.Event()
 
     async def run_timers(self) -> None:
         """The one timer loop: tick at each ``next_deadline``, sleep between."""

@@ -73,7 +73,9 @@ def readiness(agent: Agent) -> dict[str, Any]:
             f"name conflict: {core.name} is held at {format_address(other)} "
             "(another process, or this one's previous life not yet found dead)"
         )
-    if agent.shutdown_requested.is_set():
+    if agent.stopped:
+        reasons.append("stopped")
+    elif agent.shutdown_requested.is_set():
         reasons.append("leaving")
     return {
         "ready": not reasons,

@@ -274,6 +274,7 @@ async def open_agent(config: Config) -> AsyncIterator[RunningAgent]:
                 stop_servers.set()
             nursery.cancel_scope.cancel()
     finally:
+        agent.stop()
         udp.close()
         # The servers never close the sockets they serve: we do.
         tcp_sock.close()

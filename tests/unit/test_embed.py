@@ -121,7 +121,7 @@ async def test_a_client_leave_ends_the_block_and_the_node_leaves_gracefully() ->
         with trio.fail_after(DEADLINE):
             with pytest.raises(StopAsyncIteration):
                 await anext(watch)
-        assert b.health()["reasons"] == ["leaving"]
+        assert b.health()["reasons"] == ["stopped"]  # its block is over
         with trio.fail_after(DEADLINE), pytest.raises(RouteError) as info:
             await b.wait_ready()  # it will never be ready: no endless wait
         assert info.value.status == "unavailable"
@@ -175,3 +175,125 @@ async def test_an_exception_out_of_the_block_comes_out_as_raised() -> None:
             raise boom from cause
     assert info.value is boom
     assert boom.__cause__ is cause  # the application's chain, untouched
+
+
+async def test_an_exception_group_out_of_the_block_comes_out_as_raised() -> None:
+    """Audit of session 14: a group the block raised (its own nursery's)
+    came out inside five more, one per nursery of the node."""
+    mine = ExceptionGroup("mine", [ValueError("x")])
+    with pytest.raises(ExceptionGroup) as info:
+        async with mesh.open_node(config("a")):
+            raise mine
+    assert info.value is mine
+
+
+@pytest.mark.parametrize("revision", [1.5, True, "3", -1, 2**64])
+async def test_a_revision_that_is_not_a_u64_integer_is_invalid(
+    revision: object,
+) -> None:
+    """Audit of session 14: 1.5 and True were stored, and every peer then
+    refused the batches that carried them (a joiner never got ready); "3"
+    raised a TypeError from inside the table. The HTTP API answers 400."""
+    async with mesh.open_node(config("a")) as a:
+        index = a.index
+        with pytest.raises(RouteError) as put:
+            await a.put_route("k", "t", revision=revision)  # type: ignore[arg-type]
+        with pytest.raises(RouteError) as delete:
+            await a.delete_route("k", revision=revision)  # type: ignore[arg-type]
+        for info in (put, delete):
+            assert info.value.status == "invalid"
+            assert "revision must be an integer in 0..2**64-1" in str(info.value)
+            assert info.value.current is None
+        assert a.index == index
+
+
+async def test_meta_that_is_not_a_mapping_is_invalid() -> None:
+    async with mesh.open_node(config("a")) as a:
+        with pytest.raises(RouteError) as info:
+            await a.put_route("k", "t", meta=[("k", "v")])  # type: ignore[arg-type]
+        assert info.value.status == "invalid"
+        assert a.get_route("k") is None
+
+
+async def test_returned_routes_cannot_change_the_table() -> None:
+    """Audit of session 14: a route's meta was the table's own dict, so
+    changing it changed the stored route under an unchanged version, and no
+    anti-entropy round could repair the other replicas."""
+    async with mesh.open_node(config("a")) as a:
+        written = await a.put_route("k", "t", meta={"tok": "v1"})
+        watch = a.watch_routes()
+        snapshot = await anext(watch)
+        await a.put_route("k", "t2", meta={"tok": "v2"})
+        change = await anext(watch)
+        await a.delete_route("k", revision=0)
+        await a.put_route("k", "t4", meta={"tok": "v4"}, revision=1)
+        with pytest.raises(RouteError) as conflict:
+            await a.put_route("k", "t5", revision=0)  # older: a conflict
+        current = conflict.value.current
+        assert current is not None
+        held = (
+            written,
+            a.get_route("k"),
+            a.routes()[0],
+            snapshot.routes[0],
+            change.events[0].route,
+            current,
+        )
+        for route in held:
+            assert route is not None
+            with pytest.raises(TypeError):
+                route.meta["evil"] = "x"  # type: ignore[index]
+        assert a.get_route("k").meta == {"tok": "v4"}  # type: ignore[union-attr]
+        assert a.get_route("k") == current  # equal by value, as before
+
+
+async def test_arguments_of_the_wrong_type_raise_a_type_error_naming_them() -> None:
+    async with mesh.open_node(config("a")) as a:
+        for call, name in (
+            (lambda: a.get_route(5), "key"),  # type: ignore[arg-type]
+            (lambda: a.routes(prefix=5), "prefix"),  # type: ignore[arg-type]
+            (lambda: a.watch_routes(prefix=5), "prefix"),  # type: ignore[arg-type]
+            (lambda: a.watch_routes(index="x"), "index"),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(TypeError, match=name):
+                call()
+
+
+async def test_a_node_whose_block_raised_is_stopped_for_its_callers() -> None:
+    """Audit of session 14: after the block raised, the node still said it
+    was ready and took writes, and a task outside the block waiting for it
+    (ready, a watch) waited for good."""
+    outcomes: dict[str, object] = {}
+
+    async def wait_outside(node: mesh.Node, started: trio.Event) -> None:
+        watch = node.watch_routes()
+        await anext(watch)  # the snapshot
+        started.set()
+        try:
+            await node.wait_ready()  # never ready: its seed does not answer
+        except RouteError as exc:
+            outcomes["wait_ready"] = exc.status
+        outcomes["watch"] = [batch async for batch in watch]
+
+    nodes: list[mesh.Node] = []
+
+    async def fail(outside: trio.Nursery) -> None:
+        async with mesh.open_node(config("c", join=("127.0.0.1:9",))) as node:
+            nodes.append(node)
+            started = trio.Event()
+            outside.start_soon(wait_outside, node, started)
+            await started.wait()
+            raise KeyError("the application failed")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as outside:
+            with pytest.raises(KeyError):
+                await fail(outside)
+    (c,) = nodes
+    assert outcomes == {"wait_ready": "unavailable", "watch": []}
+    assert c.health()["ready"] is False
+    assert "stopped" in c.health()["reasons"]
+    with pytest.raises(RouteError) as info:
+        await c.put_route("k", "t")
+    assert info.value.status == "unavailable"
+    assert "stopped" in str(info.value)
