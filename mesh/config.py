@@ -92,6 +92,22 @@ def _positive(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be > 0, got {value!r}")
 
 
+def _log_choice(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    """``log_format`` and ``log_level`` checked when the config is built, as
+    the CLI checks them: an embedding caller's bad level was refused only
+    inside ``open_node``, and only when mesh configured logging itself
+    (audit, session 14)."""
+    from .logs import LOG_FORMATS, LOG_LEVELS  # (structlog: only when checked)
+
+    choices = LOG_FORMATS if attr.name == "log_format" else LOG_LEVELS
+    level = attr.name == "log_level" and isinstance(value, str)
+    text = value.lower() if level else value
+    if text not in choices:
+        raise ConfigError(
+            f"{attr.name} must be one of {', '.join(choices)}, got {value!r}"
+        )
+
+
 def _non_negative(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
         raise ConfigError(f"{attr.name} must be >= 0, got {value!r}")
@@ -197,9 +213,9 @@ class Config:
     #: member metadata gossiped to all peers (Serf tags)
     tags: dict[str, str] = attrs.field(factory=dict, converter=_tags_converter)
     #: log lines as ``text`` (key=value) or ``json`` (one object per line)
-    log_format: str = "text"
+    log_format: str = attrs.field(default="text", validator=_log_choice)
     #: debug, info, warning or error; per-packet detail is at debug
-    log_level: str = "info"
+    log_level: str = attrs.field(default="info", validator=_log_choice)
 
     # --- SWIM probing (memberlist config.go names in comments) ---
     #: ProbeInterval: one probe round per interval, scaled by Lifeguard health:
@@ -461,7 +477,8 @@ class Config:
     udp_recv_buffer: int = attrs.field(default=4 * 1024 * 1024, validator=_at_least_one)
 
     def __attrs_post_init__(self) -> None:
-        if not _NAME_RE.fullmatch(self.name):
+        name: object = self.name  # (callers without a type checker pass anything)
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ConfigError(
                 f"name must match {_NAME_RE.pattern} (1..128 characters), "
                 f"got {self.name!r}"

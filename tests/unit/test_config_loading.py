@@ -163,6 +163,26 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load({"config": str(tmp_path / "absent.toml")})
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("log_level", "loud"), ("log_level", 10), ("log_format", "xml")],
+)
+def test_a_bad_log_setting_is_refused_when_the_config_is_built(
+    field: str, value: object
+) -> None:
+    """As the CLI refuses it; an embedding caller's config was refused only
+    inside open_node, and only when mesh configured logging (audit, session
+    14). Levels are case-blind, as configure_logging takes them."""
+    with pytest.raises(ConfigError, match=f"{field} must be one of"):
+        Config.local(name="a", **{field: value})
+    assert Config.local(name="a", log_level="WARNING").log_level == "WARNING"
+
+
+def test_a_name_that_is_not_a_string_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="name must match"):
+        Config.local(name=5)  # type: ignore[arg-type]
+
+
 def test_oversized_tag_set_is_refused() -> None:
     tags = [f"key{i}=" + "v" * 40 for i in range(20)]
     with pytest.raises(ConfigError, match="over max_tags_bytes"):
