@@ -298,6 +298,9 @@ class Agent:
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
+        # route watchers (the embedding API's) end on it: wake them
+        self._routes_changed.set()
+        self._routes_changed = trio.Event()
 
     def stop(self) -> None:
         """The agent's life is over (its :func:`open_agent` block ended, by a

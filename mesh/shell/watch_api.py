@@ -230,6 +230,15 @@ class RouteWatcher:
 
     async def next(self) -> WatchBatch:
         """The next snapshot or non-empty batch of changes (waits for one)."""
+        while True:
+            batch = self.poll()
+            if batch is not None:
+                return batch
+            await self._hub.agent.wait_routes_changed()
+
+    def poll(self) -> WatchBatch | None:
+        """:meth:`next` if one is ready now, else None (then wait for
+        ``agent.wait_routes_changed()`` and poll again)."""
         hub = self._hub
         while True:
             if self.position is None:
@@ -239,8 +248,7 @@ class RouteWatcher:
                 hub.agent.metrics.route_watch_dropped.labels("resync").inc()
                 return self._snapshot()
             if hub.index == self.position:
-                await hub.agent.wait_routes_changed()
-                continue
+                return None
             self.position = hub.index
             mine = [e for e in events if e.key.startswith(self._prefix)]
             if mine:

@@ -297,3 +297,24 @@ async def test_a_node_whose_block_raised_is_stopped_for_its_callers() -> None:
         await c.put_route("k", "t")
     assert info.value.status == "unavailable"
     assert "stopped" in str(info.value)
+
+
+async def test_a_cancelled_watch_raises_a_plain_cancelled() -> None:
+    """Audit of session 14: ``anext`` cancelled from outside raised a group
+    of two Cancelled (a nursery inside), which ``except trio.Cancelled``
+    does not catch."""
+    async with mesh.open_node(config("a")) as a:
+        watch = a.watch_routes()
+        assert (await anext(watch)).snapshot
+        caught: list[BaseException] = []
+        with trio.move_on_after(0.05):
+            try:
+                await anext(watch)  # nothing changes: waits
+            except trio.Cancelled as exc:
+                caught.append(exc)
+                raise
+        assert len(caught) == 1
+        await a.put_route("k", "t")  # the watch goes on after the cancel
+        with trio.fail_after(DEADLINE):
+            batch = await anext(watch)
+        assert [e.key for e in batch.events] == ["k"]
