@@ -109,7 +109,13 @@ def add_client_parsers(subparsers: Any) -> None:
     p = add(verbs, "delete", "delete a route", _cmd_routes_delete)
     p.add_argument("key")
     p.add_argument("--revision", type=int, default=None, help="client revision")
-    p.add_argument("--sync-timeout", type=float, metavar="S", default=None)
+    p.add_argument(
+        "--sync-timeout",
+        type=float,
+        metavar="S",
+        default=None,
+        help="wait up to S seconds for every member to acknowledge",
+    )
     p = add(verbs, "watch", "print route changes as they happen", _cmd_routes_watch)
     p.add_argument("--prefix", default="", help="only keys starting with this")
     p.add_argument(

@@ -87,6 +87,9 @@ def base_url(http: str) -> str:
         raise ClientError(f"{http!r}: the port must be 1-65535")
     if url.query or url.fragment:
         raise ClientError(f"{http!r}: the address takes no query or fragment")
+    if url.path.rstrip("/").endswith("/v1"):
+        # (a path is a proxy's prefix; the client adds /v1/...: audit, session 14)
+        raise ClientError(f"{http!r}: give the agent's address without /v1")
     if url.port is None and "://" not in http:
         # a bare HOST is the agent's host: its API port, not HTTP's 80
         url = url.copy_with(port=int(DEFAULT_HTTP.rpartition(":")[2]))
@@ -306,7 +309,11 @@ class Client:
                 f"cannot reach the agent at {self.url} ({_reason(exc)}); is "
                 "`mesh agent` running there? set --http or MESH_HTTP_ADDR"
             )
-        return ClientError(f"request to the agent at {self.url} failed: {exc}")
+        hint = ""
+        if isinstance(exc, httpx.RemoteProtocolError) and self.url.startswith("http:"):
+            # what a plain request to a TLS listener gets (audit, session 14)
+            hint = "; if it serves TLS, call https://HOST:PORT (with --tls-ca)"
+        return ClientError(f"request to the agent at {self.url} failed: {exc}{hint}")
 
     def _error(self, response: httpx.Response) -> ClientError:
         document: Any = None

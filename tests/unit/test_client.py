@@ -70,6 +70,9 @@ def test_base_url_normalises(http: str, url: str) -> None:
         ("agent.example?x=1", "no query or fragment"),
         ("http://agent.example/#top", "no query or fragment"),
         ("bad addr", "has a space in it"),  # audit 16: looked up as bad%20addr
+        # the client adds /v1/...: it asked /v1/v1/members (audit, session 14)
+        ("http://127.0.0.1:8946/v1", "without /v1"),
+        ("127.0.0.1:8946/v1/", "without /v1"),
     ],
 )
 def test_bad_address_is_a_client_error(http: str, reason: str) -> None:
@@ -224,6 +227,24 @@ def test_httpx_errors_become_client_errors(exc: Exception) -> None:
             client.members()
         with pytest.raises(ClientError, match=re.escape(str(exc))):
             list(client.watch_routes())
+
+
+@pytest.mark.parametrize(
+    ("url", "hinted"), [("mesh.test:8946", True), ("https://mesh.test:8946", False)]
+)
+def test_a_dropped_plain_request_hints_at_tls(url: str, hinted: bool) -> None:
+    """A plain request to a TLS listener is dropped without an answer: say
+    what to try (audit, session 14: the CLI in a TLS agent's container)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError(
+            "Server disconnected without sending a response."
+        )
+
+    client = Client(url, transport=httpx.MockTransport(handle))
+    with client, pytest.raises(ClientError) as info:
+        client.members()
+    assert ("call https://HOST:PORT" in str(info.value)) is hinted
 
 
 class HttpxSpy:
