@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import math
 import os
 import select
 import shutil
@@ -62,7 +63,7 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
     )
     p.add_argument(
         "--duration", type=float, default=0.0,
-        help="stop after this many seconds (default: until q or Ctrl-C)",
+        help="stop after this many seconds (default 0: until q or Ctrl-C)",
     )  # fmt: skip
     p.add_argument("--plain", action="store_true", help="no colours or screen redraw")
     p.set_defaults(func=run_up)
@@ -92,6 +93,11 @@ def run_up(args: argparse.Namespace) -> int:
     """
     if not 1 <= args.nodes <= 100:
         print("mesh: error: --nodes must be in 1..100", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.duration) and args.duration >= 0):
+        # (a negative one started the agents and stopped at once: audit, session 14)
+        error = "mesh: error: --duration must be >= 0 seconds (0: until q)"
+        print(error, file=sys.stderr)
         return 2
     log_dir = tempfile.mkdtemp(prefix="mesh-up-")
     plain = args.plain or not sys.stdout.isatty()

@@ -100,3 +100,28 @@ def test_a_paused_agent_is_not_asked_and_shows_as_paused(
         proc.wait()
     out = capsys.readouterr().out
     assert "node1    paused" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodes", "0"], "--nodes must be in 1..100"),
+        (["--duration", "-1"], "--duration must be >= 0"),
+        (["--duration", "nan"], "--duration must be >= 0"),
+    ],
+)
+def test_bad_up_arguments_exit_2_before_any_agent_starts(
+    args: list[str], message: str
+) -> None:
+    """A negative duration started the agents and stopped at once, exit 0
+    (audit, session 14)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh", "up", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "starting" not in done.stdout
