@@ -398,7 +398,8 @@ class Config:
     max_members: int = attrs.field(default=10_000, validator=_at_least_one)
     #: encoded size of this node's tag set (memberlist MetaMaxSize is 512)
     max_tags_bytes: int = attrs.field(default=512, validator=_at_least_one)
-    #: outstanding indirect probes we run for others
+    #: outstanding indirect probes we run for others; it also bounds the
+    #: agent's concurrent exchange and probe tasks and the peer client's pool
     max_pending_probes: int = attrs.field(default=1024, validator=_at_least_one)
     #: messages in one compound datagram
     max_compound_messages: int = attrs.field(default=128, validator=_at_least_one)

@@ -332,7 +332,10 @@ async def _wind_down(agent: Agent) -> None:
             await agent.flush_pushes()
         pushes = agent.core.pushes
         if pushes.depth() or pushes.in_flight():
-            agent.log.info(
+            # A warning: peers that missed these get them by anti-entropy
+            # from members that have them, but a write no other member got
+            # leaves with this process (audit, session 14: it was at info)
+            agent.log.warning(
                 "leaving with route pushes unflushed",
                 queued=pushes.depth(),
                 in_flight=pushes.in_flight(),
