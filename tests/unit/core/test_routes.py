@@ -246,6 +246,29 @@ def test_a_revision_must_be_an_int(revision: object) -> None:
     assert [route.key for _, route in changes] == ["c"]
 
 
+def test_a_batch_rewrite_passes_a_held_clamped_hlc_as_a_write_does() -> None:
+    """A held entry whose HLC was too far ahead to witness, at the same
+    revision: the batch's first HLC can equal it, and the write then wins on
+    its origin's name alone. write() bumps past it; the batch must store
+    what the writes one by one store (a property test found it, session 14)."""
+    held = Route("k0", "http://old", {}, Version(0, 6 << 16, "n1"))
+    writes = [Write("k0", "http://w"), Write("k1", "http://w")]
+    results = []
+    for one_by_one in (False, True):
+        t = RouteTable(origin="x", max_routes=10, hlc_max_skew_ms=1)
+        t.apply(held, wall_ms=0, horizon_ms=None)  # 6 ms ahead: clamped
+        if one_by_one:
+            outcomes = [
+                t.write(w.key, w.target, w.meta, revision=None, wall_ms=6)
+                for w in writes
+            ]
+        else:
+            outcomes, _ = t.write_many(writes, wall_ms=6)
+        results.append([o.route for o in outcomes])
+    assert results[0] == results[1]
+    assert results[0][0].version.hlc > held.version.hlc  # type: ignore[union-attr]
+
+
 def test_a_batch_call_refuses_each_bad_item_and_fills_the_table_exactly() -> None:
     """The edges of the batch path (:meth:`RouteTable.write_many`): the
     revision's upper bound, and a table with room for all but the last."""
