@@ -33,6 +33,16 @@ other.
 """
 
 
+def _add_sync_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sync-timeout",
+        type=float,
+        metavar="S",
+        default=None,
+        help="wait up to S seconds for every member to acknowledge",
+    )
+
+
 def add_client_parsers(subparsers: Any) -> None:
     """``mesh members``, ``mesh routes ...``, ``mesh leave``, ``mesh keyring ...``."""
     common = argparse.ArgumentParser(add_help=False)
@@ -99,23 +109,11 @@ def add_client_parsers(subparsers: Any) -> None:
         "--meta", metavar="KEY=VALUE", action="append", default=[], help="repeatable"
     )
     p.add_argument("--revision", type=int, default=None, help="client revision")
-    p.add_argument(
-        "--sync-timeout",
-        type=float,
-        metavar="S",
-        default=None,
-        help="wait up to S seconds for every member to acknowledge",
-    )
+    _add_sync_timeout(p)
     p = add(verbs, "delete", "delete a route", _cmd_routes_delete)
     p.add_argument("key")
     p.add_argument("--revision", type=int, default=None, help="client revision")
-    p.add_argument(
-        "--sync-timeout",
-        type=float,
-        metavar="S",
-        default=None,
-        help="wait up to S seconds for every member to acknowledge",
-    )
+    _add_sync_timeout(p)
     p = add(verbs, "watch", "print route changes as they happen", _cmd_routes_watch)
     p.add_argument("--prefix", default="", help="only keys starting with this")
     p.add_argument(
