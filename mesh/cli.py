@@ -391,7 +391,9 @@ def _from_file(path: str) -> dict[str, Any]:
     for key, value in document.items():
         source = f"{path}: {key}"
         if key not in known:
-            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            near = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"config file {path}: unknown setting {key!r}{hint}")
         if key == "join":
             if isinstance(value, str):
                 value = [value]

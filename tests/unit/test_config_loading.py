@@ -129,6 +129,13 @@ def test_empty_env_values_are_unset() -> None:
         ({"tag": [" =x"]}, {}, None, "--tag must be KEY=VALUE with a KEY"),
         ({"name": "bad name"}, {}, None, "name must match"),
         ({}, {}, "surprise = 1\n", "unknown setting 'surprise'"),
+        # as for the environment's names (operator audit, session 14)
+        (
+            {},
+            {},
+            "probe_intervall = 1.0\n",
+            "unknown setting 'probe_intervall' (did you mean 'probe_interval'?)",
+        ),
         ({}, {}, "probe_interval = 'x'\n", "probe_interval must be a number"),
         ({}, {}, "suspicion_mult = true\n", "suspicion_mult must be an integer"),
         ({}, {}, "join = 3\n", "join must be a list"),
