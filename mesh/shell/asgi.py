@@ -382,9 +382,13 @@ class Router:
         observe: Observer | None = None,
         on_error: ErrorHook | None = None,
         body_timeout: float | None = None,
+        not_found_hint: str = "",
     ) -> None:
         #: the table, in match order; callers may append to it
         self.routes: list[Route] = list(routes)
+        #: added to a 404's message: what this server is, when a caller
+        #: may have meant another one
+        self.not_found_hint = not_found_hint
         self._body_timeout = body_timeout
         self._observe = observe
         self._on_error = on_error
@@ -488,7 +492,7 @@ class Router:
                 f"method {method} not allowed on {path}",
                 headers=[("allow", ", ".join(sorted(set(allowed))))],
             )
-        raise HttpError(404, f"no such path: {path}")
+        raise HttpError(404, f"no such path: {path}{self.not_found_hint}")
 
 
 _JSON_TYPE_BYTES = JSON_CONTENT_TYPE.encode()

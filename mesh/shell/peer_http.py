@@ -167,7 +167,14 @@ def make_peer_app(
     table = [Route("POST", EXCHANGE_PATH, exchange), Route("GET", PING_PATH, ping)]
     if handle_routes is not None:
         table.append(Route("POST", ROUTES_PATH, routes))
-    return Router(table, on_error=on_error, observe=observe)
+    return Router(
+        table,
+        on_error=on_error,
+        observe=observe,
+        # the CLI pointed at the mesh port got a bare 404 (audit, session 14)
+        not_found_hint=" (this is a member's mesh port: the client API is on "
+        "its --http address)",
+    )
 
 
 def _client(request: Request) -> str:

@@ -292,6 +292,21 @@ def peer_client(agent: Agent) -> httpx.AsyncClient:
     return client_for(app)
 
 
+async def test_the_peer_port_says_what_it_is_on_an_unknown_path(
+    make_agent: MakeAgent,
+) -> None:
+    """The CLI pointed at the mesh port got a bare 404 (operator audit,
+    session 14); the client API's 404 stays as it was."""
+    agent = make_agent()
+    async with peer_client(agent) as client:
+        peer = await client.get("/v1/members")
+    async with client_for(make_api_app(agent)) as client:
+        api = await client.get("/v1/nothing")
+    assert peer.status_code == api.status_code == 404
+    assert "mesh port: the client API is on its --http address" in peer.json()["error"]
+    assert api.json()["error"] == "no such path: /v1/nothing"
+
+
 async def test_peer_ping_answers_only_for_our_name(make_agent: MakeAgent) -> None:
     agent = make_agent("node-a")
     async with peer_client(agent) as client:
