@@ -46,6 +46,9 @@ _PLAIN = {"alive": "A", "suspect": "S", "dead": "D", "left": "L"}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: How long the agents get, together, to leave before they are killed.
 LEAVE_TIMEOUT = 10.0
+#: With ten members or more, how long a member's number waits for its next
+#: digit (``k1`` acts on node1 after it, ``k12`` on node12 if typed within it).
+NEXT_DIGIT = 0.7
 
 
 def add_up_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -247,6 +250,17 @@ def _act(cluster: AgentCluster, key: str, keys: _Keys) -> str:
     if key not in "kpcrlw":
         return f"unknown key {key!r}"
     digit = keys(3.0)
+    # more digits while they could still name a member (node10 and up: they
+    # could not be named at all; audit, session 14), each typed within
+    # NEXT_DIGIT seconds of the last
+    while (
+        digit is not None
+        and digit.isdigit()
+        and int(digit) * 10 <= len(names)
+        and (more := keys(NEXT_DIGIT)) is not None
+        and more.isdigit()
+    ):
+        digit += more
     if digit is None or not digit.isdigit() or not 1 <= int(digit) <= len(names):
         return "give the member's number after the key, e.g. k2"
     agent = cluster.agents[names[int(digit) - 1]]

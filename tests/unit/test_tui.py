@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mesh.tui import _process_state, _render, _total, parse_metrics
+from mesh.tui import _act, _process_state, _render, _total, parse_metrics
 
 SAMPLE = """\
 # HELP mesh_routes Routes in this node's table by state
@@ -125,3 +125,46 @@ def test_bad_up_arguments_exit_2_before_any_agent_starts(
     assert done.returncode == 2
     assert message in done.stderr
     assert "starting" not in done.stdout
+
+
+class _FakeAgent:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class _FakeCluster:
+    def __init__(self, n: int) -> None:
+        self.agents = {f"node{i}": _FakeAgent(f"node{i}") for i in range(1, n + 1)}
+
+
+def _typed(*keys: str | None) -> object:
+    """A key reader that hands out ``keys`` in turn, then None (a timeout)."""
+    pending = list(keys)
+
+    def read(timeout: float) -> str | None:
+        return pending.pop(0) if pending else None
+
+    return read
+
+
+@pytest.mark.parametrize(
+    ("members", "typed", "killed"),
+    [
+        (12, ("1", "2"), "node12"),  # node10 and up could not be named (audit)
+        (12, ("1", None), "node1"),  # no second digit in time: node1
+        (12, ("2",), "node2"),  # 20 > 12: no wait for another digit
+        (5, ("1", "2"), "node1"),  # below ten members a number is one digit
+        (100, ("1", "0", "0"), "node100"),
+    ],
+)
+def test_a_members_number_may_have_several_digits(
+    members: int, typed: tuple[str | None, ...], killed: str
+) -> None:
+    cluster = _FakeCluster(members)
+    message = _act(cluster, "k", _typed(*typed))  # type: ignore[arg-type]
+    assert message == f"killed {killed}"
+    assert [a.name for a in cluster.agents.values() if a.killed] == [killed]
