@@ -18,6 +18,7 @@ from typing import NamedTuple
 import msgspec
 
 __all__ = [
+    "MAX_U64",
     "HybridClock",
     "Outcome",
     "OutcomeStatus",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 _HLC_LOGICAL_BITS = 16
+#: the largest revision (and change index) the contract takes: 2**64 - 1
+MAX_U64 = (1 << 64) - 1
 
 
 class Version(msgspec.Struct, frozen=True, order=True, gc=False):

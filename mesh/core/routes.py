@@ -57,6 +57,7 @@ from .route_checks import (
 )
 from .route_types import (
     _HLC_LOGICAL_BITS,
+    MAX_U64,
     HybridClock,
     Outcome,
     OutcomeStatus,
@@ -77,14 +78,12 @@ __all__ = [
     "version_ms",
 ]
 
-_MAX_U64 = (1 << 64) - 1
-
 
 def _u64(value: object) -> bool:
     """An integer in 0..2**64-1: not a bool, a float or a numeric string,
     which an embedding caller can pass (audit, session 14: a revision of 1.5
     was stored, and every peer then refused the batches that carried it)."""
-    return type(value) is int and 0 <= value <= _MAX_U64
+    return type(value) is int and 0 <= value <= MAX_U64
 
 
 _new = tuple.__new__
@@ -377,7 +376,7 @@ class RouteTable:
             and ascii_metas_ok(metas)
         ):
             given = [r for r in revisions if r is not None]
-            if not given or (min(given) >= 0 and max(given) <= _MAX_U64):
+            if not given or (min(given) >= 0 and max(given) <= MAX_U64):
                 n = len(keys)
                 if held:
                     numbers = _revisions(revisions, held)

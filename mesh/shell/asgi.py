@@ -18,6 +18,8 @@ import attrs
 import msgspec
 import trio
 
+from ..core.route_types import MAX_U64
+
 __all__ = [
     "CLIENT_GONE",
     "ASGIApp",
@@ -186,8 +188,6 @@ def parse_json(data: bytes) -> Any:
 #: optional point, no sign, exponent or space (``float()`` would take those,
 #: and digits of any script), of any length: the request head bounds it
 DECIMAL = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-#: the largest of the query's integers (``revision``, ``index``): 2**64 - 1
-MAX_U64 = (1 << 64) - 1
 
 
 def query_u64(text: str, name: str) -> int:
@@ -195,10 +195,10 @@ def query_u64(text: str, name: str) -> int:
     or HttpError 400 naming the range. Never ``int()`` of a long string:
     CPython refuses over 4,300 digits with its own error, and past 20
     significant digits the value is out of range anyway."""
-    if not text.isascii() or not text.isdigit():
-        raise HttpError(400, f"{name} must be an integer in 0..2**64-1, got {text!r}")
     digits = text.lstrip("0")
-    if len(digits) > 20 or (digits and int(digits) > MAX_U64):
+    if not (text.isascii() and text.isdigit()) or (
+        len(digits) > 20 or int(digits or "0") > MAX_U64
+    ):
         raise HttpError(400, f"{name} must be an integer in 0..2**64-1, got {text!r}")
     return int(digits or "0")
 
