@@ -79,7 +79,7 @@ def _frozen_event(event: RouteEvent) -> RouteEvent:
     return RouteEvent(event.index, event.key, _frozen(event.route))
 
 
-def _stopped(reason: str) -> RouteError:
+def _unavailable(reason: str) -> RouteError:
     return RouteError(Outcome(OutcomeStatus.UNAVAILABLE, None, reason))
 
 
@@ -180,9 +180,9 @@ class Node:
         agent = self._agent
         while not readiness(agent)["ready"]:
             if agent.stopped:
-                raise _stopped(_STOPPED)
+                raise _unavailable(_STOPPED)
             if agent.shutdown_requested.is_set():
-                raise _stopped(
+                raise _unavailable(
                     "this node is leaving the mesh: it will not be ready again"
                 )
             await agent.wait_dispatch()
@@ -206,9 +206,7 @@ class Node:
         Raises:
             RouteError: invalid, an older ``revision`` than stored, or full.
         """
-        self._check_sync_timeout(sync_timeout)
-        if self._agent.stopped:
-            raise _stopped(_STOPPED)
+        self._check_write(sync_timeout)
         # A mapping is copied (the caller keeps theirs); anything else goes
         # to the table as given, which refuses it as the HTTP API does.
         fields: Any = {} if meta is None else meta
@@ -229,16 +227,17 @@ class Node:
         Raises:
             RouteError: invalid key, or an older ``revision`` than stored.
         """
-        self._check_sync_timeout(sync_timeout)
-        if self._agent.stopped:
-            raise _stopped(_STOPPED)
+        self._check_write(sync_timeout)
         outcome = self._agent.delete_route(key, revision)
         return await self._after_write(outcome, sync_timeout)
 
-    def _check_sync_timeout(self, sync_timeout: float | None) -> None:
-        """Refuse a bad ``sync_timeout`` before writing, as the HTTP API does
-        (400): raised after the commit, it would report a write that stands
-        as failed (audit 11)."""
+    def _check_write(self, sync_timeout: float | None) -> None:
+        """Refuse a write to a stopped node (its table would change with
+        nobody to push it), and a bad ``sync_timeout`` before writing, as the
+        HTTP API does (400): raised after the commit, it would report a write
+        that stands as failed (audit 11)."""
+        if self._agent.stopped:
+            raise _unavailable(_STOPPED)
         if sync_timeout is None:
             return
         maximum = self._agent.config.sync_timeout_max
