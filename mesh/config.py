@@ -97,15 +97,9 @@ def _log_choice(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     the CLI checks them: an embedding caller's bad level was refused only
     inside ``open_node``, and only when mesh configured logging itself
     (audit, session 14)."""
-    from .logs import LOG_FORMATS, LOG_LEVELS  # (structlog: only when checked)
+    from .logs import check_log_setting  # (structlog: only when checked)
 
-    choices = LOG_FORMATS if attr.name == "log_format" else LOG_LEVELS
-    level = attr.name == "log_level" and isinstance(value, str)
-    text = value.lower() if level else value
-    if text not in choices:
-        raise ConfigError(
-            f"{attr.name} must be one of {', '.join(choices)}, got {value!r}"
-        )
+    check_log_setting(attr.name, value)
 
 
 def _non_negative(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:

@@ -19,10 +19,26 @@ from structlog.typing import FilteringBoundLogger, Processor
 
 from .errors import ConfigError
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging", "get_logger"]
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "check_log_setting",
+    "configure_logging",
+    "get_logger",
+]
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def check_log_setting(name: str, value: object) -> None:
+    """ConfigError unless ``value`` is a ``log_format`` or ``log_level``
+    (``name``) mesh knows; levels are case-blind. Shared by the config, which
+    checks them when it is built, and :func:`configure_logging`."""
+    choices = LOG_FORMATS if name == "log_format" else LOG_LEVELS
+    text = value.lower() if name == "log_level" and isinstance(value, str) else value
+    if text not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def configure_logging(
@@ -33,16 +49,9 @@ def configure_logging(
     Raises:
         ConfigError: unknown format or level.
     """
-    if log_format not in LOG_FORMATS:
-        raise ConfigError(
-            f"log_format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}"
-        )
-    level_name = log_level.lower()
-    if level_name not in LOG_LEVELS:
-        raise ConfigError(
-            f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
-        )
-    level = logging.getLevelName(level_name.upper())
+    check_log_setting("log_format", log_format)
+    check_log_setting("log_level", log_level)
+    level = logging.getLevelName(log_level.upper())
     out = stream if stream is not None else sys.stderr
     shared: list[Processor] = [
         structlog.processors.add_log_level,
