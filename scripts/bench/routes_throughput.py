@@ -132,6 +132,27 @@ def metric_sum(m: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in m.items() if k.startswith(prefix))
 
 
+def histogram_quantile(
+    after: list[dict[str, float]], before: list[dict[str, float]], name: str, q: float
+) -> float | None:
+    """Quantile ``q`` of histogram ``name`` over the step, all agents pooled:
+    the upper bound of the bucket it falls in (None when nothing observed)."""
+    counts: dict[float, float] = {}
+    for a, b in zip(after, before, strict=True):
+        for key, value in a.items():
+            m = re.fullmatch(rf'{name}_bucket\{{.*le="([^"]+)".*\}}', key)
+            if m:
+                le = float(m.group(1))
+                counts[le] = counts.get(le, 0.0) + value - b.get(key, 0.0)
+    if not counts or counts[max(counts)] <= 0:
+        return None
+    total = counts[max(counts)]
+    for le in sorted(counts):
+        if counts[le] >= q * total:
+            return le
+    return None
+
+
 def snapshot(cluster: AgentCluster) -> list[dict[str, float]]:
     return [scrape_metrics(a) for a in cluster.agents.values()]
 
@@ -411,6 +432,15 @@ def run_step(
         "push_batches": batches,
         "push_avg_batch": batch_routes / batches if batches else 0.0,
         "push_dropped": dropped,
+        "push_rtt_p50_s": histogram_quantile(
+            after, before, "mesh_push_latency_seconds", 0.5
+        ),
+        "push_rtt_p99_s": histogram_quantile(
+            after, before, "mesh_push_latency_seconds", 0.99
+        ),
+        "timer_late_p99_s": histogram_quantile(
+            after, before, "mesh_timer_lateness_seconds", 0.99
+        ),
         "drain_s": drain_s,
         "converged": converged,
         "route_counts": counts,
@@ -466,9 +496,21 @@ def main() -> int:
     ap.add_argument("--give-up", type=float, default=5.0)
     ap.add_argument("--drain-timeout", type=float, default=30.0)
     ap.add_argument("--profile", default="local", choices=["local", "lan", "wan"])
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another config key for every agent (a number), e.g. "
+        "push_batch_max=250; repeatable",
+    )
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     wrk = require_wrk()
+    settings: dict[str, float] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        settings[key] = float(value) if "." in value else int(value)
     intervals = [float(x) for x in args.intervals.split(",") if x]
     steps = [("single", c) for c in args.single_conns.split(",") if c]
     steps += [("batch", c) for c in args.batch_conns.split(",") if c]
@@ -480,7 +522,7 @@ def main() -> int:
             extra = [
                 "--log-format",
                 "json",
-                *write_config(log_dir, {"push_min_interval": interval}),
+                *write_config(log_dir, {**settings, "push_min_interval": interval}),
             ]
             cluster = start_cluster(
                 args.nodes, log_dir, profile=args.profile, extra=extra
@@ -507,6 +549,9 @@ def main() -> int:
                         f" p99 {fmt_ms(r['lag']['p99'], 1)} ms"
                         f" (missing {r['lag_missing'] + r['sync_missing']})"
                         f"  avg push batch {r['push_avg_batch']:.1f}"
+                        f" push RTT p50/p99 <= {r['push_rtt_p50_s']}"
+                        f"/{r['push_rtt_p99_s']} s"
+                        f" timer late p99 <= {r['timer_late_p99_s']} s"
                         f"  drain {r['drain_s']:.1f} s conv {r['converged']}"
                         f"  other-load {r['cpu']['other_cores']:.2f} cores",
                         flush=True,
