@@ -3,8 +3,15 @@
 Layout. Every body is ``[PROTOCOL_VERSION, type, field, ...]``; fields appended
 by newer versions are ignored. Routes use the push batches' row form
 (:func:`mesh.codec_routes.route_row`); coded symbols travel packed, 16 bytes each
-(little-endian XOR u64, checksum u32, count i32), and wanted elements as packed
+(little-endian sum u64, checksum u32, count i32), and wanted elements as packed
 u64s, because a digest reply is mostly these and msgpack would add a third.
+
+The digest's scheme (:data:`mesh.core.digest.SCHEME`) is in the message types
+of a round's first exchange: scheme 2's ``open`` is type 5 and its ``symbols``
+type 14. Scheme 1's (types 1 and 11, until session 15) are refused by name
+(``bad_version``), so members of different schemes fail the round, counted on
+both sides, instead of peeling each other's symbols into garbage; pages of a
+full transfer (``chunk``) carry no digest and pass between both.
 
 Every count is checked against the receiver's own bounds before anything is
 built, and every failure is a :class:`~mesh.errors.DecodeError` with the
@@ -43,7 +50,7 @@ from .core.antientropy import (
     Drop,
     SymbolsStatus,
 )
-from .core.digest import Symbol
+from .core.digest import SCHEME, Symbol
 from .core.routes import Route, Version
 from .errors import DecodeError
 
@@ -61,8 +68,14 @@ MAX_AE_BODY: Final = 16 * 1024 * 1024
 _SYMBOL: Final = struct.Struct("<QIi")
 _ROUTE_CAP_STR: Final = 4 * 1024 + 16
 
-_OPEN, _MORE, _REPAIR, _CHUNK = 1, 2, 3, 4
-_SYMBOLS, _REPAIRED, _CHUNK_REPLY = 11, 12, 13
+_OPEN, _MORE, _REPAIR, _CHUNK = 5, 2, 3, 4
+_SYMBOLS, _REPAIRED, _CHUNK_REPLY = 14, 12, 13
+#: scheme 1's open and symbols (see the module docstring)
+_OPEN_SCHEME1, _SYMBOLS_SCHEME1 = 1, 11
+_SCHEME1 = (
+    "digest scheme 1 (BLAKE2b walks, XOR symbols); this member speaks scheme "
+    f"{SCHEME}: upgrade the older member"
+)
 
 
 @attrs.frozen
@@ -87,7 +100,7 @@ class AeLimits:
 
 def _symbols_blob(symbols: tuple[Symbol, ...]) -> bytes:
     pack = _SYMBOL.pack
-    return b"".join(pack(s.xor, s.check, s.count) for s in symbols)
+    return b"".join(pack(s.total, s.check, s.count) for s in symbols)
 
 
 def _drops(drops: tuple[Drop, ...]) -> list[list[Any]]:
@@ -97,7 +110,14 @@ def _drops(drops: tuple[Drop, ...]) -> list[list[Any]]:
 def encode_ae_request(request: AeRequest) -> bytes:
     if isinstance(request, AeOpen):
         s = request.summary
-        body: list[Any] = [_OPEN, request.sender, s.count, s.xor, s.check, request.size]
+        body: list[Any] = [
+            _OPEN,
+            request.sender,
+            s.count,
+            s.total,
+            s.check,
+            request.size,
+        ]
     elif isinstance(request, AeMore):
         body = [_MORE, request.sender, request.index, request.start, request.stop]
     elif isinstance(request, AeRepair):
@@ -222,13 +242,15 @@ def decode_ae_request(data: bytes, limits: AeLimits) -> AeRequest:
     kind = top[1]
     big = limits.max_symbols * 4
     if kind == _OPEN:
-        sender, count, xor, check, size = _fields(top, 5, "ae open")
+        sender, count, total, check, size = _fields(top, 5, "ae open")
         summary = Symbol(
             _int(count, "open.count", -(2**31), 2**31 - 1),
-            _u64(xor, "open.xor"),
+            _u64(total, "open.sum"),
             _int(check, "open.check", 0, 2**32 - 1),
         )
         return AeOpen(_name(sender, "ae.sender"), summary, _u64(size, "open.size"))
+    if kind == _OPEN_SCHEME1:
+        raise DecodeError(f"anti-entropy open of {_SCHEME1}", reason="bad_version")
     if kind == _MORE:
         sender, index, start, stop = _fields(top, 4, "ae more")
         start = _int(start, "more.start", 0, big)
@@ -271,7 +293,8 @@ def decode_ae_reply(data: bytes, limits: AeLimits) -> AeReply:
             ) from None
         raw = _blob(blob, "symbols", _SYMBOL.size, limits.max_symbols)
         symbols = tuple(
-            Symbol(count, xor, check) for xor, check, count in _SYMBOL.iter_unpack(raw)
+            Symbol(count, total, check)
+            for total, check, count in _SYMBOL.iter_unpack(raw)
         )
         return AeSymbols(
             state,
@@ -280,6 +303,8 @@ def decode_ae_reply(data: bytes, limits: AeLimits) -> AeReply:
             _u64(size, "symbols.size"),
             symbols,
         )
+    if kind == _SYMBOLS_SCHEME1:
+        raise DecodeError(f"anti-entropy symbols of {_SCHEME1}", reason="bad_version")
     if kind == _REPAIRED:
         rows, drops = _fields(top, 2, "ae repaired")
         return AeRepaired(

@@ -9,9 +9,12 @@ has (a key whose versions differ contributes one element from each side).
 
 Every element maps into an infinite stream of *coded symbols*: always symbol 0,
 then a pseudo-random, ever sparser sequence of indices (element ``e`` lands in
-symbol ``i`` with probability about ``1 / (1 + i/2)``), drawn from a PRNG seeded
-by ``e`` so both sides agree. A symbol holds the XOR of its elements, the XOR of
-their checksums and their count. We keep the first ``max_symbols`` symbols up to
+symbol ``i`` with probability about ``1 / (1 + i/2)``), drawn from splitmix64
+seeded by ``e`` so both sides agree. A symbol holds its elements' count, their
+sum modulo 2^64 and the sum of their 32-bit checksums modulo 2^32 (a removed
+element subtracts). This is the digest's scheme 2; scheme 1 (until session 15)
+drew the indices from BLAKE2b and held XORs, which numpy cannot scatter fast:
+see :meth:`Digest.fold`. We keep the first ``max_symbols`` symbols up to
 date: adding or removing an element touches ~``2 ln(max_symbols)`` of them, so a
 write costs O(log M), never a pass over the table.
 
@@ -21,7 +24,7 @@ element, +1 or -1, confirmed by its checksum; remove that element everywhere)
 recovers it when ``m`` is about 1.35-1.7 times the difference. A prefix that does
 not peel completely is extended by asking for more symbols: the stream is
 rateless, so nothing already sent is wasted. Equal tables are recognised from
-the first symbol alone (count, XOR and checksum all equal). Past
+the first symbol alone (count, sum and checksum all equal). Past
 ``max_symbols`` the caller falls back to a full transfer.
 
 What it does not know: keys, versions or routes beyond their hashes; the caller
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -41,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "SCHEME",
     "Digest",
     "Symbol",
     "element_of",
@@ -76,62 +79,61 @@ def element_of_text(text: str) -> int:
     return int.from_bytes(h.digest(), "little") or 1
 
 
-# Copies of a hash object set up once: the same BLAKE2b as the constructor
+# A copy of a hash object set up once: the same BLAKE2b as the constructor
 # with these parameters, without parsing its keywords on every call (0.62 ->
-# 0.42 us an element, 0.56 -> 0.33 a block of the walk, measured side by
-# side), and every replica hashes every route it stores three times or so.
+# 0.42 us an element, measured side by side), and every replica hashes every
+# route it stores.
 _new_element_hash = hashlib.blake2b(digest_size=8).copy
-_block_hashes: list[hashlib.blake2b] = []
-
-
-def _new_block_hash(block: int) -> hashlib.blake2b:
-    """A fresh BLAKE2b for block ``block`` of a walk (see :func:`indices`)."""
-    while len(_block_hashes) <= block:  # at most limit / 16: a step is >= 1
-        salt = len(_block_hashes).to_bytes(16, "little")
-        _block_hashes.append(hashlib.blake2b(digest_size=64, salt=salt))
-    return _block_hashes[block].copy()
 
 
 def _checksum(element: int) -> int:
     # 32 bits: a false "pure" symbol needs a 2**-32 coincidence, and the wire
-    # form of a symbol stays 16 bytes (8 XOR + 4 checksum + 4 count)
+    # form of a symbol stays 16 bytes (8 sum + 4 checksum + 4 count)
     return _mix((element + _GAMMA) & _MASK) & 0xFFFFFFFF
 
 
-_UNIFORMS = struct.Struct("<16I")
+#: The digest scheme: how elements map to symbols and what a symbol holds.
+#: Part of the anti-entropy protocol (codec_ae sends it as the message types
+#: of a round's first exchange), so that members of different schemes refuse
+#: each other's digests instead of peeling garbage.
+SCHEME: Final = 2
+
+
+def uniform(element: int, j: int) -> int:
+    """Uniform number ``j`` (from 1) of ``element``'s walk: the high 32 bits
+    of splitmix64's mix of ``element + j * gamma`` (Steele et al.)."""
+    return _mix((element + j * _GAMMA) & _MASK) >> 32
 
 
 def indices(element: int, limit: int) -> list[int]:
     """Symbol indices of ``element`` below ``limit``: 0, then gaps that grow so
     that index ``i`` is hit with probability ~ 1 / (1 + i/2) (the paper's
-    mapping). The uniforms come from BLAKE2b keyed by the element, 16 per
-    call: a hash call is far cheaper in Python than 64-bit integer mixing."""
+    mapping). The reference of the mapping, one uniform at a time; the fold
+    computes the same floats a block of 16 uniforms at a time in numpy."""
     out = [0]
     i = 0
-    block = 0
-    seed = element.to_bytes(8, "little")
+    j = 0
     sqrt = math.sqrt
     while True:
-        raw = hashlib.blake2b(seed, digest_size=64, salt=block.to_bytes(16, "little"))
-        for x in _UNIFORMS.unpack(raw.digest()):
-            u = (x + 1) * _INV_2_32  # in (0, 1]
-            i += int((i + 1.5) * (1.0 / sqrt(u) - 1.0)) + 1
-            if i >= limit:
-                return out
-            out.append(i)
-        block += 1
+        j += 1
+        u = (uniform(element, j) + 1) * _INV_2_32  # in (0, 1]
+        i += int((i + 1.5) * (1.0 / sqrt(u) - 1.0)) + 1
+        if i >= limit:
+            return out
+        out.append(i)
 
 
 @attrs.frozen
 class Symbol:
-    """One coded symbol: count, XOR of elements, XOR of their checksums."""
+    """One coded symbol: how many elements, their sum modulo 2^64, and the
+    sum of their checksums modulo 2^32 (removed elements subtract)."""
 
     count: int
-    xor: int
+    total: int
     check: int
 
     def is_empty(self) -> bool:
-        return self.count == 0 and self.xor == 0 and self.check == 0
+        return self.count == 0 and self.total == 0 and self.check == 0
 
 
 class Digest:
@@ -145,7 +147,8 @@ class Digest:
     def __init__(self, max_symbols: int) -> None:
         self.max_symbols = max_symbols
         self._count = np.zeros(max_symbols, dtype=np.int64)
-        self._xor = np.zeros(max_symbols, dtype=np.uint64)
+        self._total = np.zeros(max_symbols, dtype=np.uint64)
+        # checksums summed modulo 2**64; read modulo 2**32 (see symbols)
         self._check = np.zeros(max_symbols, dtype=np.uint64)
         self.size = 0
 
@@ -169,28 +172,40 @@ class Digest:
 
         Below :data:`VECTOR_FROM` changes the walk of :func:`indices` runs in
         Python (numpy's fixed cost per step would dominate); from there on it
-        runs column by column over all elements at once. Either way the
-        symbols touched are updated in one scatter per array, and both give
-        bit for bit the symbols :func:`indices` defines (a test checks it):
-        the mapping is part of the anti-entropy protocol."""
+        runs a block of 16 steps at a time over all elements at once, its
+        uniforms computed in numpy too. Either way the symbols touched are
+        updated in one scatter per array, and both give bit for bit the
+        symbols :func:`indices` defines (a test checks it): the mapping is
+        part of the anti-entropy protocol.
+
+        Why sums and splitmix64 (scheme 2): every update is then
+        ``np.add.at``, for which numpy has a fast indexed loop (it has none
+        for XOR: 0.39 against 0.05 µs per element for two arrays), and no
+        step per element runs in Python (scheme 1 called BLAKE2b per element
+        and block, 0.58 µs per element): the fold went from ~2.0 to ~1.1 µs
+        per element, and every replica folds two elements per rewrite
+        (docs/benchmarks.md, "Fifteenth round")."""
         if not elements:
             return
+        values = np.array(elements, dtype=np.uint64)
         if len(elements) < VECTOR_FROM:
             owners, where = self._walk_python(elements)
         else:
-            owners, where = self._walk_vector(elements)
-        values = np.array(elements, dtype=np.uint64)
+            owners, where = self._walk_vector(values)
         sign = np.array(signs, dtype=np.int64)
-        checks = _checksums(values)
-        total = int(sign.sum())
-        self.size += total
-        # symbol 0 holds every element
-        self._count[0] += total
-        self._xor[0] ^= np.bitwise_xor.reduce(values)
-        self._check[0] ^= np.bitwise_xor.reduce(checks)
+        usign = sign.astype(np.uint64)  # -1 as 2**64 - 1: a product negates
+        totals = values * usign
+        checks = _checksums(values) * usign
+        net = int(sign.sum())
+        self.size += net
+        # symbol 0 holds every element (array sums wrap, as a scalar's would
+        # with an overflow warning)
+        self._count[0] += net
+        self._total[:1] += totals.sum(keepdims=True)
+        self._check[:1] += checks.sum(keepdims=True)
         np.add.at(self._count, where, sign[owners])
-        np.bitwise_xor.at(self._xor, where, values[owners])
-        np.bitwise_xor.at(self._check, where, checks[owners])
+        np.add.at(self._total, where, totals[owners])
+        np.add.at(self._check, where, checks[owners])
 
     def _walk_python(
         self, elements: Sequence[int]
@@ -198,51 +213,38 @@ class Digest:
         """(change number, symbol index) of every index past 0: the walk of
         :func:`indices`, inlined."""
         limit = self.max_symbols
-        unpack = _UNIFORMS.unpack
-        new_block_hash = _new_block_hash
         sqrt = math.sqrt
         owners: list[int] = []
         where: list[int] = []
         for n, element in enumerate(elements):
-            seed = element.to_bytes(8, "little")
             i = 0
-            block = 0
-            while i < limit:
-                raw = new_block_hash(block)
-                raw.update(seed)
-                for x in unpack(raw.digest()):
-                    # the very expression of indices(): the same floats
-                    i += int((i + 1.5) * (1.0 / sqrt((x + 1) * _INV_2_32) - 1.0)) + 1
-                    if i >= limit:
-                        break
-                    owners.append(n)
-                    where.append(i)
-                block += 1
+            j = 0
+            while True:
+                j += 1
+                u = (uniform(element, j) + 1) * _INV_2_32
+                # the very expression of indices(): the same floats
+                i += int((i + 1.5) * (1.0 / sqrt(u) - 1.0)) + 1
+                if i >= limit:
+                    break
+                owners.append(n)
+                where.append(i)
         return np.array(owners, dtype=np.intp), np.array(where, dtype=np.intp)
 
     def _walk_vector(
-        self, elements: Sequence[int]
+        self, values: npt.NDArray[np.uint64]
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """The same pairs as :meth:`_walk_python`, a block of 16 uniforms at a
-        time for every element still below the limit. Only the BLAKE2b call
-        per element and block stays in Python; the float steps are the same
-        IEEE operations in the same order, so the indices are identical."""
+        time for every element still below the limit: splitmix64 in uint64
+        arithmetic (it wraps as ``& _MASK`` does), then the same IEEE
+        operations in the same order, so the indices are identical."""
         limit = float(self.max_symbols)
-        seeds = [element.to_bytes(8, "little") for element in elements]
-        rows = np.arange(len(elements), dtype=np.intp)
-        at = np.zeros(len(elements), dtype=np.float64)
+        rows = np.arange(len(values), dtype=np.intp)
+        at = np.zeros(len(values), dtype=np.float64)
         owners: list[npt.NDArray[np.intp]] = []
         where: list[npt.NDArray[np.intp]] = []
         block = 0
         while len(rows):
-            fresh = _new_block_hash(block).copy
-            digests = []
-            for r in rows.tolist():
-                h = fresh()
-                h.update(seeds[r])
-                digests.append(h.digest())
-            raw = b"".join(digests)
-            uniforms = np.frombuffer(raw, dtype="<u4").reshape(len(rows), 16)
+            uniforms = _uniforms(values[rows], 16 * block + 1)
             rows, at = walk_block(rows, at, uniforms, limit, owners, where)
             block += 1
         return np.concatenate(owners), np.concatenate(where)
@@ -253,11 +255,11 @@ class Digest:
         if start >= stop:
             return []
         return [
-            Symbol(c, x, k)
-            for c, x, k in zip(
+            Symbol(c, t, k)
+            for c, t, k in zip(
                 self._count[start:stop].tolist(),
-                self._xor[start:stop].tolist(),
-                self._check[start:stop].tolist(),
+                self._total[start:stop].tolist(),
+                (self._check[start:stop] & _LOW32).tolist(),
                 strict=True,
             )
         ]
@@ -292,10 +294,25 @@ def walk_block(
 
 
 #: From this many changes a fold runs vectorised: below it numpy's fixed cost
-#: per step (~2 µs, 16 steps a block) outweighs the Python walk (~15 µs per
-#: element). Between the prototype's timings per element (vectorised 38 µs
-#: against 17 at 10 changes, 7.5 against 16 at 100); not a tuning knob.
+#: per block (~0.15 ms, until the last element passes the limit) outweighs
+#: the Python walk (~20 µs per element). Scheme 2's fold of 8 changes took
+#: 0.22 ms in Python against 0.46 vectorised, of 24 0.57 against 0.39
+#: (session 15, best of 50); not a tuning knob.
 VECTOR_FROM: Final = 24
+
+
+_LOW32: Final = np.uint64(0xFFFFFFFF)
+_STEPS: Final = np.arange(16, dtype=np.uint64)
+
+
+def _uniforms(elements: npt.NDArray[np.uint64], first: int) -> npt.NDArray[np.uint64]:
+    """:func:`uniform` ``first .. first + 15`` of each element, one row each
+    (uint64 arithmetic wraps as the ``& _MASK`` of the scalar version does)."""
+    steps = (_STEPS + np.uint64(first)) * np.uint64(_GAMMA)
+    z: npt.NDArray[np.uint64] = elements[:, None] + steps[None, :]
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+    return (z ^ (z >> np.uint64(31))) >> np.uint64(32)
 
 
 def _checksums(elements: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -317,25 +334,29 @@ def peel(
     """
     m = min(len(ours), len(theirs))
     count = [ours[i].count - theirs[i].count for i in range(m)]
-    xor = [ours[i].xor ^ theirs[i].xor for i in range(m)]
-    chk = [ours[i].check ^ theirs[i].check for i in range(m)]
+    total = [(ours[i].total - theirs[i].total) & _MASK for i in range(m)]
+    chk = [(ours[i].check - theirs[i].check) & 0xFFFFFFFF for i in range(m)]
     mine: set[int] = set()
     other: set[int] = set()
     pending = [i for i in range(m) if count[i] in (1, -1)]
     while pending:
         i = pending.pop()
-        if count[i] not in (1, -1) or xor[i] == 0 or chk[i] != _checksum(xor[i]):
+        sign = count[i]
+        if sign not in (1, -1):
             continue
-        element, sign = xor[i], count[i]
-        (mine if sign == 1 else other).add(element)
+        # a pure symbol holds +element (only ours) or -element (only theirs)
+        element = total[i] if sign == 1 else -total[i] & _MASK
         check = _checksum(element)
+        if element == 0 or chk[i] != (sign * check) & 0xFFFFFFFF:
+            continue
+        (mine if sign == 1 else other).add(element)
         for j in indices(element, m):
             count[j] -= sign
-            xor[j] ^= element
-            chk[j] ^= check
+            total[j] = (total[j] - sign * element) & _MASK
+            chk[j] = (chk[j] - sign * check) & 0xFFFFFFFF
             if count[j] in (1, -1):
                 pending.append(j)
-    if any(count) or any(xor) or any(chk):
+    if any(count) or any(total) or any(chk):
         return None
     return mine, other
 
@@ -361,13 +382,7 @@ def estimate_difference(ours: Sequence[Symbol], theirs: Sequence[Symbol]) -> int
     the difference is too large to say, beyond ~2 * len(prefix).
     """
     m = min(len(ours), len(theirs))
-    empty = sum(
-        1
-        for i in range(1, m)
-        if ours[i].count == theirs[i].count
-        and ours[i].xor == theirs[i].xor
-        and ours[i].check == theirs[i].check
-    )
+    empty = sum(1 for i in range(1, m) if ours[i] == theirs[i])
     if empty == 0:
         return None
     keep = [1.0 - 1.0 / (1.0 + i / 2.0) for i in range(1, m)]

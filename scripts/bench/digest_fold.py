@@ -1,12 +1,14 @@
 """Why the digest fold costs what it does: the production index walk against
-three cheaper-looking mappings, on fold CPU and on peeling efficiency.
+the scheme it replaced and three cheaper-looking mappings, on fold CPU and on
+peeling efficiency.
 
 The fold (``Digest.toggle``) was the largest single item of a replica's CPU
 under batch load (docs/benchmarks.md): every element lands in ~16 symbols,
 and each of them was a few Python-level operations. Since session 9
-production folds a slice at a time in numpy (``production`` below), with the
-``numpy`` variant as its prototype. The other variants were tried as
-replacements for the per-element walk and are kept only as evidence:
+production folds a slice at a time in numpy; since session 15 it is digest
+scheme 2 (``production`` below): uniforms from splitmix64 computed in numpy,
+symbols that hold sums, every update one ``np.add.at``. The other variants
+are kept as evidence:
 
 * ``lut``: the same gap process, its ``1/sqrt(u) - 1`` read from a 65,536-entry
   table of 16-bit uniforms instead of computed;
@@ -16,18 +18,14 @@ replacements for the per-element walk and are kept only as evidence:
   pattern share all its symbols;
 * ``alpha``: index ``i`` hit with probability ``1/(1 + 0.75 i)`` instead of
   ``1/(1 + i/2)``: fewer symbols per element (~11.5 instead of ~16);
-* ``numpy`` (the prototype of today's production fold): the production
-  mapping, bit for bit (checked at start), folded a slice of 512 at a time
-  as the node does, the walk and the updates vectorised;
-* ``numpy-splitmix``: the same gap law with uniforms numpy can compute too
-  (splitmix64 instead of BLAKE2b), so nothing per element stays in Python;
-* ``sums``: ``numpy-splitmix`` written as production's fold is (the walk's
-  rows shrink as they pass the limit, checksums in numpy), with symbols that
-  hold sums modulo 2**64 instead of XORs, so all three updates are
-  ``np.add.at`` (numpy has a fast indexed loop for add, none for XOR). Peeling
-  works alike (a pure symbol holds +element or -element) over the same
-  indices (checked at start), so its peel column is ``numpy-splitmix``'s. A
-  different protocol: every member would change.
+* ``scheme 1``: the mapping and symbols of production until session 15, as
+  its session-9 prototype folded them: the gap walk's uniforms from BLAKE2b
+  (two calls per element, in Python), the walk and the updates vectorised in
+  slices of 512, symbols holding XORs (``np.bitwise_xor.at``: numpy has no
+  fast indexed loop for XOR); its mapping is checked at start against a
+  plain walk of the same hash. Production's own scheme 1 fold was tighter
+  (~2 µs per element): ``fold_ab.py`` compares the two production folds
+  side by side, from two source trees.
 
 Per variant: fold CPU per element (median over ``--reps`` alternating
 repetitions, [min..max]) and the symbols needed to peel a difference of ``d``
@@ -130,29 +128,31 @@ def tables(element: int, limit: int) -> list[int]:
 
 
 class _Folded(Digest):
-    """A digest whose fold walks ``mapping`` (the production one inlines it),
-    its symbols kept in Python lists: the XOR and checksum of a symbol side
-    by side in one int (low 64 bits, then the checksum)."""
+    """A digest whose fold walks ``mapping`` (production's inlines its own),
+    its symbols kept in Python lists with production's arithmetic (sums), so
+    that production's ``peel`` decodes them: how many symbols a difference
+    needs depends on the mapping only."""
 
     def __init__(self, max_symbols: int, mapping: Mapping) -> None:
         super().__init__(max_symbols)
         self.mapping = mapping
         self._counts = [0] * max_symbols
-        self._xc = [0] * max_symbols
+        self._sums = [0] * max_symbols
+        self._checks = [0] * max_symbols
 
     def toggle(self, changes: Sequence[tuple[int, int]]) -> None:
-        count, xc, limit = self._counts, self._xc, self.max_symbols
+        count, sums, checks = self._counts, self._sums, self._checks
         for element, sign in changes:
-            both = element | (digest._checksum(element) << 64)
-            for i in self.mapping(element, limit):
+            check = digest._checksum(element)
+            for i in self.mapping(element, self.max_symbols):
                 count[i] += sign
-                xc[i] ^= both
+                sums[i] = (sums[i] + sign * element) % 2**64
+                checks[i] = (checks[i] + sign * check) % 2**32
             self.size += sign
 
     def symbols(self, start: int, stop: int) -> list[Symbol]:
-        mask = (1 << 64) - 1
         return [
-            Symbol(self._counts[i], self._xc[i] & mask, self._xc[i] >> 64)
+            Symbol(self._counts[i], self._sums[i], self._checks[i])
             for i in range(max(0, start), min(stop, self.max_symbols))
         ]
 
@@ -213,7 +213,6 @@ def _fold_production(changes: list[tuple[int, int]]) -> None:
 
 # --- vectorised folds (numpy) ---
 
-_GAMMA = 0x9E3779B97F4A7C15
 _SLICE = 512  # the node folds in slices of antientropy_fold_batch
 
 
@@ -247,10 +246,20 @@ def _np_scatter(np: Any, changes: list[tuple[int, int]], rows: Any, idx: Any) ->
     return count, xor, chk
 
 
-def _fold_numpy_exact(changes: list[tuple[int, int]]) -> Any:
-    """The production mapping, vectorised per slice: BLAKE2b per element
-    stays in Python (hashlib has no batch call), the walk and the updates
-    run in numpy. Returns the last slice's symbols (for the equality check)."""
+def scheme1(element: int, limit: int) -> list[int]:
+    """Scheme 1's mapping: production's gap law over BLAKE2b uniforms."""
+    return _walk(
+        element,
+        limit,
+        lambda i, x: int((i + 1.5) * (1.0 / math.sqrt((x + 1) * _INV_2_32) - 1.0)) + 1,
+        True,
+    )
+
+
+def _fold_scheme1(changes: list[tuple[int, int]]) -> Any:
+    """Scheme 1's fold, vectorised per slice: BLAKE2b per element stays in
+    Python (hashlib has no batch call), the walk and the XOR updates run in
+    numpy. Returns the last slice's symbols (for the check at start)."""
     import numpy as np
 
     blake2b, s0, s1 = hashlib.blake2b, _SALTS[0], _SALTS[1]
@@ -269,109 +278,14 @@ def _fold_numpy_exact(changes: list[tuple[int, int]]) -> Any:
     return out
 
 
-def _splitmix_uniforms(np: Any, elements: Any, k: int) -> Any:
-    """``k`` uint32 uniforms per element: splitmix64 of element + j * gamma."""
-    z = (
-        elements[:, None]
-        + (np.arange(1, k + 1, dtype=np.uint64) * np.uint64(_GAMMA))[None, :]
-    )
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return (z ^ (z >> np.uint64(31))) >> np.uint64(32)
-
-
-def _fold_numpy_splitmix(changes: list[tuple[int, int]]) -> None:
-    """A mapping made for vectorising: the same gap law, its uniforms from
-    splitmix64 (computed in numpy) instead of BLAKE2b (one call per element
-    in Python). A different mapping: every member would have to change."""
-    import numpy as np
-
-    for at in range(0, len(changes), _SLICE):
-        part = changes[at : at + _SLICE]
-        elements = np.array([e for e, _ in part], dtype=np.uint64)
-        u = _splitmix_uniforms(np, elements, 40)
-        factors = 1.0 / np.sqrt((u + 1.0) * _INV_2_32) - 1.0
-        rows, idx = _np_walk(np, factors, len(part))
-        _np_scatter(np, part, rows, idx)
-
-
-def _fold_sums(changes: list[tuple[int, int]]) -> Any:
-    """The ``sums`` variant: nothing per element in Python but list building;
-    the fold's cost if the digest's mapping and symbols were made for numpy."""
-    import numpy as np
-
-    count = np.zeros(SYMBOLS, dtype=np.int64)
-    total = np.zeros(SYMBOLS, dtype=np.uint64)
-    check = np.zeros(SYMBOLS, dtype=np.uint64)
-    limit = float(SYMBOLS)
-    for at in range(0, len(changes), _SLICE):
-        part = changes[at : at + _SLICE]
-        values = np.array([e for e, _ in part], dtype=np.uint64)
-        signs = np.array([s for _, s in part], dtype=np.int64)
-        rows = np.arange(len(part), dtype=np.intp)
-        pos = np.zeros(len(part), dtype=np.float64)
-        owners, where = [rows], [np.zeros(len(part), dtype=np.intp)]
-        block = 0
-        while len(rows):
-            # uniforms 16 * block + 1 .. 16 * block + 16 of splitmix()
-            z = (
-                values[rows][:, None]
-                + (
-                    np.arange(16 * block + 1, 16 * block + 17, dtype=np.uint64)
-                    * np.uint64(_GAMMA)
-                )[None, :]
-            )
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            u = (z ^ (z >> np.uint64(31))) >> np.uint64(32)
-            rows, pos = digest.walk_block(rows, pos, u, limit, owners, where)
-            block += 1
-        o, w = np.concatenate(owners), np.concatenate(where)
-        signed = values * signs.astype(np.uint64)  # -e as 2**64 - e
-        checks = digest._checksums(values) * signs.astype(np.uint64)
-        np.add.at(count, w, signs[o])
-        np.add.at(total, w, signed[o])
-        np.add.at(check, w, checks[o])
-    return count, total, check
-
-
-def splitmix(element: int, limit: int) -> list[int]:
-    """The ``numpy-splitmix`` mapping in plain Python (for peeling)."""
-    out = [0]
-    i = 0
-    for j in range(1, 200):
-        x = digest._mix((element + j * _GAMMA) & ((1 << 64) - 1)) >> 32
-        i += int((i + 1.5) * (1.0 / math.sqrt((x + 1) * _INV_2_32) - 1.0)) + 1
-        if i >= limit:
-            return out
-        out.append(i)
-    return out
-
-
-def _numpy_matches_production() -> bool:
-    """The exact variant must give production's symbols, bit for bit."""
+def _scheme1_matches_its_mapping() -> bool:
+    """The scheme 1 fold must hit the symbols :func:`scheme1` names."""
     rng = random.Random(7)
-    part = [(rng.getrandbits(64) | 1, rng.choice((1, -1))) for _ in range(_SLICE)]
-    count, xor, chk = _fold_numpy_exact(part)
-    d = Digest(SYMBOLS)
-    d.toggle(part)
-    return all(
-        int(count[i]) == int(d._count[i])
-        and int(xor[i]) == int(d._xor[i])
-        and int(chk[i]) == int(d._check[i])
-        for i in range(SYMBOLS)
-    )
-
-
-def _sums_match_splitmix() -> bool:
-    """``sums`` must hit the symbols :func:`splitmix` names: its counts are
-    those of a plain walk of that mapping."""
-    rng = random.Random(8)
     part = [(rng.getrandbits(64) | 1, 1) for _ in range(_SLICE)]
-    count = _fold_sums(part)[0]
+    count = _fold_scheme1(part)[0]
     expected = [0] * SYMBOLS
     for element, _ in part:
-        for i in splitmix(element, SYMBOLS):
+        for i in scheme1(element, SYMBOLS):
             expected[i] += 1
     return [int(c) for c in count] == expected
 
@@ -393,12 +307,8 @@ try:
 except ImportError:  # the numpy variants are measured only where it is installed
     pass
 else:
-    FOLDS["numpy"] = _fold_numpy_exact
-    MAPPINGS["numpy"] = digest.indices
-    FOLDS["numpy-splitmix"] = _fold_numpy_splitmix
-    MAPPINGS["numpy-splitmix"] = splitmix
-    FOLDS["sums"] = _fold_sums
-    MAPPINGS["sums"] = splitmix  # its indices: it peels as numpy-splitmix does
+    FOLDS["scheme 1"] = _fold_scheme1
+    MAPPINGS["scheme 1"] = scheme1
 
 
 def peel_cost(name: str, d: int, trials: int) -> list[float]:
@@ -433,10 +343,8 @@ def main() -> None:
         help="differences to peel, comma-separated",
     )
     args = parser.parse_args()
-    if "numpy" in FOLDS and not _numpy_matches_production():
-        raise SystemExit("the numpy fold does not match production's symbols")
-    if "sums" in FOLDS and not _sums_match_splitmix():
-        raise SystemExit("the sums fold does not walk splitmix()'s indices")
+    if "scheme 1" in FOLDS and not _scheme1_matches_its_mapping():
+        raise SystemExit("the scheme 1 fold does not walk scheme1()'s indices")
     rng = random.Random(1)
     changes = [(rng.getrandbits(64) | 1, 1) for _ in range(args.elements)]
     times: dict[str, list[float]] = {name: [] for name in FOLDS}

@@ -22,8 +22,9 @@ SCRIPTS = [
     (
         "digest_fold.py",
         ["--reps", "1", "--trials", "1", "--elements", "600", "--sizes", "3,10"],
-        "| sums |",
+        "| scheme 1 |",
     ),
+    ("fold_ab.py", ["--trees", "a=.,b=.", "--slices", "64", "--reps", "1"], "| 64 |"),
     (
         "route_path_cost.py",
         ["--routes", "2000", "--batch", "100", "--reps", "1"],

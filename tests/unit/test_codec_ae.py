@@ -75,9 +75,10 @@ def pack(*fields: object) -> bytes:
         (b"", "malformed"),
         (msgpack.packb([99, 1, "n", 0, 0, 0, 0]), "bad_version"),
         (pack(77, "n"), "schema"),  # unknown type
-        (pack(1, "n", 0, 0), "schema"),  # too few fields
-        (pack(1, "bad name!", 0, 0, 0, 0), "schema"),
-        (pack(1, "n", 2**40, 0, 0, 0), "schema"),  # count out of range
+        (pack(5, "n", 0, 0), "schema"),  # too few fields
+        (pack(5, "bad name!", 0, 0, 0, 0), "schema"),
+        (pack(5, "n", 2**40, 0, 0, 0), "schema"),  # count out of range
+        (pack(1, "n", 0, 0, 0, 0), "bad_version"),  # digest scheme 1's open
         (pack(2, "n", 0, 10, 5), "schema"),  # stop < start
         (pack(2, "n", 0, 0, 10**9), "schema"),  # far past any digest
         (pack(3, "n", [], b"\x00" * 7, []), "schema"),  # want not 8-byte items
@@ -98,10 +99,11 @@ def test_hostile_requests_are_refused_with_a_reason(body: bytes, reason: str) ->
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (pack(11, 9, 0, 0, 0, b""), "schema"),  # unknown status
-        (pack(11, 1, 0, 0, 0, b"\x00" * 15), "schema"),
-        (pack(11, 1, 0, 0, 0, b"\x00" * 16 * 65), "limit"),
-        (pack(11, 1, 0, 10**6, 0, b""), "schema"),
+        (pack(14, 9, 0, 0, 0, b""), "schema"),  # unknown status
+        (pack(14, 1, 0, 0, 0, b"\x00" * 15), "schema"),
+        (pack(14, 1, 0, 0, 0, b"\x00" * 16 * 65), "limit"),
+        (pack(14, 1, 0, 10**6, 0, b""), "schema"),
+        (pack(11, 1, 0, 0, 0, b""), "bad_version"),  # digest scheme 1's symbols
         (pack(12, [["k"]] * 9, []), "limit"),
         (pack(13, [], "yes", 0), "schema"),
         (pack(13, [], True, -1), "schema"),
@@ -111,6 +113,24 @@ def test_hostile_replies_are_refused_with_a_reason(body: bytes, reason: str) -> 
     with pytest.raises(DecodeError) as info:
         decode_ae_reply(body, LIMITS)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("body", "decode"),
+    [
+        (pack(1, "n", 3, 5, 7, 3), decode_ae_request),
+        (pack(11, 1, 0, 0, 3, b"\x00" * 16), decode_ae_reply),
+    ],
+)
+def test_a_scheme_1_digest_is_refused_by_name(body: bytes, decode: object) -> None:
+    """A member of the old digest scheme (BLAKE2b walks, XOR symbols) opens
+    rounds of type 1: peeling its symbols with scheme 2's arithmetic would
+    yield garbage, so both messages are refused, saying why."""
+    with pytest.raises(DecodeError) as info:
+        decode(body, LIMITS)  # type: ignore[operator]
+    assert info.value.reason == "bad_version"
+    assert "digest scheme 1" in str(info.value)
+    assert "upgrade" in str(info.value)
 
 
 def test_a_huge_body_is_refused_before_unpacking() -> None:

@@ -19,6 +19,20 @@ from mesh.core.digest import (
 
 #: element_of("a", "0...0.0...01.n1"), computed once with hashlib's BLAKE2b
 ELEMENT_OF_A = 2986039933093903375
+#: indices(1, 4096) and indices(2**64 - 1, 64), computed once (and checked
+#: against a separate splitmix64 written from its paper)
+INDICES_OF_1 = [0, 1, 2, 3, 6, 10, 12, 13, 19, 37, 42, 67, 87, 130, 180, 274, 673]
+INDICES_OF_1 += [839, 930, 1127, 1199]
+INDICES_OF_MAX_64 = [0, 1, 2, 6, 10, 13, 15, 16, 34, 39]
+
+
+def test_the_mapping_known_answer() -> None:
+    """The mapping pinned (scheme 2: splitmix64 uniforms), so a change of
+    generator, constant or float step cannot pass unseen: every member must
+    map every element to the same symbols. Values computed once with the
+    reference :func:`indices`."""
+    assert indices(1, 4096) == INDICES_OF_1
+    assert indices(2**64 - 1, 64) == INDICES_OF_MAX_64
 
 
 def test_indices_start_at_zero_and_thin_out() -> None:
@@ -119,7 +133,7 @@ def test_batched_toggle_matches_the_index_walk(
     # toggle() inlines indices() for speed; both sides of a round must still
     # map every element to the very same symbols (a wire property).
     count = [0] * size
-    xor = [0] * size
+    total = [0] * size
     chk = [0] * size
     for element, sign in changes:
         one = Digest(1)  # symbol 0 of a one-element set: that element's checksum
@@ -127,12 +141,12 @@ def test_batched_toggle_matches_the_index_walk(
         check = one.symbols(0, 1)[0].check
         for i in indices(element, size):
             count[i] += sign
-            xor[i] ^= element
-            chk[i] ^= check
+            total[i] = (total[i] + sign * element) % 2**64
+            chk[i] = (chk[i] + sign * check) % 2**32
     digest = Digest(size)
     digest.toggle(changes)
     assert digest.symbols(0, size) == [
-        Symbol(c, x, k) for c, x, k in zip(count, xor, chk, strict=True)
+        Symbol(c, t, k) for c, t, k in zip(count, total, chk, strict=True)
     ]
     assert digest.size == sum(sign for _, sign in changes)
 
@@ -140,16 +154,18 @@ def test_batched_toggle_matches_the_index_walk(
 def _reference_symbols(
     changes: list[tuple[int, int]], max_symbols: int
 ) -> list[tuple[int, int, int]]:
-    """The symbols :func:`indices` defines, built one index at a time."""
+    """The symbols :func:`indices` defines, built one index at a time: the
+    count, the sum of the elements modulo 2^64 and of their checksums modulo
+    2^32, each removed element subtracted."""
     from mesh.core.digest import _checksum
 
-    count, xor, check = [0] * max_symbols, [0] * max_symbols, [0] * max_symbols
+    count, total, check = [0] * max_symbols, [0] * max_symbols, [0] * max_symbols
     for element, sign in changes:
         for i in indices(element, max_symbols):
             count[i] += sign
-            xor[i] ^= element
-            check[i] ^= _checksum(element)
-    return list(zip(count, xor, check, strict=True))
+            total[i] = (total[i] + sign * element) % 2**64
+            check[i] = (check[i] + sign * _checksum(element)) % 2**32
+    return list(zip(count, total, check, strict=True))
 
 
 @pytest.mark.parametrize("size", [1, 5, 23, 24, 25, 300])
@@ -163,7 +179,7 @@ def test_both_walks_give_the_symbols_indices_defines(
     changes = [(rng.getrandbits(64) or 1, rng.choice((1, -1))) for _ in range(size)]
     d = Digest(max_symbols)
     d.toggle(changes)
-    got = [(s.count, s.xor, s.check) for s in d.symbols(0, max_symbols)]
+    got = [(s.count, s.total, s.check) for s in d.symbols(0, max_symbols)]
     assert got == _reference_symbols(changes, max_symbols)
     assert d.size == sum(sign for _, sign in changes)
 
@@ -180,7 +196,7 @@ def test_folding_in_slices_equals_the_reference(
     d = Digest(max_symbols)
     for start in range(0, len(changes), 30):
         d.toggle(changes[start : start + 30])
-    got = [(s.count, s.xor, s.check) for s in d.symbols(0, max_symbols)]
+    got = [(s.count, s.total, s.check) for s in d.symbols(0, max_symbols)]
     assert got == _reference_symbols(changes, max_symbols)
 
 
