@@ -45,6 +45,7 @@ import itertools
 import sys
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Final
 
 import numpy as np
 
@@ -110,6 +111,12 @@ def _element_of(key: str, version: Version) -> int:
 
 
 _NO_REVISION = "0" * 20
+
+#: A batch stored in one pass folds its digest changes at once from this many
+#: (old elements out plus new ones in) instead of queuing them: about where
+#: the vectorised fold's cost per element levels off (docs/antientropy.md).
+#: Not a tuning knob: the symbols are the same either way.
+FOLD_AT_ONCE: Final = 256
 
 
 def _all_newer(versions: list[Version], held: Sequence[Route | None]) -> bool:
@@ -600,15 +607,14 @@ class RouteTable:
         new key; empty when every key was new): dict updates a batch at a
         time, the replaced entries' elements taken out first."""
         fresh = keys
+        olds: list[int] = []
         if held:
             fresh = [k for k, old in zip(keys, held, strict=True) if old is None]
             replaced = [k for k, old in zip(keys, held, strict=True) if old is not None]
             self.tombstones -= sum(1 for old in held if old is not None and old.deleted)
             # _unindex for each, a batch at a time
             olds = list(map(self._element.pop, replaced))
-            for old_element in olds:
-                del self._keys[old_element]
-            self._toggle_all(olds, -1, distinct=True)
+            deque(map(self._keys.__delitem__, olds), maxlen=0)
         if self._sorted is not None:
             self._unsorted.update(fresh)
         if self._missed:
@@ -624,8 +630,21 @@ class RouteTable:
         by_element = self._keys
         before = len(by_element)
         by_element.update(zip(elements, keys, strict=True))
-        # (an element twice in the batch: a 64-bit collision, taken in turn)
-        self._toggle_all(elements, 1, distinct=len(by_element) - before == len(keys))
+        if len(olds) + len(elements) >= FOLD_AT_ONCE:
+            # Fold now, not through _pending: a batch this large fills a
+            # vectorised fold by itself, and two dict passes per element
+            # (queue, then take) cost ~5 % of a replica's CPU under batch
+            # load. Sums commute, so what is still pending folds in later
+            # to the same symbols, a key's old element included.
+            signs = np.ones(len(olds) + len(elements), dtype=np.int64)
+            signs[: len(olds)] = -1
+            self.digest.fold(olds + elements, signs)
+        else:
+            if olds:
+                self._toggle_all(olds, -1, distinct=True)
+            # (an element twice in the batch: a 64-bit collision, in turn)
+            distinct = len(by_element) - before == len(keys)
+            self._toggle_all(elements, 1, distinct=distinct)
         first = self.index + 1
         self.index += len(keys)
         if self._changes is not None:
@@ -675,9 +694,10 @@ class RouteTable:
         else:  # the oldest first
             elements = list(itertools.islice(pending, limit))
             nets = list(map(pending.pop, elements))
-        # added since the last fold, or removed (a net of 2 would take two
-        # keys with one 64-bit element: folded once, as before)
-        self.digest.fold(elements, np.sign(np.array(nets, dtype=np.int64)))
+        # added since the last fold (+1), or removed (-1); a net of 2 (two
+        # keys with one 64-bit element) folds twice, as a batch folding at
+        # once does, so replicas agree however their writes arrived
+        self.digest.fold(elements, np.array(nets, dtype=np.int64))
         return len(pending)
 
     def symbols(self, start: int, stop: int) -> list[Symbol]:

@@ -13,6 +13,7 @@ from mesh.codec_routes import decode_routes, encode_routes
 from mesh.core.digest import Digest, element_of
 from mesh.core.route_checks import validate_route_fields
 from mesh.core.routes import (
+    FOLD_AT_ONCE,
     HybridClock,
     OutcomeStatus,
     Route,
@@ -564,3 +565,31 @@ def test_folding_in_slices_gives_the_digest_of_one_fold() -> None:
     held = Digest(whole.digest.max_symbols)
     held.toggle([(element_of(r.key, str(r.version)), 1) for r in whole])
     assert whole.symbols(0, 64) == held.symbols(0, 64)
+
+
+def test_a_large_batch_folds_at_once_to_the_digest_of_what_is_held() -> None:
+    """A pushed batch of FOLD_AT_ONCE changes or more folds them at once
+    instead of queuing them: the symbols must still be those of the entries
+    held, with single writes still pending before and after (one of them a
+    key the batch rewrites), and the table must queue nothing for it."""
+    t = RouteTable(origin="a", max_routes=2 * FOLD_AT_ONCE, hlc_max_skew_ms=60_000)
+    n = FOLD_AT_ONCE  # rewrites of n keys: n old elements out, n new in
+    hlc = 1 << 40
+    first = [Route(f"k{i}", "t0", {}, Version(0, hlc + i, "b")) for i in range(n)]
+    t.apply_many(first, wall_ms=1, horizon_ms=None)
+    t.write("k0", "single", {}, revision=None, wall_ms=2)  # pending: -old +new
+    t.write("solo", "single", {}, revision=None, wall_ms=2)
+    pending = t.pending_folds()
+    assert pending == 3
+    later = [Route(f"k{i}", "t1", {}, Version(0, hlc + n + i, "b")) for i in range(n)]
+    later[0] = Route("k0", "t1", {}, Version(0, 1 << 60, "b"))  # newer than single
+    t.apply_many(later, wall_ms=3, horizon_ms=None)
+    assert t.pending_folds() == pending  # the batch queued nothing
+    stored = t.get("k0")
+    assert stored is not None
+    assert stored.target == "t1"
+    held = Digest(t.digest.max_symbols)
+    held.toggle([(element_of(r.key, str(r.version)), 1) for r in t])
+    size = t.digest.max_symbols
+    assert t.symbols(0, size) == held.symbols(0, size)  # (folds the pending)
+    assert t.pending_folds() == 0
