@@ -49,7 +49,7 @@ from typing import Final
 
 import numpy as np
 
-from .digest import Digest, Symbol, element_of_text
+from .digest import Digest, Symbol, element_of_text, new_element_hash
 from .route_checks import (
     ascii_metas_ok,
     ascii_targets_ok,
@@ -111,6 +111,30 @@ def _element_of(key: str, version: Version) -> int:
 
 
 _NO_REVISION = "0" * 20
+
+
+def _elements_of(keys: Sequence[str], versions: Sequence[Version]) -> list[int]:
+    """:func:`_element_of` of each pair, in one loop: a batch's elements
+    without two Python calls per element (0.97 -> 0.76 µs per element,
+    side by side; every replica hashes every entry it stores). The text and
+    hash are :func:`~mesh.core.digest.element_of_text`'s, which a test holds
+    this to."""
+    fresh = new_element_hash
+    from_bytes = int.from_bytes
+    zero = _NO_REVISION
+    out: list[int] = []
+    add = out.append
+    for key, version in zip(keys, versions, strict=True):
+        revision = version.revision
+        text = (
+            f"{key}\x00{zero if revision == 0 else str(revision).zfill(20)}"
+            f".{str(version.hlc).zfill(20)}.{version.origin}"
+        )
+        h = fresh()
+        h.update(text.encode())
+        add(from_bytes(h.digest(), "little") or 1)
+    return out
+
 
 #: A batch stored in one pass folds its digest changes at once from this many
 #: (old elements out plus new ones in) instead of queuing them: about where
@@ -625,7 +649,7 @@ class RouteTable:
             self.tombstones += len(graves)
             for grave in graves:
                 heapq.heappush(self._graves, grave)
-        elements = list(map(_element_of, keys, versions))
+        elements = _elements_of(keys, versions)
         self._element.update(zip(keys, elements, strict=True))
         by_element = self._keys
         before = len(by_element)

@@ -20,6 +20,7 @@ from mesh.core.routes import (
     RouteTable,
     Version,
     Write,
+    _elements_of,
 )
 
 
@@ -593,3 +594,28 @@ def test_a_large_batch_folds_at_once_to_the_digest_of_what_is_held() -> None:
     size = t.digest.max_symbols
     assert t.symbols(0, size) == held.symbols(0, size)  # (folds the pending)
     assert t.pending_folds() == 0
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=20).filter(lambda k: "\x00" not in k),
+            st.integers(0, 2**64 - 1),
+            st.integers(0, 2**64 - 1),
+            st.sampled_from(["a", "n2", "node-17"]),
+        ),
+        max_size=30,
+    )
+)
+def test_a_batch_hashes_each_entry_to_its_element(
+    entries: list[tuple[str, int, int, str]],
+) -> None:
+    """The batch path's element loop is the protocol's element of
+    ``key NUL version``, entry by entry (revision 0 included)."""
+    keys = [e[0] for e in entries]
+    versions = [Version(r, h, o) for _, r, h, o in entries]
+    try:
+        expected = [element_of(k, str(v)) for k, v in zip(keys, versions, strict=True)]
+    except UnicodeEncodeError:
+        return  # (a lone surrogate: no key holds one)
+    assert _elements_of(keys, versions) == expected
