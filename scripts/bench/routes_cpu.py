@@ -23,6 +23,8 @@ generator's own cost measured as wrk's (``--loadgen-ms``, per request).
 Usage:
     python scripts/bench/routes_cpu.py --mode single --rate 200 --duration 10
     python scripts/bench/routes_cpu.py --mode batch --batch 100 --rate 20
+    python scripts/bench/routes_cpu.py --mode batch --batch 1000 --rate 8 \
+        --keyspace 10000
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
         conns = [Conn(a.http_addr) for a in agents]
         target = '"target":"10.0.0.1:8080","meta":{"bench":"cpu"}'
         seq = iter(range(10**9))
+        if args.keyspace:  # keys over and over: after the warm-up, rewrites
+            seq = (n % args.keyspace for n in range(10**9))
 
         def request(i: int) -> tuple[str, str, bytes]:
             if args.mode == "single":
@@ -151,6 +155,14 @@ def main() -> int:
         type=float,
         default=0.05,
         help="CPU ms wrk spends per request (for the capacity estimate)",
+    )
+    ap.add_argument(
+        "--keyspace",
+        type=int,
+        default=0,
+        help="write at most K keys, over and over (0: every key new); the "
+        "warm-up writes them all first when it writes K or more routes, so the "
+        "measured writes all replace a route (two digest elements each)",
     )
     ap.add_argument("--profile", default="local", choices=["local", "lan", "wan"])
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
