@@ -149,6 +149,7 @@ class NodeCore:
             rng=rng,
             now=now,
             caught_up=self.exchanges.joined,
+            pushing=self.pushes.pushing,
         )
         #: the shell's retry schedule for one push batch
         self.retry_policy = RetryPolicy(

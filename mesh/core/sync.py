@@ -232,6 +232,11 @@ class PushScheduler:
     def in_flight(self) -> int:
         return sum(1 for p in self._peers.values() if p.batch is not None)
 
+    def pushing(self, peer_name: str) -> bool:
+        """Changes for ``peer_name`` are queued or in flight."""
+        peer = self._peers.get(peer_name)
+        return peer is not None and (bool(peer.pending) or peer.batch is not None)
+
     def enqueue(
         self, route: Route, index: int, peers: Iterable[tuple[str, Address]]
     ) -> None:

@@ -160,7 +160,8 @@ class _CoreCollector:
         rounds = CounterMetricFamily(
             "mesh_antientropy_rounds",
             "Anti-entropy rounds this node opened, by outcome (deferred: due "
-            "but not opened, its digest still folding a burst of writes)",
+            "but not opened, its digest still folding a burst of writes, or "
+            "pushes to the peer it picked still on their way)",
             labels=["outcome"],
         )
         for outcome in _AE_OUTCOMES:

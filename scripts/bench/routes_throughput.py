@@ -438,6 +438,24 @@ def run_step(
         "push_rtt_p99_s": histogram_quantile(
             after, before, "mesh_push_latency_seconds", 0.99
         ),
+        "ae_rounds": {
+            key.split('"')[1]: value - before_total
+            for key, value, before_total in (
+                (
+                    k,
+                    sum(a.get(k, 0.0) for a in after),
+                    sum(b.get(k, 0.0) for b in before),
+                )
+                for k in after[0]
+                if k.startswith("mesh_antientropy_rounds_total{")
+            )
+            if value - before_total
+        },
+        "ae_routes_repaired": sum(
+            metric_sum(a, 'mesh_antientropy_routes_total{kind="repaired"}')
+            - metric_sum(b, 'mesh_antientropy_routes_total{kind="repaired"}')
+            for a, b in zip(after, before, strict=True)
+        ),
         "timer_late_p99_s": histogram_quantile(
             after, before, "mesh_timer_lateness_seconds", 0.99
         ),
@@ -552,6 +570,8 @@ def main() -> int:
                         f" push RTT p50/p99 <= {r['push_rtt_p50_s']}"
                         f"/{r['push_rtt_p99_s']} s"
                         f" timer late p99 <= {r['timer_late_p99_s']} s"
+                        f"  AE rounds {r['ae_rounds']}"
+                        f" repaired {r['ae_routes_repaired']:.0f}"
                         f"  drain {r['drain_s']:.1f} s conv {r['converged']}"
                         f"  other-load {r['cpu']['other_cores']:.2f} cores",
                         flush=True,

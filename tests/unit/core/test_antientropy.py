@@ -556,6 +556,38 @@ def test_a_digest_still_folding_defers_rounds_both_ways() -> None:
     assert len(trips) == 2
 
 
+def test_a_round_waits_while_pushes_to_its_peer_are_on_their_way() -> None:
+    """What a push is delivering would show up as a difference and be
+    repaired twice over: a node pushing to the peer it picked opens no round
+    (counted deferred), unless that peer is marked for repair; a peer's round
+    with a pushing node is still served."""
+    pushing = {"b"}
+    a = Side("a")
+    a.ae.pushing = pushing.__contains__
+    b = Side("b")
+    a.put("k1")
+    a.ae._next_at = 0.0
+    assert a.ae.tick(1.0, WALL, picker([("b", ("127.0.0.1", 1))]), joined=True) == []
+    assert a.ae.stats["rounds_deferred"] == 1
+    assert round_between(a, b) == []  # (again: still pushing)
+    # served: the peer's round with the pushing node goes on as ever
+    trips = round_between(b, a)
+    assert b.view() == a.view()
+    assert len(trips) == 2
+    # marked for repair: a round even while pushing
+    a.put("k2")
+    a.repair.add("b")
+    trips = round_between(a, b)
+    assert a.view() == b.view()
+    assert trips
+    # nothing on its way: rounds as ever
+    pushing.clear()
+    a.put("k3")
+    trips = round_between(a, b)
+    assert a.view() == b.view()
+    assert len(trips) == 2
+
+
 def test_a_node_folds_a_burst_a_slice_per_tick_without_a_stall() -> None:
     from mesh.testing.simnet import SimNet
 

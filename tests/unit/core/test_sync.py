@@ -105,6 +105,18 @@ def test_coalescing_sends_only_the_newest_version_of_a_key() -> None:
     assert s.stats["coalesced"] == 46
 
 
+def test_a_peer_is_pushed_to_while_queued_or_in_flight() -> None:
+    """What anti-entropy asks before a round (core.antientropy: pushing)."""
+    s = PushScheduler(queue_max=100, batch_max=100, deadline=3.0)
+    assert not s.pushing("b")  # never heard of
+    s.enqueue(route("x", 1), 1, PEERS[:1])
+    assert s.pushing("b")  # queued
+    (batch,) = s.take_ready(0.0)
+    assert s.pushing("b")  # in flight
+    s.done("b", batch.id, ok=True)
+    assert not s.pushing("b")
+
+
 def test_queue_bound_drops_and_marks_for_repair() -> None:
     s = PushScheduler(queue_max=10, batch_max=5, deadline=3.0)
     s.enqueue(route("k0", 0), 0, PEERS[:1])
