@@ -42,6 +42,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import operator
 import sys
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -111,6 +112,7 @@ def _element_of(key: str, version: Version) -> int:
 
 
 _NO_REVISION = "0" * 20
+_DELETED = operator.attrgetter("deleted")
 
 
 def _elements_of(keys: Sequence[str], versions: Sequence[Version]) -> list[int]:
@@ -633,9 +635,14 @@ class RouteTable:
         fresh = keys
         olds: list[int] = []
         if held:
-            fresh = [k for k, old in zip(keys, held, strict=True) if old is None]
-            replaced = [k for k, old in zip(keys, held, strict=True) if old is not None]
-            self.tombstones -= sum(1 for old in held if old is not None and old.deleted)
+            if None in held:
+                fresh = [k for k, old in zip(keys, held, strict=True) if old is None]
+                replaced = [
+                    k for k, old in zip(keys, held, strict=True) if old is not None
+                ]
+            else:  # every key held: a steady table's batch
+                fresh, replaced = [], keys
+            self.tombstones -= sum(map(_DELETED, filter(None, held)))
             # _unindex for each, a batch at a time
             olds = list(map(self._element.pop, replaced))
             deque(map(self._keys.__delitem__, olds), maxlen=0)
@@ -644,7 +651,11 @@ class RouteTable:
         if self._missed:
             for key in fresh:
                 self._missed.pop(key, None)
-        graves = [(version_ms(r.version), r.key) for r in routes if r.deleted]
+        graves = (
+            [(version_ms(r.version), r.key) for r in routes if r.deleted]
+            if any(map(_DELETED, routes))
+            else ()
+        )
         if graves:
             self.tombstones += len(graves)
             for grave in graves:
