@@ -643,8 +643,9 @@ class RouteTable:
             else:  # every key held: a steady table's batch
                 fresh, replaced = [], keys
             self.tombstones -= sum(map(_DELETED, filter(None, held)))
-            # _unindex for each, a batch at a time
-            olds = list(map(self._element.pop, replaced))
+            # _unindex for each, a batch at a time (read, not popped: every
+            # key of the batch gets its new element below, in place)
+            olds = list(map(self._element.__getitem__, replaced))
             deque(map(self._keys.__delitem__, olds), maxlen=0)
         if self._sorted is not None:
             self._unsorted.update(fresh)
