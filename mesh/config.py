@@ -357,6 +357,11 @@ class Config:
     antientropy_interval: float = attrs.field(default=5.0, validator=_positive)
     #: per request of a round (and per bootstrap chunk)
     antientropy_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: a node opens no round with a member (unless marked for repair) that
+    #: pushed routes to it within this many seconds, nor with one it still
+    #: pushes to: what is streaming in or out is a difference on its way, and
+    #: a round would repair it twice and peel it in Python, stalling the loop
+    antientropy_quiet: float = attrs.field(default=0.5, validator=_non_negative)
     #: coded symbols of the digest kept up to date; a difference of more than
     #: about antientropy_max_symbols / 1.7 entries falls back to a full
     #: transfer in chunks. Memory: 3 ints per symbol; a write costs ~2 ln(M)

@@ -149,8 +149,10 @@ class NodeCore:
             rng=rng,
             now=now,
             caught_up=self.exchanges.joined,
-            pushing=self.pushes.pushing,
+            pushing=self._streaming,
         )
+        #: member -> when it last pushed routes to us (members only)
+        self._pushed_at: dict[str, float] = {}
         #: the shell's retry schedule for one push batch
         self.retry_policy = RetryPolicy(
             request_timeout=config.push_request_timeout,
@@ -497,14 +499,21 @@ class NodeCore:
         return outcomes, self._drain()
 
     def receive_routes(
-        self, routes: Sequence[Route], now: float, wall: float
+        self,
+        routes: Sequence[Route],
+        now: float,
+        wall: float,
+        sender: str | None = None,
     ) -> tuple[dict[str, int], list[Effect]]:
-        """Deltas pushed by a peer: apply each; counts by outcome status.
+        """Deltas pushed by a peer (``sender``, as its batch names it): apply
+        each; counts by outcome status.
 
         Not re-pushed: the origin pushes to everyone and anti-entropy repairs
         whoever it missed, so deltas do not echo around the mesh.
         """
         self._note_time(now)  # a push may be the first input after a stall
+        if sender is not None and self.membership.get(sender) is not None:
+            self._pushed_at[sender] = now  # (members only: a bounded map)
         counts = self.routes.apply_many(
             routes, wall_ms=int(wall * 1000), horizon_ms=self.ae.horizon(wall)
         )
@@ -581,6 +590,14 @@ class NodeCore:
         self.exchanges.seeds_resolved(addrs)
         return self._drain()
 
+    def _streaming(self, peer: str) -> bool:
+        """Routes stream between us and ``peer``: pushes to it queued or in
+        flight, or one from it within ``antientropy_quiet`` (see the config)."""
+        if self.pushes.pushing(peer):
+            return True
+        at = self._pushed_at.get(peer)
+        return at is not None and self._last_now - at < self.config.antientropy_quiet
+
     def _ae_peer(self, marked: Collection[str]) -> tuple[str, Address] | None:
         """An alive member for an anti-entropy round: a needs-repair one first."""
         m = self.membership
@@ -603,6 +620,7 @@ class NodeCore:
                     # Pending deltas for a dead or departed peer are dropped
                     # (and the peer marked for repair), never kept.
                     self.pushes.forget(effect.member.name, f"peer_{effect.kind.value}")
+                    self._pushed_at.pop(effect.member.name, None)
             out.extend(self.membership.out)
             self.membership.out.clear()
         self._out = []

@@ -254,10 +254,12 @@ class Agent:
         waits for it (``sync=all``)."""
         self._dispatch(self.core.expedite_pushes(trio.current_time()))
 
-    def receive_routes(self, routes: list[Route]) -> dict[str, int]:
+    def receive_routes(
+        self, routes: list[Route], sender: str | None = None
+    ) -> dict[str, int]:
         """Deltas a peer pushed (the peer HTTP app's callback): counts by outcome."""
         counts, effects = self.core.receive_routes(
-            routes, trio.current_time(), time.time()
+            routes, trio.current_time(), time.time(), sender
         )
         for outcome, count in counts.items():
             self.metrics.routes_received.labels(outcome).inc(count)

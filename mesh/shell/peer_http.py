@@ -94,7 +94,7 @@ _MSGPACK_ERRORS = (
 
 HandleExchange = Callable[[PushPull], PushPull]
 #: applies pushed deltas; returns counts by outcome (applied, stale, ...)
-HandleRoutes = Callable[[list[RouteEntry]], Mapping[str, int]]
+HandleRoutes = Callable[[list[RouteEntry], str], Mapping[str, int]]
 
 
 # --- server ---
@@ -149,7 +149,7 @@ def make_peer_app(
             # and repairs us by anti-entropy instead.
             counter = metrics.route_batches_refused.labels(exc.reason)
             raise refuse_body(request, exc, "route batch", counter, log) from None
-        counts = handle_routes(deltas)
+        counts = handle_routes(deltas, sender)
         log.debug("route batch applied", sender=sender, received=len(deltas))
         ack = encode_routes_ack(len(deltas), counts)
         return Response(200, ack, content_type=MSGPACK)

@@ -524,7 +524,9 @@ class SimLoop:
             self._push(deadline, _PDONE, *fail)
             return
         # The wall clock (for route versions) is the virtual clock here.
-        _, effects = dst.core.receive_routes(batch.routes, self.now, self.now)
+        _, effects = dst.core.receive_routes(
+            batch.routes, self.now, self.now, src.core.config.name
+        )
         self._after(dst, effects)
         t = self.now + self._trip(dst, src, _DATA_RTO)
         if t > batch.deadline:

@@ -415,3 +415,25 @@ def test_a_batch_of_a_whole_queue_stops_at_its_byte_bound(spare: int) -> None:
     s.enqueue_many(list(enumerate(routes, 1)), PEERS[:1])
     (batch,) = s.take_ready(0.0)
     assert len(batch.routes) == (3 if spare == 0 else 2)
+
+
+def test_no_round_with_a_member_whose_routes_stream_in() -> None:
+    """A member that pushed routes to us within antientropy_quiet is sent no
+    round (what it streams is a difference on its way), and is once quiet;
+    a push from a name that is no member is not remembered."""
+    from mesh.core.effects import Reconcile
+
+    core = core_with_peers("b", antientropy_quiet=0.5)
+    core.ae.alone = False  # a member of a mesh: a plain round, not a merge
+    core.receive_routes([route("k", 1 << 40)], 1.0, 1.0, "b")
+    core.receive_routes([route("j", 1 << 40)], 1.0, 1.0, "stranger")
+    assert "stranger" not in core._pushed_at
+
+    def rounds(now: float) -> list[Reconcile]:
+        core.ae._next_at = now
+        return [e for e in core.tick(now) if isinstance(e, Reconcile)]
+
+    assert rounds(1.4) == []
+    assert core.ae.stats["rounds_deferred"] == 1
+    (effect,) = rounds(1.6)
+    assert effect.peer == "b"
