@@ -205,14 +205,16 @@ class AntiEntropy:
         repair: peers marked needs-repair (the push scheduler's set); one is
             chosen first, and unmarked once reconciled.
         caught_up: False for a node that must bootstrap before serving rounds.
-        pushing: whether route pushes to a peer are queued or in flight. A
-            round we open with such a peer finds them as differences and
-            repairs what the pushes are delivering (under batch load,
-            hundreds of routes a round, decoded one by one, or past
-            max_symbols a full transfer); so it waits for a later interval,
-            unless the peer is marked for repair (a push to it was dropped).
-            A peer's round with us is served as ever: refusing it would also
-            hold back the repair that peer may need from us.
+        streaming: whether routes stream between us and a peer (the node:
+            pushes to it queued or in flight, or one from it within
+            ``antientropy_quiet``). A round we open with such a peer finds
+            them as differences and repairs what the pushes are delivering
+            (under batch load, hundreds of routes a round, decoded one by
+            one, or past max_symbols a full transfer); so it waits for a
+            later interval, unless the peer is marked for repair (a push to
+            it was dropped). A peer's round with us is served as ever:
+            refusing it would also hold back the repair that peer may need
+            from us.
     """
 
     def __init__(
@@ -225,10 +227,10 @@ class AntiEntropy:
         rng: random.Random,
         now: float,
         caught_up: bool,
-        pushing: Callable[[str], bool] = lambda peer: False,
+        streaming: Callable[[str], bool] = lambda peer: False,
     ) -> None:
         self.config = config
-        self.pushing = pushing
+        self.streaming = streaming
         self.table = table
         self.name = name
         self.repair = repair
@@ -362,7 +364,7 @@ class AntiEntropy:
             self._start(_Round(_Kind.MERGE, name, addr), self._chunk(""))
         elif self.table.pending_folds() > self.config.antientropy_fold_batch:
             self.stats["rounds_deferred"] += 1  # our digest is still folding
-        elif name not in self.repair and self.pushing(name):
+        elif name not in self.repair and self.streaming(name):
             self.stats["rounds_deferred"] += 1  # what differs is on its way
         else:
             table = self.table

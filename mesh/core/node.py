@@ -149,7 +149,7 @@ class NodeCore:
             rng=rng,
             now=now,
             caught_up=self.exchanges.joined,
-            pushing=self._streaming,
+            streaming=self._streaming,
         )
         #: member -> when it last pushed routes to us (members only)
         self._pushed_at: dict[str, float] = {}

@@ -563,7 +563,7 @@ def test_a_round_waits_while_pushes_to_its_peer_are_on_their_way() -> None:
     with a pushing node is still served."""
     pushing = {"b"}
     a = Side("a")
-    a.ae.pushing = pushing.__contains__
+    a.ae.streaming = pushing.__contains__
     b = Side("b")
     a.put("k1")
     a.ae._next_at = 0.0

@@ -106,7 +106,7 @@ def test_coalescing_sends_only_the_newest_version_of_a_key() -> None:
 
 
 def test_a_peer_is_pushed_to_while_queued_or_in_flight() -> None:
-    """What anti-entropy asks before a round (core.antientropy: pushing)."""
+    """What anti-entropy asks before a round (NodeCore._streaming)."""
     s = PushScheduler(queue_max=100, batch_max=100, deadline=3.0)
     assert not s.pushing("b")  # never heard of
     s.enqueue(route("x", 1), 1, PEERS[:1])
