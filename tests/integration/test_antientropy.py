@@ -11,7 +11,10 @@ to be seen alive again (it may have been declared dead while stopped).
 from __future__ import annotations
 
 import re
+import threading
 import time
+
+import httpx
 
 from mesh.config import Config
 from mesh.testing.agents import AgentCluster, AgentProcess, wait_until
@@ -89,6 +92,117 @@ def test_a_paused_peer_gets_every_missed_write_and_delete(
     assert metric(n3, "mesh_antientropy_stall_resyncs_total") == 1
     wait_until(lambda: alive_everywhere(cluster, "node3"), 15.0, what="n3 alive")
     assert metric(n3, "mesh_antientropy_routes_total") > 0
+
+
+class StreamingWriter(threading.Thread):
+    """Writes a new key every ``every`` seconds, alternating between agents,
+    until stopped or ``limit`` writes (a bounded load); remembers when each
+    key was written."""
+
+    def __init__(
+        self, agents: list[AgentProcess], every: float = 0.02, limit: int = 2000
+    ) -> None:
+        super().__init__(daemon=True)
+        self.agents, self.every, self.limit = agents, every, limit
+        self.written: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5.0) as client:
+            for i in range(self.limit):
+                if self.stop.wait(self.every):
+                    return
+                agent = self.agents[i % len(self.agents)]
+                key = f"stream{i}"
+                url = f"{agent.base_url}/v1/routes/{key}"
+                if client.put(url, json={"target": "http://s"}).status_code == 200:
+                    self.written.append((time.monotonic(), key))
+
+
+def test_a_paused_peer_is_repaired_while_writes_keep_streaming(
+    cluster: AgentCluster,
+) -> None:
+    """Anti-entropy opens no round with a member routes are streaming to or
+    from (what differs is on its way), unless that member is marked for
+    repair: a peer whose pushes were given up while it was paused must get
+    them back while the other members keep writing to it and to each other."""
+    cluster.start(3)
+    wait_until(cluster.converged, 10.0, what="convergence")
+    n1, n2, n3 = (cluster.agents[f"node{i}"] for i in (1, 2, 3))
+    writer = StreamingWriter([n1, n2])
+    writer.start()
+    try:
+        wait_until(lambda: len(writer.written) >= 20, 10.0, what="streaming")
+        n3.pause()
+        paused_at = time.monotonic()
+        try:
+            wait_until(
+                lambda: (
+                    metric(n1, "mesh_push_dropped_total") > 0
+                    and metric(n2, "mesh_push_dropped_total") > 0
+                ),
+                15.0,
+                what="pushes to the paused peer given up",
+            )
+            # the stall is the input: past push_deadline (1.5 s on local)
+            time.sleep(max(0.0, paused_at + 3.0 - time.monotonic()))
+        finally:
+            n3.resume()
+        resumed_at = time.monotonic()
+        missed = {k for t, k in writer.written if t < resumed_at}
+        wait_until(lambda: alive_everywhere(cluster, "node3"), 15.0, what="n3 alive")
+        wait_until(
+            lambda: missed <= set(routes_of(n3)),
+            REPAIR_DEADLINE,
+            what="writes missed while paused repaired, with writes streaming",
+        )
+        assert writer.is_alive(), "the writes must still stream during the repair"
+    finally:
+        writer.stop.set()
+        writer.join(10.0)
+    wait_until(
+        lambda: routes_of(n3) == routes_of(n1) == routes_of(n2),
+        REPAIR_DEADLINE,
+        what="all equal once the writes stop",
+    )
+
+
+def test_pushes_dropped_on_overflow_are_repaired_while_writes_keep_streaming(
+    cluster: AgentCluster,
+) -> None:
+    """The marked-for-repair path without a stall: node1's push queues hold
+    5 deltas, so a 100-route batch overflows them and marks both peers; the
+    100 routes must reach them while every member keeps writing (rounds
+    with unmarked members wait for such streams to end; marked ones may not
+    wait)."""
+    n1 = cluster.add("node1", env={"MESH_PUSH_QUEUE_MAX": "5"})
+    n2, n3 = cluster.add("node2"), cluster.add("node3")
+    wait_until(cluster.converged, 10.0, what="convergence")
+    # every member writes: routes stream between every pair, both ways, so
+    # only the marks can let a round through
+    writer = StreamingWriter([n1, n2, n3])
+    writer.start()
+    try:
+        wait_until(lambda: len(writer.written) >= 20, 10.0, what="streaming")
+        batch = {
+            "put": [{"key": f"b{i:03d}", "target": "http://b"} for i in range(100)]
+        }
+        assert n1.request("POST", "/v1/routes", json=batch).status_code == 200
+        wait_until(
+            lambda: metric(n1, 'mesh_push_dropped_total{reason="overflow"}') > 0,
+            10.0,
+            what="pushes dropped on overflow",
+        )
+        keys = {f"b{i:03d}" for i in range(100)}
+        wait_until(
+            lambda: keys <= set(routes_of(n2)) and keys <= set(routes_of(n3)),
+            REPAIR_DEADLINE,
+            what="the overflowed batch repaired, with writes streaming",
+        )
+        assert writer.is_alive(), "the writes must still stream during the repair"
+    finally:
+        writer.stop.set()
+        writer.join(10.0)
 
 
 def test_a_late_joiner_gets_the_whole_table_before_it_is_caught_up(
