@@ -362,6 +362,10 @@ class Config:
     #: pushes to: what is streaming in or out is a difference on its way, and
     #: a round would repair it twice and peel it in Python, stalling the loop
     antientropy_quiet: float = attrs.field(default=0.5, validator=_non_negative)
+    #: rounds in a row a node may defer for streaming before it opens one
+    #: anyway: bounds how long a difference nobody marked (a writer that died
+    #: halfway through its pushes) waits under a steady write load
+    antientropy_max_deferred: int = attrs.field(default=10, validator=_non_negative)
     #: coded symbols of the digest kept up to date; a difference of more than
     #: about antientropy_max_symbols / 1.7 entries falls back to a full
     #: transfer in chunks. Memory: 3 ints per symbol; a write costs ~2 ln(M)

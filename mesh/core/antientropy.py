@@ -253,6 +253,8 @@ class AntiEntropy:
         self.alone = caught_up
         self.stats: Counter[str] = Counter()
         self._round: _Round | None = None
+        # rounds deferred in a row for streaming (see antientropy_max_deferred)
+        self._deferred = 0
         self._tokens = 0
         # bootstrap progress kept across sources: last key and entries pulled
         self._pulled_after = ""
@@ -364,9 +366,15 @@ class AntiEntropy:
             self._start(_Round(_Kind.MERGE, name, addr), self._chunk(""))
         elif self.table.pending_folds() > self.config.antientropy_fold_batch:
             self.stats["rounds_deferred"] += 1  # our digest is still folding
-        elif name not in self.repair and self.streaming(name):
+        elif (
+            name not in self.repair
+            and self._deferred < self.config.antientropy_max_deferred
+            and self.streaming(name)
+        ):
             self.stats["rounds_deferred"] += 1  # what differs is on its way
+            self._deferred += 1
         else:
+            self._deferred = 0
             table = self.table
             self._start(
                 _Round(_Kind.ROUND, name, addr),

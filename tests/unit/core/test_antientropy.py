@@ -588,6 +588,25 @@ def test_a_round_waits_while_pushes_to_its_peer_are_on_their_way() -> None:
     assert len(trips) == 2
 
 
+def test_a_round_deferred_for_streaming_too_often_opens_anyway() -> None:
+    """A difference nobody marked (a writer that died halfway through its
+    pushes) must not wait forever under a steady write load: after
+    antientropy_max_deferred deferrals in a row the round opens."""
+    a = Side("a", antientropy_max_deferred=2)
+    a.ae.streaming = lambda peer: True
+    pick = picker([("b", ("127.0.0.1", 1))])
+    opened = []
+    for tick in range(6):
+        a.ae._next_at = 0.0
+        effects = a.ae.tick(1.0 + tick, WALL, pick, joined=True)
+        opened.append(bool(effects))
+        if effects:  # the round ends; the next interval starts counting again
+            (effect,) = effects
+            a.ae.done(effect.token, AeSymbols(SymbolsStatus.SAME), 1.5 + tick, WALL)
+    assert opened == [False, False, True, False, False, True]
+    assert a.ae.stats["rounds_deferred"] == 4
+
+
 def test_a_node_folds_a_burst_a_slice_per_tick_without_a_stall() -> None:
     from mesh.testing.simnet import SimNet
 
