@@ -90,6 +90,7 @@ from routes_common import (
     fmt_ms,
     md_table,
     other_busy_processes,
+    parse_sets,
     scrape_metrics,
     start_cluster,
     summary,
@@ -130,6 +131,17 @@ def parse_step(spec: str, mode: str, nodes: int, batch: int) -> tuple[int, int]:
 
 def metric_sum(m: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in m.items() if k.startswith(prefix))
+
+
+def step_delta(
+    after: list[dict[str, float]], before: list[dict[str, float]], prefix: str
+) -> float:
+    """How much the series starting with ``prefix`` grew over the step,
+    summed over every agent."""
+    return sum(
+        metric_sum(a, prefix) - metric_sum(b, prefix)
+        for a, b in zip(after, before, strict=True)
+    )
 
 
 def histogram_quantile(
@@ -355,26 +367,11 @@ def run_step(
     )
     ok_req = requests - non2xx
     per_req = args.batch if mode == "batch" else 1
-    applied = sum(
-        metric_sum(a, 'mesh_route_writes_total{result="applied"}')
-        - metric_sum(b, 'mesh_route_writes_total{result="applied"}')
-        for a, b in zip(after, before, strict=True)
-    )
-    batches = sum(
-        metric_sum(a, "mesh_push_batch_size_count")
-        - metric_sum(b, "mesh_push_batch_size_count")
-        for a, b in zip(after, before, strict=True)
-    )
-    batch_routes = sum(
-        metric_sum(a, "mesh_push_batch_size_sum")
-        - metric_sum(b, "mesh_push_batch_size_sum")
-        for a, b in zip(after, before, strict=True)
-    )
-    dropped = sum(
-        metric_sum(a, "mesh_push_dropped_total")
-        - metric_sum(b, "mesh_push_dropped_total")
-        for a, b in zip(after, before, strict=True)
-    )
+    applied = step_delta(after, before, 'mesh_route_writes_total{result="applied"}')
+    batches = step_delta(after, before, "mesh_push_batch_size_count")
+    batch_routes = step_delta(after, before, "mesh_push_batch_size_sum")
+    dropped = step_delta(after, before, "mesh_push_dropped_total")
+    rounds = [k for k in after[0] if k.startswith("mesh_antientropy_rounds_total{")]
     lags, lags_lo, missing = [], [], 0
     sync_lags, sync_missing = [], 0
     for w in probe.writes:
@@ -438,23 +435,14 @@ def run_step(
         "push_rtt_p99_s": histogram_quantile(
             after, before, "mesh_push_latency_seconds", 0.99
         ),
+        # rounds by outcome (the label's value), those that happened
         "ae_rounds": {
-            key.split('"')[1]: value - before_total
-            for key, value, before_total in (
-                (
-                    k,
-                    sum(a.get(k, 0.0) for a in after),
-                    sum(b.get(k, 0.0) for b in before),
-                )
-                for k in after[0]
-                if k.startswith("mesh_antientropy_rounds_total{")
-            )
-            if value - before_total
+            key.split('"')[1]: n
+            for key in rounds
+            if (n := step_delta(after, before, key))
         },
-        "ae_routes_repaired": sum(
-            metric_sum(a, 'mesh_antientropy_routes_total{kind="repaired"}')
-            - metric_sum(b, 'mesh_antientropy_routes_total{kind="repaired"}')
-            for a, b in zip(after, before, strict=True)
+        "ae_routes_repaired": step_delta(
+            after, before, 'mesh_antientropy_routes_total{kind="repaired"}'
         ),
         "timer_late_p99_s": histogram_quantile(
             after, before, "mesh_timer_lateness_seconds", 0.99
@@ -519,16 +507,12 @@ def main() -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another config key for every agent (a number), e.g. "
-        "push_batch_max=250; repeatable",
+        help="another config key for every agent, e.g. push_batch_max=250; repeatable",
     )
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     wrk = require_wrk()
-    settings: dict[str, float] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        settings[key] = float(value) if "." in value else int(value)
+    settings = parse_sets(args.set)
     intervals = [float(x) for x in args.intervals.split(",") if x]
     steps = [("single", c) for c in args.single_conns.split(",") if c]
     steps += [("batch", c) for c in args.batch_conns.split(",") if c]
