@@ -174,7 +174,7 @@ class Digest:
         Python (numpy's fixed cost per step would dominate); from there on it
         runs a block of 16 steps at a time over all elements at once, its
         uniforms computed in numpy too. Either way the symbols touched are
-        updated in one scatter per array, and both give bit for bit the
+        updated by ``np.add.at`` scatters, and both give bit for bit the
         symbols :func:`indices` defines (a test checks it): the mapping is
         part of the anti-entropy protocol.
 
@@ -188,10 +188,6 @@ class Digest:
         if not elements:
             return
         values = np.array(elements, dtype=np.uint64)
-        if len(elements) < VECTOR_FROM:
-            owners, where = self._walk_python(elements)
-        else:
-            owners, where = self._walk_vector(values)
         sign = np.array(signs, dtype=np.int64)
         usign = sign.astype(np.uint64)  # -1 as 2**64 - 1: a product negates
         totals = values * usign
@@ -203,9 +199,13 @@ class Digest:
         self._count[0] += net
         self._total[:1] += totals.sum(keepdims=True)
         self._check[:1] += checks.sum(keepdims=True)
-        np.add.at(self._count, where, sign[owners])
-        np.add.at(self._total, where, totals[owners])
-        np.add.at(self._check, where, checks[owners])
+        if len(elements) < VECTOR_FROM:
+            owners, where = self._walk_python(elements)
+            np.add.at(self._count, where, sign[owners])
+            np.add.at(self._total, where, totals[owners])
+            np.add.at(self._check, where, checks[owners])
+        else:
+            self._fold_vector(values, sign, totals, checks)
 
     def _walk_python(
         self, elements: Sequence[int]
@@ -221,24 +221,53 @@ class Digest:
             where += hits
         return np.array(owners, dtype=np.intp), np.array(where, dtype=np.intp)
 
-    def _walk_vector(
-        self, values: npt.NDArray[np.uint64]
-    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """The same pairs as :meth:`_walk_python`, a block of 16 uniforms at a
-        time for every element still below the limit: splitmix64 in uint64
+    def _fold_vector(
+        self,
+        values: npt.NDArray[np.uint64],
+        sign: npt.NDArray[np.int64],
+        totals: npt.NDArray[np.uint64],
+        checks: npt.NDArray[np.uint64],
+    ) -> None:
+        """The walk of :func:`indices` a block of 16 steps at a time for every
+        element still below the limit, and its scatter: splitmix64 in uint64
         arithmetic (it wraps as ``& _MASK`` does), then the same IEEE
-        operations in the same order, so the indices are identical."""
-        limit = float(self.max_symbols)
-        rows = np.arange(len(values), dtype=np.intp)
+        operations in the same order, so the indices are identical.
+
+        A block's steps past the limit are not masked out but clamped to
+        one spare symbol past the end, which is dropped, and each block is
+        scattered with its rows' values repeated 16 times: boolean masks and
+        fancy-index gathers over every (element, step) pair cost more than
+        scattering the ~30 % of steps that land past the limit: a fold of
+        1,200 elements (a pushed batch of rewrites) went from 0.90 to 0.70
+        µs per element, of 2,000 from 1.10 to 0.68 (side by side,
+        ``scripts/bench/fold_ab.py``; docs/benchmarks.md, "Sixteenth
+        round")."""
+        limit = self.max_symbols
+        count = np.zeros(limit + 1, dtype=np.int64)
+        total = np.zeros(limit + 1, dtype=np.uint64)
+        check = np.zeros(limit + 1, dtype=np.uint64)
         at = np.zeros(len(values), dtype=np.float64)
-        owners: list[npt.NDArray[np.intp]] = []
-        where: list[npt.NDArray[np.intp]] = []
-        block = 0
-        while len(rows):
-            uniforms = _uniforms(values[rows], 16 * block + 1)
-            rows, at = walk_block(rows, at, uniforms, limit, owners, where)
-            block += 1
-        return np.concatenate(owners), np.concatenate(where)
+        first = 1
+        while True:
+            steps = walk_block(at, _uniforms(values, first), float(limit))
+            where = steps.ravel()
+            np.add.at(count, where, np.tile(sign, _BLOCK))
+            np.add.at(total, where, np.tile(totals, _BLOCK))
+            np.add.at(check, where, np.tile(checks, _BLOCK))
+            going = at < limit
+            if not going.any():
+                break
+            values, sign, totals, checks = (
+                values[going],
+                sign[going],
+                totals[going],
+                checks[going],
+            )
+            at = at[going]
+            first += _BLOCK
+        self._count += count[:limit]
+        self._total += total[:limit]
+        self._check += check[:limit]
 
     def symbols(self, start: int, stop: int) -> list[Symbol]:
         """Symbols ``[start, stop)`` (clipped to ``max_symbols``)."""
@@ -257,53 +286,61 @@ class Digest:
 
 
 def walk_block(
-    rows: npt.NDArray[np.intp],
     at: npt.NDArray[np.float64],
-    uniforms: npt.NDArray[np.uint32] | npt.NDArray[np.uint64],
+    uniforms: npt.NDArray[np.uint64],
     limit: float,
-    owners: list[npt.NDArray[np.intp]],
-    where: list[npt.NDArray[np.intp]],
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
-    """One block of 16 steps of the walk for ``rows`` (positions ``at``, one
-    row of 32-bit ``uniforms`` each): appends the (row, index) pairs below
-    ``limit`` to ``owners`` and ``where``, and returns the rows still below
-    it with their positions. The float steps are :func:`indices`' own, so
-    the indices are identical (``scripts/bench/digest_fold.py`` walks other
-    uniforms through it too)."""
-    factors = 1.0 / np.sqrt((uniforms + 1.0) * _INV_2_32) - 1.0
-    steps = np.empty((len(rows), 16), dtype=np.float64)
-    for k in range(16):
-        at += np.floor((at + 1.5) * factors[:, k]) + 1.0
-        steps[:, k] = at
-    below = steps < limit
-    # a row's steps rise, so its hits are a prefix: one repeat of the row
-    # numbers (np.nonzero on the 2-D mask cost ~3 times as much)
-    owners.append(np.repeat(rows, np.count_nonzero(below, axis=1)))
-    where.append(steps[below].astype(np.intp))
-    going = at < limit
-    return rows[going], at[going]
+) -> npt.NDArray[np.intp]:
+    """One block of :data:`_BLOCK` steps of the walk from positions ``at``
+    (advanced in place), given the block's uniforms (one row per step, one
+    column per element): the symbol index of every step, those at or past
+    ``limit`` clamped to ``limit``. The float steps are :func:`indices`' own,
+    in place to spare temporaries, so the indices are identical."""
+    factors = uniforms.astype(np.float64)  # exact: uniforms are < 2**32
+    factors += 1.0
+    factors *= _INV_2_32
+    np.sqrt(factors, out=factors)
+    np.divide(1.0, factors, out=factors)
+    factors -= 1.0
+    gap = np.empty_like(at)
+    for k in range(_BLOCK):
+        np.add(at, 1.5, out=gap)
+        gap *= factors[k]
+        np.floor(gap, out=gap)
+        gap += 1.0
+        at += gap
+        factors[k] = at  # the step's position, in the row just used
+    np.minimum(factors, limit, out=factors)
+    return factors.astype(np.intp)
 
 
 #: From this many changes a fold runs vectorised: below it numpy's fixed cost
-#: per block (~0.15 ms, until the last element passes the limit) outweighs
-#: the Python walk (~20 µs per element). Scheme 2's fold of 8 changes took
-#: 0.22 ms in Python against 0.46 vectorised, of 24 0.57 against 0.39
-#: (session 15, best of 50); not a tuning knob.
-VECTOR_FROM: Final = 24
+#: per block (~0.2 ms, until the last element passes the limit) outweighs
+#: the Python walk (~15 µs per element). The fold of session 16 took, best of
+#: 50, 0.12 ms in Python against 0.21 vectorised for 8 changes, 0.26 against
+#: 0.22 for 16, 0.39 against 0.22 for 24; not a tuning knob.
+VECTOR_FROM: Final = 16
 
 
 _LOW32: Final = np.uint64(0xFFFFFFFF)
-_STEPS: Final = np.arange(16, dtype=np.uint64)
+#: steps of the walk per vectorised block
+_BLOCK: Final = 16
+_STEPS: Final = np.arange(_BLOCK, dtype=np.uint64)[:, None]
 
 
 def _uniforms(elements: npt.NDArray[np.uint64], first: int) -> npt.NDArray[np.uint64]:
-    """:func:`uniform` ``first .. first + 15`` of each element, one row each
-    (uint64 arithmetic wraps as the ``& _MASK`` of the scalar version does)."""
-    steps = (_STEPS + np.uint64(first)) * np.uint64(_GAMMA)
-    z: npt.NDArray[np.uint64] = elements[:, None] + steps[None, :]
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
-    return (z ^ (z >> np.uint64(31))) >> np.uint64(32)
+    """:func:`uniform` ``first .. first + 15`` of each element, one row per
+    step and a column per element (uint64 arithmetic wraps as the ``&
+    _MASK`` of the scalar version does)."""
+    z: npt.NDArray[np.uint64] = (_STEPS + np.uint64(first)) * np.uint64(
+        _GAMMA
+    ) + elements[None, :]
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(_MIX1)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(_MIX2)
+    z ^= z >> np.uint64(31)
+    z >>= np.uint64(32)
+    return z
 
 
 def _checksums(elements: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:

@@ -168,7 +168,7 @@ def _reference_symbols(
     return list(zip(count, total, check, strict=True))
 
 
-@pytest.mark.parametrize("size", [1, 5, 23, 24, 25, 300])
+@pytest.mark.parametrize("size", [1, 5, 15, 16, 17, 300, 5000])
 @pytest.mark.parametrize("max_symbols", [1, 2, 17, 4096, 70000])
 def test_both_walks_give_the_symbols_indices_defines(
     size: int, max_symbols: int
