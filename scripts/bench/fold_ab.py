@@ -4,7 +4,9 @@ node folds ``antientropy_fold_batch``, 512, at a time), each tree in its own
 process, alternating, so machine noise hits both alike.
 
 Made to compare digest scheme 1 (BLAKE2b walks, XOR symbols; before session
-15) with scheme 2 (splitmix64 in numpy, sums):
+15) with scheme 2 (splitmix64 in numpy, sums); session 16 compared two folds
+of scheme 2 with it (``--slices 600,1200,2000``: the sizes of a pushed batch's
+and a batch call's folds):
 
     git archive <rev> | tar -x -C /tmp/old
     python scripts/bench/fold_ab.py --trees old=/tmp/old,new=. --slices 512,2048
